@@ -1,0 +1,1 @@
+"""The ``aam`` command line: one module per command, each a thin library call."""

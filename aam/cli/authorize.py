@@ -1,0 +1,91 @@
+"""``aam authorize``: ask the PDP for one decision and print it readably."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, TextIO
+
+import grpc
+from google.protobuf import json_format
+
+from aam.v1 import pdp_pb2, pdp_pb2_grpc
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("authorize", help="ask the PDP for one decision")
+    p.add_argument("--addr", default="127.0.0.1:50051", help="PDP gRPC address")
+    p.add_argument("--workload", required=True, help="SPIFFE ID of the agent")
+    p.add_argument("--model", default="")
+    p.add_argument("--tool", default="")
+    p.add_argument("--action", default="")
+    p.add_argument("--params", default="{}", help="tool parameters as a JSON object")
+    p.add_argument("--context", default="{}", help="runtime context as a JSON object")
+    p.add_argument("--tokens", type=int, default=0, help="estimated tokens")
+    p.add_argument("--request-id", default="")
+    p.add_argument("--explain", action="store_true", help="show which rules matched")
+    p.add_argument("--json", action="store_true", help="print the response as JSON")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    p.set_defaults(func=run)
+
+
+def _json_object(flag: str, text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{flag} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object")
+    return value
+
+
+def build_request(args: argparse.Namespace) -> pdp_pb2.AuthorizeRequest:
+    req = pdp_pb2.AuthorizeRequest(
+        identity=pdp_pb2.Identity(spiffe_id=args.workload),
+        model=args.model, tool=args.tool, action=args.action,
+        request_id=args.request_id, estimated_tokens=args.tokens, explain=args.explain,
+    )
+    req.params.update(_json_object("--params", args.params))
+    req.context.update(_json_object("--context", args.context))
+    return req
+
+
+def render(resp: pdp_pb2.AuthorizeResponse) -> str:
+    verdict = "ALLOW" if resp.decision == pdp_pb2.DECISION_ALLOW else "DENY"
+    lines = [f"{verdict}  policy={resp.policy or '-'}  decision_id={resp.decision_id}",
+             f"  revision  {resp.bundle_revision[:12] or '-'}"]
+    for r in resp.reasons:
+        lines.append(f"  reason    {r.code}: {r.message}")
+    if resp.HasField("route"):
+        lines.append(f"  route     {resp.route.alias}"
+                     f" (fallbacks {'allowed' if resp.route.allow_fallbacks else 'off'})")
+        for i, t in enumerate(resp.route.targets, 1):
+            lines.append(f"    {i}. {t.provider}/{t.model} @ {t.region or 'any'}"
+                         f"  in ${t.input_price_per_mtok:g}/Mtok out ${t.output_price_per_mtok:g}/Mtok")
+    if resp.HasField("credential"):
+        lines.append(f"  credential header {resp.credential.header} (value withheld)")
+    if resp.HasField("explanation"):
+        lines.append("  explanation")
+        text = json.dumps(json_format.MessageToDict(resp.explanation), indent=2, sort_keys=True)
+        lines.extend("    " + line for line in text.splitlines())
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    try:
+        req = build_request(args)
+    except ValueError as exc:
+        print(f"aam authorize: error: {exc}", file=stderr)
+        return 2
+    with grpc.insecure_channel(args.addr) as channel:
+        stub = pdp_pb2_grpc.PolicyDecisionServiceStub(channel)
+        try:
+            resp = stub.Authorize(req, timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"aam authorize: error: {exc.code().name}: {exc.details()}", file=stderr)
+            return 1
+    if args.json:
+        print(json_format.MessageToJson(resp, sort_keys=True), file=stdout)
+    else:
+        print(render(resp), file=stdout)
+    return 0 if resp.decision == pdp_pb2.DECISION_ALLOW else 3

@@ -1,0 +1,41 @@
+"""Entry point of ``aam``: parse arguments, dispatch, map failures to exit codes.
+
+Exit codes: 0 success (or ALLOW for ``authorize``), 1 error, 2 usage error,
+3 DENY from ``authorize``. No command prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TextIO
+
+from aam.cli import authorize, compile_cmd, serve
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aam", description="Agent Access Manager")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    compile_cmd.register(sub)
+    serve.register(sub)
+    authorize.register(sub)
+    return p
+
+
+def run(argv: list[str], stdout: TextIO, stderr: TextIO) -> int:
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage
+        return int(exc.code or 0)
+    try:
+        return int(args.func(args, stdout, stderr))
+    except KeyboardInterrupt:
+        return 130
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:], sys.stdout, sys.stderr))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""``aam up`` (local stack, embedded defaults) and ``aam serve`` (configured PDP)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import signal
+from pathlib import Path
+from typing import TextIO
+
+from compiler import CompileError
+from pdp import logs
+from pdp.config import ConfigError, Settings, split_addr
+from pdp.stack import Stack
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    up = sub.add_parser("up", help="run the local stack (OPA + PDP) on loopback")
+    up.add_argument("--policies", type=Path, help="policy directory (default: examples/)")
+    up.add_argument("--grpc-addr", default="127.0.0.1:50051", help="default 127.0.0.1:50051")
+    up.add_argument("--watch", action=argparse.BooleanOptionalAction, default=True,
+                    help="republish the bundle when a policy file changes (default on)")
+    up.set_defaults(func=run_up)
+
+    sv = sub.add_parser("serve", help="run the PDP from a settings file and AAM_* env")
+    sv.add_argument("--config", type=Path, help="TOML settings file")
+    sv.add_argument("--policies", type=Path)
+    sv.add_argument("--grpc-addr")
+    sv.add_argument("--opa-url", help="use this OPA instead of starting one")
+    sv.add_argument("--watch", action=argparse.BooleanOptionalAction, default=None)
+    sv.set_defaults(func=run_serve)
+
+
+def _is_loopback(addr: str) -> bool:
+    host, _ = split_addr(addr, "--grpc-addr")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_up(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    try:
+        if not _is_loopback(args.grpc_addr):
+            raise ConfigError("aam up serves plaintext gRPC and binds loopback only; "
+                              "use aam serve with TLS for other addresses")
+        settings = Settings.load(
+            env={}, grpc_addr=args.grpc_addr, plaintext=True, watch=args.watch,
+            policies=str(args.policies) if args.policies else None,
+        )
+    except ConfigError as exc:
+        print(f"aam up: error: {exc}", file=stderr)
+        return 2
+    return _serve(settings, stdout, stderr, banner=True)
+
+
+def run_serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    try:
+        settings = Settings.load(
+            args.config, grpc_addr=args.grpc_addr, opa_url=args.opa_url, watch=args.watch,
+            policies=str(args.policies) if args.policies else None,
+        )
+    except ConfigError as exc:
+        print(f"aam serve: error: {exc}", file=stderr)
+        return 2
+    return _serve(settings, stdout, stderr, banner=False)
+
+
+def _serve(settings: Settings, stdout: TextIO, stderr: TextIO, banner: bool) -> int:
+    logs.configure(settings.log_level, stderr)
+    stack = Stack(settings)
+    try:
+        stack.start()
+    except CompileError as exc:
+        for d in exc.diagnostics:
+            print(d, file=stderr)
+        return 1
+    except (ConfigError, RuntimeError, OSError) as exc:
+        print(f"aam: error: {exc}", file=stderr)
+        return 1
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stack.request_stop())
+    revision = stack.store.current.revision if stack.store.current else "?"
+    print(f"policies   {settings.policies} (bundle revision {revision[:12]}"
+          f"{', watching for changes' if settings.watch else ''})", file=stdout)
+    print(f"bundles    {stack.bundle_url}", file=stdout)
+    print(f"opa        {stack.opa_url}{' (managed)' if stack.opa else ''}", file=stdout)
+    print(f"grpc       {settings.grpc_addr} aam.v1.PolicyDecisionService"
+          f"{' (plaintext, loopback)' if settings.plaintext else ' (mTLS)'}", file=stdout)
+    if banner:
+        print("\ntry, from another shell:\n"
+              f"  aam authorize --addr {settings.grpc_addr} "
+              "--workload spiffe://prod/agent/finance-analyst --model reasoning-high\n"
+              f"  aam authorize --addr {settings.grpc_addr} "
+              "--workload spiffe://prod/agent/finance-analyst "
+              "--tool salesforce.accounts --action export\n"
+              "Ctrl-C stops everything.", file=stdout)
+    stdout.flush()
+    try:
+        stack.wait()
+    finally:
+        print("stopping...", file=stdout)
+        stack.stop()
+    return 0

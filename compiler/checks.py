@@ -1,0 +1,98 @@
+"""Semantic checks over a whole policy set, each a small generator.
+
+Schema validation sees one document at a time; these rules see all of them
+(references between kinds, uniqueness) and the parts JSON Schema cannot
+express (SPIFFE ID syntax).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from compiler import spiffe
+from compiler.errors import Diagnostic
+from compiler.model import PolicySet
+from compiler.source import Document
+
+Check = Callable[[PolicySet], Iterator[Diagnostic]]
+
+
+def _first(doc: Document) -> str:
+    return f"{doc.file}:{doc.at(('metadata', 'name'))[0]}"
+
+
+def duplicate_names(ps: PolicySet) -> Iterator[Diagnostic]:
+    for kind, items in (("AgentPolicy", ps.policies), ("ModelRoute", ps.routes)):
+        seen: dict[str, Document] = {}
+        for item in items:
+            if item.name in seen:
+                yield item.doc.error(
+                    ("metadata", "name"),
+                    f"duplicate {kind} name {item.name!r} (first defined at {_first(seen[item.name])})",
+                )
+            else:
+                seen[item.name] = item.doc
+
+
+def workload_ids(ps: PolicySet) -> Iterator[Diagnostic]:
+    for p in ps.policies:
+        try:
+            spiffe.parse(p.workload)
+        except spiffe.InvalidSpiffeID as exc:
+            yield p.doc.error(("spec", "identity", "workload"), f"invalid workload: {exc}")
+
+
+def duplicate_workloads(ps: PolicySet) -> Iterator[Diagnostic]:
+    seen: dict[str, str] = {}
+    for p in ps.policies:
+        if p.workload in seen and seen[p.workload] != p.name:
+            yield p.doc.error(
+                ("spec", "identity", "workload"),
+                f"workload {p.workload} is already claimed by AgentPolicy {seen[p.workload]!r}"
+                " (one policy per workload)",
+            )
+        seen.setdefault(p.workload, p.name)
+
+
+def model_references(ps: PolicySet) -> Iterator[Diagnostic]:
+    routes = {r.name for r in ps.routes}
+    for p in ps.policies:
+        for i, model in enumerate(p.models):
+            if model not in routes:
+                yield p.doc.error(
+                    ("spec", "models", "allow", i),
+                    f"model {model!r} is not defined by any ModelRoute",
+                )
+
+
+def tool_grants(ps: PolicySet) -> Iterator[Diagnostic]:
+    for p in ps.policies:
+        first_index: dict[str, int] = {}
+        for grant in p.tools:
+            path = ("spec", "tools", grant.index)
+            if grant.resource in first_index:
+                yield p.doc.error(
+                    (*path, "resource"),
+                    f"tool resource {grant.resource!r} is already granted by"
+                    f" spec.tools[{first_index[grant.resource]}]; merge the two entries",
+                )
+            first_index.setdefault(grant.resource, grant.index)
+            for j, action in enumerate(grant.deny):
+                if action in grant.actions:
+                    yield p.doc.error(
+                        (*path, "deny", j),
+                        f"action {action!r} on {grant.resource!r} is both allowed and denied",
+                    )
+
+
+CHECKS: tuple[Check, ...] = (
+    duplicate_names,
+    workload_ids,
+    duplicate_workloads,
+    model_references,
+    tool_grants,
+)
+
+
+def run(ps: PolicySet) -> list[Diagnostic]:
+    return [d for check in CHECKS for d in check(ps)]

@@ -1,0 +1,88 @@
+"""JSON Schemas of the policy kinds, and validation with located errors.
+
+The schemas in ``compiler/schemas/`` are the one source of truth for the
+policy language: the compiler validates with them, editors use them through
+``yaml-language-server``, and the Kubernetes CRDs are generated from them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from referencing import Registry, Resource
+
+from compiler.errors import Diagnostic
+from compiler.source import Document
+
+API_VERSION = "access.envisionai.dev/v1"
+SCHEMA_DIR = Path(__file__).parent / "schemas"
+KINDS = {"AgentPolicy": "agentpolicy.json", "ModelRoute": "modelroute.json"}
+
+
+@cache
+def _registry() -> Registry:
+    resources = []
+    for path in sorted(SCHEMA_DIR.glob("*.json")):
+        contents = json.loads(path.read_text())
+        resources.append((path.name, Resource.from_contents(contents)))
+        resources.append((contents["$id"], Resource.from_contents(contents)))
+    return Registry().with_resources(resources)
+
+
+@cache
+def validator(kind: str) -> jsonschema.Draft202012Validator:
+    schema = json.loads((SCHEMA_DIR / KINDS[kind]).read_text())
+    return jsonschema.Draft202012Validator(schema, registry=_registry())
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "document"
+
+
+def validate(doc: Document) -> Iterator[Diagnostic]:
+    """Every schema violation of one document, each at its node."""
+    value = doc.value
+    if not isinstance(value, dict):
+        yield doc.error((), "a policy document must be a mapping with apiVersion, kind, metadata, spec")
+        return
+    api, kind = value.get("apiVersion"), value.get("kind")
+    if api != API_VERSION:
+        yield doc.error(("apiVersion",), f"apiVersion must be {API_VERSION!r}, got {api!r}")
+        return
+    if kind not in KINDS:
+        known = ", ".join(sorted(KINDS))
+        yield doc.error(("kind",), f"unknown kind {kind!r} (known kinds: {known})")
+        return
+    for err in validator(kind).iter_errors(value):
+        yield from _located(doc, err)
+
+
+def _located(doc: Document, err: jsonschema.ValidationError) -> Iterator[Diagnostic]:
+    path = tuple(err.absolute_path)
+    where = _dotted(path)
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = set(err.schema.get("properties", {}))
+        for key in sorted(k for k in err.instance if k not in allowed):
+            hint = f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""
+            yield doc.error((*path, key), f"{_dotted((*path, key))}: unknown field{hint}", key=True)
+        return
+    if err.validator in ("anyOf", "oneOf") and err.context:
+        best = jsonschema.exceptions.best_match(err.context)
+        yield doc.error(path, f"{where}: {best.message}")
+        return
+    if err.validator == "const":
+        yield doc.error(path, f"{where}: must be {json.dumps(err.validator_value)}")
+        return
+    if err.validator == "pattern":
+        yield doc.error(path, f"{where}: {err.instance!r} is not a valid {path[-1] if path else 'value'}"
+                        f" (must match {err.validator_value})")
+        return
+    yield doc.error(path, f"{where}: {err.message}")

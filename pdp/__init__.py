@@ -1,0 +1,1 @@
+"""The policy decision point: gRPC service, OPA client, bundle server."""

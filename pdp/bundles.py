@@ -1,0 +1,117 @@
+"""Bundle distribution: the PDP serves its current bundle to OPA over HTTP.
+
+OPA polls ``GET /bundles/aam.tar.gz`` with ``If-None-Match``; an unchanged
+bundle costs a 304. With long polling (``Prefer: wait=N``) the request is
+held until a new revision is published or N seconds pass.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from compiler import Bundle
+
+BUNDLE_PATH = "/bundles/aam.tar.gz"
+LONG_POLL_CONTENT_TYPE = "application/vnd.openpolicyagent.bundles"
+_WAIT = re.compile(r"wait=(\d+)")
+
+
+@dataclass(frozen=True)
+class Published:
+    revision: str
+    etag: str
+    body: bytes
+
+
+class BundleStore:
+    """The bundle currently published; swapped atomically, waited on by long polls."""
+
+    def __init__(self) -> None:
+        self._current: Published | None = None
+        self._changed = threading.Condition()
+
+    def publish(self, bundle: Bundle) -> Published:
+        pub = Published(bundle.revision, f'"{bundle.revision}"', bundle.to_tar_gz())
+        with self._changed:
+            self._current = pub
+            self._changed.notify_all()
+        return pub
+
+    @property
+    def current(self) -> Published | None:
+        return self._current
+
+    def wait_for_change(self, etag: str | None, timeout_s: float) -> Published | None:
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._current is not None and self._current.etag != etag, timeout_s)
+            return self._current
+
+
+Route = Callable[[BaseHTTPRequestHandler], None]
+
+
+class HttpServer:
+    """The PDP's small HTTP side: bundles for OPA, plus routes added by others."""
+
+    def __init__(self, host: str, port: int, store: BundleStore) -> None:
+        self.store = store
+        self.routes: dict[str, Route] = {BUNDLE_PATH: self._serve_bundle}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                route = server.routes.get(self.path.split("?", 1)[0])
+                if route is None:
+                    self.send_error(404)
+                    return
+                route(self)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="aam-http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _serve_bundle(self, h: BaseHTTPRequestHandler) -> None:
+        etag = h.headers.get("If-None-Match")
+        wait = _WAIT.search(h.headers.get("Prefer", ""))
+        pub = self.store.current
+        if wait and pub is not None and pub.etag == etag:
+            pub = self.store.wait_for_change(etag, min(int(wait.group(1)), 60))
+        if pub is None:
+            h.send_error(503, "no bundle published yet")
+            return
+        if pub.etag == etag:
+            h.send_response(304)
+            h.send_header("ETag", pub.etag)
+            h.send_header("Content-Length", "0")
+            if wait:
+                h.send_header("Content-Type", LONG_POLL_CONTENT_TYPE)
+            h.end_headers()
+            return
+        h.send_response(200)
+        h.send_header("ETag", pub.etag)
+        h.send_header("Content-Type", LONG_POLL_CONTENT_TYPE if wait else "application/gzip")
+        h.send_header("Content-Length", str(len(pub.body)))
+        h.end_headers()
+        h.wfile.write(pub.body)

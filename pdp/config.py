@@ -1,0 +1,130 @@
+"""Typed settings for the PDP, from one place: defaults < TOML file < env < flags.
+
+Environment variables are ``AAM_`` plus the upper-cased field name, e.g.
+``AAM_OPA_TIMEOUT_MS=100``. Nothing else in the code base reads the
+environment for configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Where scripts/setup puts built tools (OPA, ...): outside the repo, shared by clones.
+DEFAULT_TOOLS_DIR = Path(
+    os.environ.get("AAM_TOOLS_DIR")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aam" / "tools"
+)
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or unsafe; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # gRPC listener, "host:port".
+    grpc_addr: str = "127.0.0.1:50051"
+    # Serve gRPC without TLS. Only ever on explicit request (aam up on loopback).
+    plaintext: bool = False
+    # Policy directory compiled into the bundle the PDP serves.
+    policies: str = str(REPO_ROOT / "examples")
+    # Recompile and republish the bundle when a policy file changes.
+    watch: bool = False
+    # URL of an OPA the PDP does not manage; empty means start one as a child.
+    opa_url: str = ""
+    # OPA binary for a managed OPA; empty means the tools dir, then PATH.
+    opa_binary: str = ""
+    # Address of the managed OPA, "host:port" (port 0 picks a free one).
+    opa_addr: str = "127.0.0.1:0"
+    # Per-decision deadline for the OPA query, after which the PDP denies.
+    opa_timeout_ms: int = 500
+    # HTTP listener serving bundles to OPA (and /metrics), "host:port".
+    http_addr: str = "127.0.0.1:0"
+    # gRPC worker threads.
+    max_workers: int = 16
+    # Largest serialized params + context accepted in one request.
+    max_request_bytes: int = 64 * 1024
+    # Seconds in-flight calls get to finish on shutdown.
+    shutdown_grace_s: float = 5.0
+    log_level: str = "info"
+
+    @classmethod
+    def load(
+        cls,
+        file: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        values: dict[str, Any] = {}
+        if file is not None:
+            try:
+                values.update(tomllib.loads(file.read_text()))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"{file}: {exc}") from None
+        env = os.environ if env is None else env
+        known = {f.name: f for f in fields(cls)}
+        for name in known:
+            key = f"AAM_{name.upper()}"
+            if key in env:
+                values[name] = env[key]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        settings = replace(cls(), **{k: _coerce(known[k].type, k, v) for k, v in values.items()})
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name in ("grpc_addr", "opa_addr", "http_addr"):
+            split_addr(getattr(self, name), name)
+        if self.opa_timeout_ms <= 0:
+            raise ConfigError("opa_timeout_ms must be positive")
+        if self.max_workers <= 0:
+            raise ConfigError("max_workers must be positive")
+
+    def opa_path(self) -> str:
+        """The OPA binary to run, or a ConfigError saying how to get one."""
+        candidates = [self.opa_binary] if self.opa_binary else [
+            str(DEFAULT_TOOLS_DIR / "bin" / "opa"), shutil.which("opa") or ""]
+        for c in candidates:
+            if c and os.access(c, os.X_OK):
+                return c
+        raise ConfigError(
+            "OPA binary not found (looked in "
+            f"{', '.join(c for c in candidates if c) or 'PATH'}); run scripts/setup"
+        )
+
+
+def split_addr(addr: str, name: str = "address") -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{name} must be host:port, got {addr!r}")
+    return host.strip("[]"), int(port)
+
+
+def _coerce(typ: Any, name: str, value: Any) -> Any:
+    typ = typ if isinstance(typ, str) else typ.__name__
+    try:
+        if typ == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if typ == "int":
+            return int(value)
+        if typ == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name} must be a {typ}, got {value!r}") from None

@@ -1,0 +1,127 @@
+"""The decision engine: assemble OPA's input in one place, ask OPA, fail closed.
+
+Transport layers (gRPC Authorize, Envoy Check) translate their messages to a
+:class:`Request` and a :class:`Decision` back; all policy logic lives in Rego
+and all input assembly lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from pdp.opa import DECISION_PATH, EngineUnavailable, OpaClient
+
+log = logging.getLogger("aam.decision")
+
+
+@dataclass(frozen=True)
+class Request:
+    spiffe_id: str
+    model: str = ""
+    tool: str = ""
+    action: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+    request_id: str = ""
+    estimated_tokens: int = 0
+    estimated_cost_usd: float = 0.0
+    explain: bool = False
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    allow: bool
+    reasons: tuple[Reason, ...]
+    policy: str
+    decision_id: str
+    revision: str
+    route: dict[str, Any] | None = None
+    explanation: dict[str, Any] | None = None
+
+
+def new_decision_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Engine:
+    def __init__(self, opa: OpaClient) -> None:
+        self.opa = opa
+
+    def build_input(self, req: Request) -> dict[str, Any]:
+        """OPA's input document: the only place it is assembled."""
+        return {
+            "identity": {"spiffe_id": req.spiffe_id},
+            "model": req.model,
+            "tool": req.tool,
+            "action": req.action,
+            "params": req.params,
+            "context": req.context,
+            "estimate": {"tokens": req.estimated_tokens, "cost_usd": req.estimated_cost_usd},
+        }
+
+    def decide(self, req: Request) -> Decision:
+        decision_id = new_decision_id()
+        input_doc = self.build_input(req)
+        try:
+            result = self.opa.query(DECISION_PATH, input_doc)
+            decision = _from_result(result, decision_id)
+        except EngineUnavailable as exc:
+            decision = Decision(
+                allow=False,
+                reasons=(Reason("engine_unavailable", f"policy engine unavailable: {exc}"),),
+                policy="",
+                decision_id=decision_id,
+                revision="",
+            )
+        if req.explain:
+            decision = _with_explanation(decision, input_doc)
+        log.info(
+            "decision",
+            extra={"fields": {
+                "decision_id": decision_id, "request_id": req.request_id,
+                "workload": req.spiffe_id, "model": req.model, "tool": req.tool,
+                "action": req.action, "allow": decision.allow, "policy": decision.policy,
+                "reasons": [r.code for r in decision.reasons], "revision": decision.revision,
+            }},
+        )
+        return decision
+
+
+def _from_result(result: Any, decision_id: str) -> Decision:
+    """Map OPA's decision object; anything unexpected is a deny, never an allow."""
+    if not isinstance(result, dict) or not isinstance(result.get("allow"), bool):
+        raise EngineUnavailable("policy returned a malformed decision")
+    reasons = tuple(
+        Reason(str(r.get("code", "unknown")), str(r.get("message", "")))
+        for r in result.get("reasons", ()) if isinstance(r, dict)
+    )
+    allow = result["allow"] is True and not reasons
+    if not allow and not reasons:
+        reasons = (Reason("denied", "denied by policy"),)
+    route = result.get("route")
+    return Decision(
+        allow=allow,
+        reasons=reasons,
+        policy=str(result.get("policy", "")),
+        decision_id=decision_id,
+        revision=str(result.get("revision", "")),
+        route=route if isinstance(route, dict) else None,
+    )
+
+
+def _with_explanation(decision: Decision, input_doc: dict[str, Any]) -> Decision:
+    explanation = {
+        "input": input_doc,
+        "matched": [{"code": r.code, "message": r.message} for r in decision.reasons],
+        "policy": decision.policy,
+    }
+    return Decision(**{**decision.__dict__, "explanation": explanation})

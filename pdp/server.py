@@ -1,0 +1,48 @@
+"""The gRPC listener: PolicyDecisionService, health and reflection."""
+
+from __future__ import annotations
+
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from aam.v1 import pdp_pb2, pdp_pb2_grpc
+from pdp.config import ConfigError, Settings
+from pdp.service import PolicyDecisionServicer
+
+SERVICE_NAME = pdp_pb2.DESCRIPTOR.services_by_name["PolicyDecisionService"].full_name
+MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+class GrpcServer:
+    def __init__(self, settings: Settings, servicer: PolicyDecisionServicer) -> None:
+        self.settings = settings
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="aam-rpc"),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pdp_pb2_grpc.add_PolicyDecisionServiceServicer_to_server(servicer, self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        if not settings.plaintext:
+            raise ConfigError("TLS is required unless plaintext = true is set explicitly")
+        self.port = self.server.add_insecure_port(settings.grpc_addr)
+        if self.port == 0:
+            raise ConfigError(f"cannot listen on {settings.grpc_addr} (address in use?)")
+
+    def start(self) -> None:
+        self.server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace_s: float) -> None:
+        """Stop taking calls, let in-flight calls finish within the grace period."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace_s).wait()

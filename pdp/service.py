@@ -1,0 +1,104 @@
+"""gRPC ``aam.v1.PolicyDecisionService``: translate protos <-> engine, nothing more."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from aam.v1 import pdp_pb2, pdp_pb2_grpc
+from pdp.config import Settings
+from pdp.engine import Decision, Engine, Request
+from pdp.errors import InvalidRequest, ServiceError, Unimplemented
+from pdp.validate import validate
+
+log = logging.getLogger("aam.service")
+T = TypeVar("T")
+
+
+def guarded(method: Callable[..., T]) -> Callable[..., T]:
+    """No exception text ever reaches a caller: unexpected errors become INTERNAL."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> T:
+        try:
+            return method(self, request, context)
+        except ServiceError as exc:
+            code, message = exc.code, str(exc)
+        except Exception:
+            log.exception("internal error", extra={"fields": {"method": method.__name__}})
+            code, message = grpc.StatusCode.INTERNAL, "internal error; see PDP logs"
+        context.abort(code, message)
+        raise AssertionError("unreachable")  # abort always raises
+
+    return wrapper
+
+
+def _struct(s: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(s) if s.fields else {}
+
+
+def to_request(msg: pdp_pb2.AuthorizeRequest) -> Request:
+    return Request(
+        spiffe_id=msg.identity.spiffe_id,
+        model=msg.model,
+        tool=msg.tool,
+        action=msg.action,
+        params=_struct(msg.params),
+        context=_struct(msg.context),
+        request_id=msg.request_id,
+        estimated_tokens=msg.estimated_tokens,
+        estimated_cost_usd=msg.estimated_cost_usd,
+        explain=msg.explain,
+    )
+
+
+def to_response(d: Decision, request_id: str) -> pdp_pb2.AuthorizeResponse:
+    resp = pdp_pb2.AuthorizeResponse(
+        decision=pdp_pb2.DECISION_ALLOW if d.allow else pdp_pb2.DECISION_DENY,
+        reasons=[pdp_pb2.Reason(code=r.code, message=r.message) for r in d.reasons],
+        policy=d.policy,
+        decision_id=d.decision_id,
+        bundle_revision=d.revision,
+        request_id=request_id,
+    )
+    if d.allow and d.route:
+        resp.route.alias = str(d.route.get("alias", ""))
+        resp.route.allow_fallbacks = bool(d.route.get("allow_fallbacks", False))
+        for t in d.route.get("targets", ()):
+            resp.route.targets.add(
+                provider=t.get("provider", ""), model=t.get("model", ""),
+                region=t.get("region", ""),
+                input_price_per_mtok=float(t.get("input_price_per_mtok", 0)),
+                output_price_per_mtok=float(t.get("output_price_per_mtok", 0)),
+            )
+    if d.explanation is not None:
+        resp.explanation.update(d.explanation)
+    return resp
+
+
+class PolicyDecisionServicer(pdp_pb2_grpc.PolicyDecisionServiceServicer):
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+
+    @guarded
+    def Authorize(
+        self, request: pdp_pb2.AuthorizeRequest, context: grpc.ServicerContext
+    ) -> pdp_pb2.AuthorizeResponse:
+        req = to_request(request)
+        validate(req, request.params.ByteSize() + request.context.ByteSize(),
+                 self.settings.max_request_bytes)
+        return to_response(self.engine.decide(req), request.request_id)
+
+    @guarded
+    def RecordUsage(
+        self, request: pdp_pb2.RecordUsageRequest, context: grpc.ServicerContext
+    ) -> pdp_pb2.RecordUsageResponse:
+        if not request.decision_id:
+            raise InvalidRequest("decision_id", "required")
+        raise Unimplemented("usage recording needs the ledger, which is not configured")

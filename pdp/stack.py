@@ -1,0 +1,123 @@
+"""The running PDP: bundle server, OPA (managed or external), engine and gRPC.
+
+``aam up`` and ``aam serve`` both build a :class:`Stack`; they differ only in
+settings (``up`` is plaintext on loopback with embedded defaults).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from compiler import Bundle, CompileError, compile_paths
+from pdp.bundles import BUNDLE_PATH, BundleStore, HttpServer
+from pdp.config import Settings, split_addr
+from pdp.engine import Engine
+from pdp.opa import OpaClient, OpaProcess
+from pdp.server import GrpcServer
+from pdp.service import PolicyDecisionServicer
+
+log = logging.getLogger("aam.stack")
+
+
+class Stack:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.policies = Path(settings.policies)
+        self.store = BundleStore()
+        self.http: HttpServer | None = None
+        self.opa: OpaProcess | None = None
+        self.grpc: GrpcServer | None = None
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def compile(self) -> Bundle:
+        return compile_paths([self.policies])
+
+    def start(self) -> None:
+        """Start everything or nothing: a failure stops what already started."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        s = self.settings
+        self.store.publish(self.compile())
+        host, port = split_addr(s.http_addr, "http_addr")
+        self.http = HttpServer(host, port, self.store)
+        self.http.start()
+        opa_url = s.opa_url
+        if not opa_url:
+            self.opa = OpaProcess(s.opa_path(), s.opa_addr, self.http.url)
+            self.opa.start()
+            opa_url = self.opa.url
+        engine = Engine(OpaClient(opa_url, s.opa_timeout_ms / 1000))
+        self.grpc = GrpcServer(s, PolicyDecisionServicer(engine, s))
+        self.grpc.start()
+        if s.watch:
+            self._watcher = threading.Thread(target=self._watch, name="aam-watch", daemon=True)
+            self._watcher.start()
+
+    @property
+    def opa_url(self) -> str:
+        return self.opa.url if self.opa else self.settings.opa_url
+
+    @property
+    def bundle_url(self) -> str:
+        return (self.http.url if self.http else "") + BUNDLE_PATH
+
+    def _snapshot(self) -> tuple[tuple[str, int, int], ...]:
+        files = sorted(p for p in self.policies.rglob("*") if p.is_file()) \
+            if self.policies.is_dir() else [self.policies]
+        out = []
+        for f in files:
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            out.append((str(f), st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+    def _watch(self, interval_s: float = 0.25) -> None:
+        last = self._snapshot()
+        while not self._stop.wait(interval_s):
+            snap = self._snapshot()
+            if snap == last:
+                continue
+            last = snap
+            self.reload()
+
+    def reload(self) -> bool:
+        """Recompile and publish; on errors keep serving the previous bundle."""
+        try:
+            bundle = self.compile()
+        except CompileError as exc:
+            log.error("policy change rejected; previous bundle stays active",
+                      extra={"fields": {"errors": [str(d) for d in exc.diagnostics]}})
+            return False
+        current = self.store.current
+        if current is None or current.revision != bundle.revision:
+            self.store.publish(bundle)
+            log.info("bundle published", extra={"fields": {"revision": bundle.revision}})
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.grpc:
+            self.grpc.stop(self.settings.shutdown_grace_s)
+            self.grpc = None
+        if self.opa:
+            self.opa.stop()
+            self.opa = None
+        if self.http:
+            self.http.stop()
+            self.http = None
+
+    def wait(self) -> None:
+        self._stop.wait()
+
+    def request_stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,195 @@
+"""Real servers for integration tests: OPA, PostgreSQL, OpenBao, on loopback.
+
+Each starts on a free port in a temporary directory and is stopped at the end
+of the session. A missing binary fails the test run loudly: integration
+tests never skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from pdp.config import Settings
+from pdp.opa import free_port
+
+VENV_BIN = Path(__file__).resolve().parent.parent / ".venv" / "bin"
+
+
+def require_binary(name: str, path: str | None) -> str:
+    if path and os.access(path, os.X_OK):
+        return path
+    pytest.fail(f"{name} binary not found ({path or 'not on PATH'}); run scripts/setup", pytrace=False)
+    raise AssertionError  # unreachable; pytest.fail raises
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str,
+               proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{tail}")
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready within {timeout_s} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- OPA ---------------------------------------------------------------------
+
+@dataclass
+class Opa:
+    url: str
+    proc: subprocess.Popen
+    binary: str
+
+
+def opa_binary() -> str:
+    try:
+        return Settings.load(env={}).opa_path()
+    except Exception as exc:
+        pytest.fail(str(exc), pytrace=False)
+        raise
+
+
+@contextlib.contextmanager
+def run_opa(*args: str) -> Iterator[Opa]:
+    binary = opa_binary()
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="aam-test-opa-") as tmp:
+        log = Path(tmp) / "opa.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [binary, "run", "--server", "--disable-telemetry", "--addr", f"127.0.0.1:{port}",
+                 "--log-level", "error", *args],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until(lambda: requests.get(f"{url}/health", timeout=1).ok, 20, "OPA", proc, log)
+            yield Opa(url, proc, binary)
+        finally:
+            stop(proc)
+
+
+# --- PostgreSQL --------------------------------------------------------------
+
+@dataclass
+class Postgres:
+    host: str
+    port: int
+    user: str
+    password: str
+    dbname: str
+    datadir: Path
+
+    @property
+    def dsn(self) -> str:
+        return (f"host={self.host} port={self.port} user={self.user} "
+                f"password={self.password} dbname={self.dbname}")
+
+
+def postgres_bindir() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"),
+                   key=lambda p: int(Path(p).parent.parent.name))
+    if not found:
+        pytest.fail("PostgreSQL server not found under /usr/lib/postgresql; run scripts/setup",
+                    pytrace=False)
+    return Path(found[-1]).parent
+
+
+@contextlib.contextmanager
+def run_postgres() -> Iterator[Postgres]:
+    """A throw-away cluster. As root, the server runs as the 'postgres' user."""
+    bindir = postgres_bindir()
+    as_user: dict = {}
+    tmp = tempfile.mkdtemp(prefix="aam-test-pg-")
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(tmp, pw.pw_uid, pw.pw_gid)
+        as_user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+    datadir = Path(tmp) / "data"
+    password = secrets.token_urlsafe(16)
+    pwfile = Path(tmp) / "pw"
+    pwfile.write_text(password)
+    if as_user:
+        os.chown(pwfile, as_user["user"], as_user["group"])
+    port = free_port()
+    log = Path(tmp) / "postgres.log"
+    subprocess.run(
+        [str(bindir / "initdb"), "-D", str(datadir), "-U", "aam", "--pwfile", str(pwfile),
+         "-A", "scram-sha-256", "--no-sync", "-E", "UTF8", "--locale", "C"],
+        check=True, capture_output=True, cwd=tmp, **as_user)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(bindir / "postgres"), "-D", str(datadir), "-h", "127.0.0.1", "-p", str(port),
+             "-k", tmp, "-c", "fsync=off", "-c", "max_connections=200",
+             "-c", "shared_buffers=64MB"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp, **as_user)
+    pg = Postgres("127.0.0.1", port, "aam", password, "postgres", datadir)
+    try:
+        import psycopg
+
+        wait_until(lambda: psycopg.connect(pg.dsn, connect_timeout=1).close() is None,
+                   30, "PostgreSQL", proc, log)
+        yield pg
+    finally:
+        stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- OpenBao -----------------------------------------------------------------
+
+@dataclass
+class OpenBao:
+    addr: str
+    root_token: str
+    proc: subprocess.Popen
+
+
+@contextlib.contextmanager
+def run_openbao() -> Iterator[OpenBao]:
+    """``bao server -dev``: in-memory, unsealed, with a random root token."""
+    binary = require_binary("bao", str(VENV_BIN / "bao"))
+    port = free_port()
+    token = secrets.token_urlsafe(24)
+    with tempfile.TemporaryDirectory(prefix="aam-test-bao-") as tmp:
+        log = Path(tmp) / "bao.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+        env["HOME"] = tmp  # keep the dev server's token helper file out of ~
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [binary, "server", "-dev", f"-dev-root-token-id={token}",
+                 f"-dev-listen-address=127.0.0.1:{port}", "-dev-no-store-token"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=tmp)
+        addr = f"http://127.0.0.1:{port}"
+        try:
+            wait_until(lambda: requests.get(f"{addr}/v1/sys/health", timeout=1).status_code == 200,
+                       30, "OpenBao", proc, log)
+            yield OpenBao(addr, token, proc)
+        finally:
+            stop(proc)
