@@ -38,6 +38,16 @@ class Reason:
 
 
 @dataclass(frozen=True)
+class Credential:
+    """A brokered credential for the gateway to inject. Never shown to the agent."""
+
+    header: str
+    value: str = field(repr=False)
+    expires_at: float  # unix seconds
+    lease_accessor: str = ""
+
+
+@dataclass(frozen=True)
 class Decision:
     allow: bool
     reasons: tuple[Reason, ...]
@@ -46,6 +56,8 @@ class Decision:
     revision: str
     route: dict[str, Any] | None = None
     explanation: dict[str, Any] | None = None
+    credential: Credential | None = None
+    retry_after_s: float | None = None
 
 
 def new_decision_id() -> str:

@@ -76,6 +76,13 @@ def to_response(d: Decision, request_id: str) -> pdp_pb2.AuthorizeResponse:
                 input_price_per_mtok=float(t.get("input_price_per_mtok", 0)),
                 output_price_per_mtok=float(t.get("output_price_per_mtok", 0)),
             )
+    if d.allow and d.credential is not None:
+        resp.credential.header = d.credential.header
+        resp.credential.value = d.credential.value
+        resp.credential.expires_at.FromNanoseconds(int(d.credential.expires_at * 1e9))
+        resp.credential.lease_accessor = d.credential.lease_accessor
+    if not d.allow and d.retry_after_s is not None:
+        resp.retry_after.FromNanoseconds(int(d.retry_after_s * 1e9))
     if d.explanation is not None:
         resp.explanation.update(d.explanation)
     return resp

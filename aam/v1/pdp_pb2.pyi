@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -97,7 +98,7 @@ class CredentialGrant(_message.Message):
     def __init__(self, header: _Optional[str] = ..., value: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_accessor: _Optional[str] = ...) -> None: ...
 
 class AuthorizeResponse(_message.Message):
-    __slots__ = ("decision", "reasons", "policy", "decision_id", "bundle_revision", "route", "credential", "request_id", "explanation")
+    __slots__ = ("decision", "reasons", "policy", "decision_id", "bundle_revision", "route", "credential", "request_id", "explanation", "retry_after")
     DECISION_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +108,7 @@ class AuthorizeResponse(_message.Message):
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_FIELD_NUMBER: _ClassVar[int]
     decision: Decision
     reasons: _containers.RepeatedCompositeFieldContainer[Reason]
     policy: str
@@ -116,7 +118,8 @@ class AuthorizeResponse(_message.Message):
     credential: CredentialGrant
     request_id: str
     explanation: _struct_pb2.Struct
-    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., policy: _Optional[str] = ..., decision_id: _Optional[str] = ..., bundle_revision: _Optional[str] = ..., route: _Optional[_Union[ModelRoute, _Mapping]] = ..., credential: _Optional[_Union[CredentialGrant, _Mapping]] = ..., request_id: _Optional[str] = ..., explanation: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    retry_after: _duration_pb2.Duration
+    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., policy: _Optional[str] = ..., decision_id: _Optional[str] = ..., bundle_revision: _Optional[str] = ..., route: _Optional[_Union[ModelRoute, _Mapping]] = ..., credential: _Optional[_Union[CredentialGrant, _Mapping]] = ..., request_id: _Optional[str] = ..., explanation: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class RecordUsageRequest(_message.Message):
     __slots__ = ("decision_id", "tokens", "cost_usd")

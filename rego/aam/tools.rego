@@ -1,0 +1,31 @@
+# Tools: may the workload perform this action on this tool resource.
+package aam.authz
+
+grant := policy.tools[input.tool]
+
+deny contains reason("tool_not_granted", msg) if {
+	tool_requested
+	policy
+	not grant
+	msg := sprintf("tool %q is not granted by policy %q", [input.tool, policy.name])
+}
+
+deny contains reason("action_denied", msg) if {
+	tool_requested
+	rule := grant.deny[input.action]
+	msg := sprintf(
+		"action %q on %q is denied by policy %q (%s)",
+		[input.action, input.tool, policy.name, rule],
+	)
+}
+
+deny contains reason("action_not_granted", msg) if {
+	tool_requested
+	not grant.deny[input.action]
+	not grant.actions[input.action]
+	grant
+	msg := sprintf(
+		"action %q on %q is not granted by policy %q (%s.actions)",
+		[input.action, input.tool, policy.name, grant.rule],
+	)
+}
