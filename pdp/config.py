@@ -54,6 +54,24 @@ class Settings:
     # Seconds in-flight calls get to finish on shutdown.
     shutdown_grace_s: float = 5.0
     log_level: str = "info"
+    # --- mTLS on the gRPC port (ignored when plaintext = true) ---
+    # PEM files: the PDP's own X.509-SVID (chain) and key, and the X.509 trust
+    # bundle (CA certificates) that client SVIDs must chain to.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Trust domains whose SVIDs may call; empty means the PDP's own trust
+    # domain (from tls_cert's URI SAN).
+    trust_domains: tuple[str, ...] = ()
+    # SPIFFE IDs of gateways that may ask on behalf of other workloads. Any
+    # other caller may only ask about itself.
+    trusted_gateways: tuple[str, ...] = ()
+    # When a gateway asks on behalf of an agent, the agent's JWT-SVID must be
+    # forwarded (Identity.jwt_svid) and is verified against jwt_bundle.
+    require_jwt_svid: bool = False
+    # JWKS file (SPIFFE JWT trust bundle) and the audience JWT-SVIDs must name.
+    jwt_bundle: str = ""
+    jwt_audience: str = "aam-pdp"
 
     @classmethod
     def load(
@@ -89,6 +107,11 @@ class Settings:
             raise ConfigError("opa_timeout_ms must be positive")
         if self.max_workers <= 0:
             raise ConfigError("max_workers must be positive")
+        if self.require_jwt_svid and not self.jwt_bundle:
+            raise ConfigError("require_jwt_svid needs jwt_bundle (a JWKS file)")
+        for value in self.trusted_gateways:
+            if not value.startswith("spiffe://"):
+                raise ConfigError(f"trusted_gateways: {value!r} is not a SPIFFE ID")
 
     def opa_path(self) -> str:
         """The OPA binary to run, or a ConfigError saying how to get one."""
@@ -125,6 +148,10 @@ def _coerce(typ: Any, name: str, value: Any) -> Any:
             return int(value)
         if typ == "float":
             return float(value)
+        if typ.startswith("tuple"):
+            # A TOML array, or a comma-separated string from the environment.
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(i).strip() for i in items if str(i).strip())
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"setting {name} must be a {typ}, got {value!r}") from None

@@ -8,11 +8,13 @@ and all input assembly lives here.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pdp.opa import DECISION_PATH, EngineUnavailable, OpaClient
+from pdp.opa import DECISION_PATH, EXPLAIN_PATH, EngineUnavailable, OpaClient
 
 log = logging.getLogger("aam.decision")
 
@@ -64,9 +66,14 @@ def new_decision_id() -> str:
     return uuid.uuid4().hex
 
 
+# Called after every decision with the request, the decision and the seconds it took.
+Observer = Callable[[Request, Decision, float], None]
+
+
 class Engine:
-    def __init__(self, opa: OpaClient) -> None:
+    def __init__(self, opa: OpaClient, observers: Iterable[Observer] = ()) -> None:
         self.opa = opa
+        self.observers = list(observers)
 
     def build_input(self, req: Request) -> dict[str, Any]:
         """OPA's input document: the only place it is assembled."""
@@ -80,11 +87,23 @@ class Engine:
             "estimate": {"tokens": req.estimated_tokens, "cost_usd": req.estimated_cost_usd},
         }
 
+    def _query(self, input_doc: dict[str, Any], explain: bool) -> tuple[Any, Any]:
+        """The decision, and with ``explain`` the matched rules from the same query
+        (so both come from one bundle revision)."""
+        if not explain:
+            return self.opa.query(DECISION_PATH, input_doc), None
+        result = self.opa.query(EXPLAIN_PATH, input_doc)
+        if not isinstance(result, dict):
+            return None, None
+        return result.get("decision"), result.get("matched")
+
     def decide(self, req: Request) -> Decision:
+        started = time.perf_counter()
         decision_id = new_decision_id()
         input_doc = self.build_input(req)
+        matched: Any = None
         try:
-            result = self.opa.query(DECISION_PATH, input_doc)
+            result, matched = self._query(input_doc, req.explain)
             decision = _from_result(result, decision_id)
         except EngineUnavailable as exc:
             decision = Decision(
@@ -95,7 +114,7 @@ class Engine:
                 revision="",
             )
         if req.explain:
-            decision = _with_explanation(decision, input_doc)
+            decision = _with_explanation(decision, input_doc, matched)
         log.info(
             "decision",
             extra={"fields": {
@@ -105,6 +124,9 @@ class Engine:
                 "reasons": [r.code for r in decision.reasons], "revision": decision.revision,
             }},
         )
+        elapsed = time.perf_counter() - started
+        for observe in self.observers:
+            observe(req, decision, elapsed)
         return decision
 
 
@@ -130,10 +152,13 @@ def _from_result(result: Any, decision_id: str) -> Decision:
     )
 
 
-def _with_explanation(decision: Decision, input_doc: dict[str, Any]) -> Decision:
+def _with_explanation(decision: Decision, input_doc: dict[str, Any], matched: Any = None) -> Decision:
     explanation = {
         "input": input_doc,
-        "matched": [{"code": r.code, "message": r.message} for r in decision.reasons],
+        "reasons": [{"code": r.code, "message": r.message} for r in decision.reasons],
+        # Rules that matched, as Rego reports them: {rule, source} pairs.
+        "matched": matched if isinstance(matched, list) else [],
         "policy": decision.policy,
+        "revision": decision.revision,
     }
     return Decision(**{**decision.__dict__, "explanation": explanation})

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 DECISION_PATH = "/v1/data/aam/authz/decision"
+# The decision plus the rules that matched (rego/aam/explain.rego), for --explain.
+EXPLAIN_PATH = "/v1/data/aam/authz/explanation"
 
 
 class EngineUnavailable(Exception):

@@ -9,6 +9,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from aam.v1 import pdp_pb2, pdp_pb2_grpc
+from pdp import identity
 from pdp.config import ConfigError, Settings
 from pdp.service import PolicyDecisionServicer
 
@@ -31,9 +32,11 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        if not settings.plaintext:
-            raise ConfigError("TLS is required unless plaintext = true is set explicitly")
-        self.port = self.server.add_insecure_port(settings.grpc_addr)
+        if settings.plaintext:
+            self.port = self.server.add_insecure_port(settings.grpc_addr)
+        else:
+            self.port = self.server.add_secure_port(
+                settings.grpc_addr, identity.server_credentials(settings))
         if self.port == 0:
             raise ConfigError(f"cannot listen on {settings.grpc_addr} (address in use?)")
 

@@ -14,6 +14,8 @@ from aam.v1 import pdp_pb2, pdp_pb2_grpc
 from pdp.config import Settings
 from pdp.engine import Decision, Engine, Request
 from pdp.errors import InvalidRequest, ServiceError, Unimplemented
+from pdp.identity import Identity
+from pdp.identity import from_settings as identity_from_settings
 from pdp.validate import validate
 
 log = logging.getLogger("aam.service")
@@ -89,9 +91,10 @@ def to_response(d: Decision, request_id: str) -> pdp_pb2.AuthorizeResponse:
 
 
 class PolicyDecisionServicer(pdp_pb2_grpc.PolicyDecisionServiceServicer):
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings, identity: Identity | None = None) -> None:
         self.engine = engine
         self.settings = settings
+        self.identity = identity or identity_from_settings(settings)
 
     @guarded
     def Authorize(
@@ -100,6 +103,7 @@ class PolicyDecisionServicer(pdp_pb2_grpc.PolicyDecisionServiceServicer):
         req = to_request(request)
         validate(req, request.params.ByteSize() + request.context.ByteSize(),
                  self.settings.max_request_bytes)
+        self.identity.check(context, req.spiffe_id, request.identity.jwt_svid)
         return to_response(self.engine.decide(req), request.request_id)
 
     @guarded
@@ -108,4 +112,6 @@ class PolicyDecisionServicer(pdp_pb2_grpc.PolicyDecisionServiceServicer):
     ) -> pdp_pb2.RecordUsageResponse:
         if not request.decision_id:
             raise InvalidRequest("decision_id", "required")
+        # Only an authenticated caller may settle usage; the ledger checks ownership.
+        self.identity.authenticate(context)
         raise Unimplemented("usage recording needs the ledger, which is not configured")

@@ -14,6 +14,7 @@ from compiler import Bundle, CompileError, compile_paths
 from pdp.bundles import BUNDLE_PATH, BundleStore, HttpServer
 from pdp.config import Settings, split_addr
 from pdp.engine import Engine
+from pdp.metrics import METRICS_PATH, Metrics
 from pdp.opa import OpaClient, OpaProcess
 from pdp.server import GrpcServer
 from pdp.service import PolicyDecisionServicer
@@ -26,6 +27,7 @@ class Stack:
         self.settings = settings
         self.policies = Path(settings.policies)
         self.store = BundleStore()
+        self.metrics = Metrics(self.store)
         self.http: HttpServer | None = None
         self.opa: OpaProcess | None = None
         self.grpc: GrpcServer | None = None
@@ -48,13 +50,14 @@ class Stack:
         self.store.publish(self.compile())
         host, port = split_addr(s.http_addr, "http_addr")
         self.http = HttpServer(host, port, self.store)
+        self.http.routes[METRICS_PATH] = self.metrics.route()
         self.http.start()
         opa_url = s.opa_url
         if not opa_url:
             self.opa = OpaProcess(s.opa_path(), s.opa_addr, self.http.url)
             self.opa.start()
             opa_url = self.opa.url
-        engine = Engine(OpaClient(opa_url, s.opa_timeout_ms / 1000))
+        engine = Engine(OpaClient(opa_url, s.opa_timeout_ms / 1000), observers=[self.metrics.observe])
         self.grpc = GrpcServer(s, PolicyDecisionServicer(engine, s))
         self.grpc.start()
         if s.watch:

@@ -53,9 +53,13 @@ class PolicyDecisionServiceServicer:
 
     def Authorize(self, request, context):
         """Decide one agent action. A DENY is a normal response (status OK) with
-        reasons; gRPC errors are reserved for malformed requests
-        (INVALID_ARGUMENT), callers asking about another workload
-        (PERMISSION_DENIED) and a PDP that cannot decide at all (UNAVAILABLE).
+        reasons, including when the policy engine (OPA) is down or slow: that
+        answer is DENY with reason "engine_unavailable" and a decision_id, so a
+        gateway fails closed and can still log and show why. gRPC errors are
+        reserved for malformed requests (INVALID_ARGUMENT, naming the field),
+        callers without a valid X.509-SVID (UNAUTHENTICATED), callers asking
+        about another workload without being a trusted gateway
+        (PERMISSION_DENIED, audited) and a PDP shutting down (UNAVAILABLE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -63,7 +67,8 @@ class PolicyDecisionServiceServicer:
 
     def RecordUsage(self, request, context):
         """Report what an allowed action really consumed, so the reservation taken
-        by Authorize is settled. Idempotent per decision_id.
+        by Authorize is settled. Idempotent per decision_id. Callers must
+        authenticate like for Authorize.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -21,8 +21,9 @@ FINANCE = "spiffe://prod/agent/finance-analyst"
 
 @contextlib.contextmanager
 def running_stack(policies: Path = EXAMPLES, **overrides: Any) -> Iterator[Stack]:
+    overrides = {"plaintext": True, **overrides}
     settings = Settings.load(
-        env={}, grpc_addr=f"127.0.0.1:{free_port()}", plaintext=True,
+        env={}, grpc_addr=f"127.0.0.1:{free_port()}",
         policies=str(policies), opa_binary=opa_binary(), **overrides)
     stack = Stack(settings)
     stack.start()

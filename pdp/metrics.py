@@ -1,0 +1,81 @@
+"""Prometheus metrics, served as ``GET /metrics`` on the PDP's HTTP server.
+
+Each :class:`Metrics` owns its registry (not the process-global one), so
+several PDPs in one process (tests, embedding) do not collide. The engine
+reports each decision through an observer callback; nothing here is on the
+request path beyond counter and histogram updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from pdp.bundles import BundleStore
+from pdp.engine import Decision, Request
+
+METRICS_PATH = "/metrics"
+# Decision latency is dominated by one OPA round trip (~0.3-3 ms); the tail
+# matters up to the OPA timeout (default 500 ms).
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class _BundleCollector(Collector):
+    """Reads the published bundle at scrape time: no state to keep in sync."""
+
+    def __init__(self, store: BundleStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily | InfoMetricFamily]:
+        info = InfoMetricFamily("aam_bundle", "Policy bundle revision the PDP publishes to OPA.")
+        pub = self.store.current
+        if pub is not None:
+            info.add_metric([], {"revision": pub.revision})
+        yield info
+        g = GaugeMetricFamily("aam_bundle_published", "1 when a bundle is published, else 0.")
+        g.add_metric([], 1.0 if pub is not None else 0.0)
+        yield g
+
+
+class Metrics:
+    def __init__(self, store: BundleStore | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.decisions = Counter(
+            "aam_decisions",
+            "Decisions by outcome (allow/deny) and first reason code (empty on allow).",
+            ("outcome", "reason"), registry=self.registry)
+        self.latency = Histogram(
+            "aam_decision_duration_seconds", "Time to decide, including the OPA query.",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.opa_errors = Counter(
+            "aam_opa_errors", "Decisions OPA could not answer (down, slow, no bundle).",
+            registry=self.registry)
+        if store is not None:
+            self.registry.register(_BundleCollector(store))
+
+    def observe(self, req: Request, decision: Decision, elapsed_s: float) -> None:
+        """Engine observer: count the decision and its latency."""
+        self.latency.observe(elapsed_s)
+        if decision.allow:
+            self.decisions.labels("allow", "").inc()
+            return
+        codes = [r.code for r in decision.reasons]
+        self.decisions.labels("deny", codes[0] if codes else "").inc()
+        if "engine_unavailable" in codes:
+            self.opa_errors.inc()
+
+    def route(self) -> Callable[[BaseHTTPRequestHandler], None]:
+        def serve(h: BaseHTTPRequestHandler) -> None:
+            body = generate_latest(self.registry)
+            h.send_response(200)
+            h.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+
+        return serve

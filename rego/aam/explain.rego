@@ -1,0 +1,42 @@
+# Explanation: which rules matched, for `aam authorize --explain`.
+#
+# Queried instead of `decision` when a caller sets explain: it carries the
+# same decision plus one entry per rule that fired, naming the Rego rule and
+# the policy source it came from (an AgentPolicy field path or a
+# ModelRoute), so a reader can see why without reading Rego. Not on the hot
+# path.
+package aam.authz
+
+match(rule, source) := {"rule": rule, "source": source}
+
+matched contains match("identity.policy", sprintf("AgentPolicy %s spec.identity.workload", [policy.name])) if {
+	policy
+}
+
+matched contains match("models.allow", sprintf("AgentPolicy %s spec.models.allow", [policy.name])) if {
+	model_requested
+	policy.models[input.model]
+}
+
+matched contains match("models.route", sprintf("ModelRoute %s", [input.model])) if {
+	route != null
+}
+
+matched contains match("tools.grant", sprintf("AgentPolicy %s %s", [policy.name, grant.rule])) if {
+	tool_requested
+	grant
+}
+
+matched contains match("tools.actions", sprintf("AgentPolicy %s %s.actions", [policy.name, grant.rule])) if {
+	tool_requested
+	grant.actions[input.action]
+}
+
+matched contains match(sprintf("deny.%s", [r.code]), r.message) if {
+	some r in deny
+}
+
+explanation := {
+	"decision": decision,
+	"matched": sort([m | some m in matched]),
+}
