@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent import futures
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -17,11 +18,34 @@ SERVICE_NAME = pdp_pb2.DESCRIPTOR.services_by_name["PolicyDecisionService"].full
 MAX_MESSAGE_BYTES = 1024 * 1024
 
 
+class DecodeGuard(grpc.ServerInterceptor):
+    """Undecodable requests (garbage, nesting past protobuf's depth limit) are the
+    caller's fault: INVALID_ARGUMENT, not grpc's default INTERNAL."""
+
+    def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        decode, behaviour = handler.request_deserializer, handler.unary_unary
+
+        def unary(raw: bytes, context: grpc.ServicerContext):  # type: ignore[no-untyped-def]
+            try:
+                request = decode(raw)
+            except DecodeError:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              "request: cannot be decoded (malformed, or nested too deeply)")
+            return behaviour(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary, response_serializer=handler.response_serializer)
+
+
 class GrpcServer:
     def __init__(self, settings: Settings, servicer: PolicyDecisionServicer) -> None:
         self.settings = settings
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="aam-rpc"),
+            interceptors=[DecodeGuard()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),

@@ -31,6 +31,7 @@ class Stack:
         self.http: HttpServer | None = None
         self.opa: OpaProcess | None = None
         self.grpc: GrpcServer | None = None
+        self.engine: Engine | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -58,6 +59,7 @@ class Stack:
             self.opa.start()
             opa_url = self.opa.url
         engine = Engine(OpaClient(opa_url, s.opa_timeout_ms / 1000), observers=[self.metrics.observe])
+        self.engine = engine
         self.grpc = GrpcServer(s, PolicyDecisionServicer(engine, s))
         self.grpc.start()
         if s.watch:
