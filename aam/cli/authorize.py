@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
@@ -26,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--explain", action="store_true", help="show which rules matched")
     p.add_argument("--json", action="store_true", help="print the response as JSON")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    p.add_argument("--cert", help="client X.509-SVID (PEM) for mTLS; plaintext without it")
+    p.add_argument("--key", help="private key of --cert (PEM)")
+    p.add_argument("--ca", help="trust bundle (PEM) to verify the PDP's certificate")
+    p.add_argument("--jwt-svid-file", help="file holding the agent's JWT-SVID (gateways)")
     p.set_defaults(func=run)
 
 
@@ -45,6 +50,11 @@ def build_request(args: argparse.Namespace) -> pdp_pb2.AuthorizeRequest:
         model=args.model, tool=args.tool, action=args.action,
         request_id=args.request_id, estimated_tokens=args.tokens, explain=args.explain,
     )
+    if getattr(args, "jwt_svid_file", None):
+        try:
+            req.identity.jwt_svid = Path(args.jwt_svid_file).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"--jwt-svid-file: {exc.strerror}") from None
     req.params.update(_json_object("--params", args.params))
     req.context.update(_json_object("--context", args.context))
     return req
@@ -65,19 +75,46 @@ def render(resp: pdp_pb2.AuthorizeResponse) -> str:
     if resp.HasField("credential"):
         lines.append(f"  credential header {resp.credential.header} (value withheld)")
     if resp.HasField("explanation"):
-        lines.append("  explanation")
-        text = json.dumps(json_format.MessageToDict(resp.explanation), indent=2, sort_keys=True)
-        lines.extend("    " + line for line in text.splitlines())
+        lines.extend(_explanation(json_format.MessageToDict(resp.explanation)))
     return "\n".join(lines)
+
+
+def _explanation(doc: dict[str, Any]) -> list[str]:
+    """The rules that matched, one per line: the Rego rule and the policy source."""
+    matched = [m for m in doc.get("matched", ()) if isinstance(m, dict)]
+    lines = ["  matched rules" if matched else "  matched rules  (none)"]
+    width = max((len(str(m.get("rule", ""))) for m in matched), default=0)
+    for m in matched:
+        lines.append(f"    {m.get('rule', '')!s:<{width}}  {m.get('source', '')}")
+    inp = doc.get("input")
+    if isinstance(inp, dict):
+        lines.append("  input     " + json.dumps(inp, sort_keys=True, separators=(",", ":")))
+    return lines
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    if not (args.cert or args.key or args.ca):
+        return grpc.insecure_channel(args.addr)
+    if not (args.cert and args.key and args.ca):
+        raise ValueError("mTLS needs all of --cert, --key and --ca")
+    try:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=Path(args.ca).read_bytes(),
+            private_key=Path(args.key).read_bytes(),
+            certificate_chain=Path(args.cert).read_bytes())
+    except OSError as exc:
+        raise ValueError(f"{exc.filename}: {exc.strerror}") from None
+    return grpc.secure_channel(args.addr, creds)
 
 
 def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     try:
         req = build_request(args)
+        channel = _channel(args)
     except ValueError as exc:
         print(f"aam authorize: error: {exc}", file=stderr)
         return 2
-    with grpc.insecure_channel(args.addr) as channel:
+    with channel:
         stub = pdp_pb2_grpc.PolicyDecisionServiceStub(channel)
         try:
             resp = stub.Authorize(req, timeout=args.timeout)

@@ -25,6 +25,7 @@ class Pki:
     ca: CA
     jwt: JwtIssuer
     stack: Stack
+    dir: Path
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pki]:
         tls_client_ca=str(d / "ca.pem"), trusted_gateways=(GATEWAY,),
         require_jwt_svid=True, jwt_bundle=str(d / "jwks.json"),
     ) as stack:
-        yield Pki(ca, issuer, stack)
+        yield Pki(ca, issuer, stack, d)
 
 
 @pytest.fixture
@@ -210,3 +211,25 @@ def test_tls_without_certificates_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="mTLS needs tls_cert, tls_key, tls_client_ca"), \
             running_stack(plaintext=False):
         pass
+
+
+def test_aam_authorize_over_mtls(pki: Pki) -> None:
+    import io
+
+    from aam.cli.main import run
+
+    agent = pki.ca.svid(FINANCE)
+    (pki.dir / "agent.pem").write_bytes(agent.cert_pem)
+    (pki.dir / "agent.key").write_bytes(agent.key_pem)
+    out, err = io.StringIO(), io.StringIO()
+    code = run(["authorize", "--addr", pki.stack.settings.grpc_addr, "--workload", FINANCE,
+                "--model", "reasoning-high", "--cert", str(pki.dir / "agent.pem"),
+                "--key", str(pki.dir / "agent.key"), "--ca", str(pki.dir / "ca.pem")], out, err)
+    assert code == 0, err.getvalue()
+    assert out.getvalue().startswith("ALLOW  policy=finance-analyst-readonly")
+    code = run(["authorize", "--addr", pki.stack.settings.grpc_addr, "--workload", OTHER,
+                "--model", "reasoning-high", "--cert", str(pki.dir / "agent.pem"),
+                "--key", str(pki.dir / "agent.key"), "--ca", str(pki.dir / "ca.pem")], out, err)
+    assert code == 1
+    assert "PERMISSION_DENIED: caller spiffe://prod/agent/finance-analyst may only ask about itself" \
+        in err.getvalue()
