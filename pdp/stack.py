@@ -62,6 +62,9 @@ class Stack:
         self.engine = engine
         self.grpc = GrpcServer(s, PolicyDecisionServicer(engine, s))
         self.grpc.start()
+        if self.opa is not None:
+            threading.Thread(target=self._supervise_opa, name="aam-opa-supervisor",
+                             daemon=True).start()
         if s.watch:
             self._watcher = threading.Thread(target=self._watch, name="aam-watch", daemon=True)
             self._watcher.start()
@@ -94,6 +97,27 @@ class Stack:
                 continue
             last = snap
             self.reload()
+
+    def _supervise_opa(self, interval_s: float = 0.5) -> None:
+        """Restart a managed OPA that died, on the same address; meanwhile the
+        engine answers DENY engine_unavailable (fail closed)."""
+        while not self._stop.wait(interval_s):
+            opa = self.opa
+            if opa is None or opa.proc is None or opa.proc.poll() is None:
+                continue
+            log.error("managed OPA exited; restarting",
+                      extra={"fields": {"exit_code": opa.proc.returncode}})
+            opa.stop()
+            fresh = OpaProcess(opa.binary, f"{opa.host}:{opa.port}", opa.bundle_url)
+            try:
+                fresh.start()
+            except (RuntimeError, OSError) as exc:
+                log.error("OPA restart failed; will retry", extra={"fields": {"error": str(exc)}})
+                continue
+            if self._stop.is_set():
+                fresh.stop()
+                return
+            self.opa = fresh
 
     def reload(self) -> bool:
         """Recompile and publish; on errors keep serving the previous bundle."""

@@ -248,3 +248,17 @@ def test_metrics_count_decisions_by_outcome_and_reason(stack: Stack) -> None:
     assert metric(stack, "aam_decision_duration_seconds_count") >= 2
     rev = stack.store.current.revision  # type: ignore[union-attr]
     assert metric(stack, f'aam_bundle_info{{revision="{rev}"}}') == 1
+
+
+def test_managed_opa_killed_is_restarted_and_decisions_recover() -> None:
+    with running_stack(opa_timeout_ms=300) as stack:
+        assert stack.opa is not None and stack.opa.proc is not None
+        first = stack.opa.proc
+        with Load(stack) as load:
+            wait_until(lambda: load.seen_since(0, ALLOW), 20, "first ALLOW")
+            first.kill()
+            killed = time.monotonic()
+            wait_until(lambda: load.seen_since(killed, ALLOW) and stack.opa.proc is not first,
+                       30, "ALLOW from the restarted OPA")
+    assert load.errors == []
+    assert {codes for _, d, codes in load.outcomes if d == DENY} <= {("engine_unavailable",)}
