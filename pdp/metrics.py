@@ -28,8 +28,9 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 class _BundleCollector(Collector):
     """Reads the published bundle at scrape time: no state to keep in sync."""
 
-    def __init__(self, store: BundleStore) -> None:
+    def __init__(self, store: BundleStore, metrics: Metrics) -> None:
         self.store = store
+        self.metrics = metrics
 
     def collect(self) -> Iterator[GaugeMetricFamily | InfoMetricFamily]:
         info = InfoMetricFamily("aam_bundle", "Policy bundle revision the PDP publishes to OPA.")
@@ -40,6 +41,12 @@ class _BundleCollector(Collector):
         g = GaugeMetricFamily("aam_bundle_published", "1 when a bundle is published, else 0.")
         g.add_metric([], 1.0 if pub is not None else 0.0)
         yield g
+        # What OPA actually decided with last: lags the published revision
+        # for the moment a reload takes, and sticks if OPA cannot load it.
+        active = InfoMetricFamily("aam_bundle_active", "Bundle revision of the latest decision.")
+        if self.metrics.active_revision:
+            active.add_metric([], {"revision": self.metrics.active_revision})
+        yield active
 
 
 class Metrics:
@@ -55,12 +62,15 @@ class Metrics:
         self.opa_errors = Counter(
             "aam_opa_errors", "Decisions OPA could not answer (down, slow, no bundle).",
             registry=self.registry)
+        self.active_revision = ""
         if store is not None:
-            self.registry.register(_BundleCollector(store))
+            self.registry.register(_BundleCollector(store, self))
 
     def observe(self, req: Request, decision: Decision, elapsed_s: float) -> None:
         """Engine observer: count the decision and its latency."""
         self.latency.observe(elapsed_s)
+        if decision.revision:
+            self.active_revision = decision.revision
         if decision.allow:
             self.decisions.labels("allow", "").inc()
             return

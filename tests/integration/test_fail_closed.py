@@ -248,6 +248,7 @@ def test_metrics_count_decisions_by_outcome_and_reason(stack: Stack) -> None:
     assert metric(stack, "aam_decision_duration_seconds_count") >= 2
     rev = stack.store.current.revision  # type: ignore[union-attr]
     assert metric(stack, f'aam_bundle_info{{revision="{rev}"}}') == 1
+    assert metric(stack, f'aam_bundle_active_info{{revision="{rev}"}}') == 1
 
 
 def test_managed_opa_killed_is_restarted_and_decisions_recover() -> None:
