@@ -233,3 +233,29 @@ def test_aam_authorize_over_mtls(pki: Pki) -> None:
     assert code == 1
     assert "PERMISSION_DENIED: caller spiffe://prod/agent/finance-analyst may only ask about itself" \
         in err.getvalue()
+
+
+def test_grpcurl_over_mtls_as_the_agent(pki: Pki) -> None:
+    import json
+    import subprocess
+
+    from pdp.config import DEFAULT_TOOLS_DIR
+    from tests.servers import require_binary
+
+    agent = pki.ca.svid(FINANCE)
+    (pki.dir / "curl.pem").write_bytes(agent.cert_pem)
+    (pki.dir / "curl.key").write_bytes(agent.key_pem)
+    binary = require_binary("grpcurl", str(DEFAULT_TOOLS_DIR / "bin" / "grpcurl"))
+    tls = ["-cacert", str(pki.dir / "ca.pem"), "-cert", str(pki.dir / "curl.pem"),
+           "-key", str(pki.dir / "curl.key")]
+    r = subprocess.run([binary, *tls, "-d", json.dumps({"identity": {"spiffe_id": FINANCE},
+                                                        "model": "reasoning-high"}),
+                        pki.stack.settings.grpc_addr, "aam.v1.PolicyDecisionService/Authorize"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["decision"] == "DECISION_ALLOW"
+    r = subprocess.run([binary, *tls, "-d", json.dumps({"identity": {"spiffe_id": OTHER},
+                                                        "model": "reasoning-high"}),
+                        pki.stack.settings.grpc_addr, "aam.v1.PolicyDecisionService/Authorize"],
+                       capture_output=True, text=True, timeout=30)
+    assert "Code: PermissionDenied" in r.stderr
