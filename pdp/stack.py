@@ -89,12 +89,20 @@ class Stack:
             out.append((str(f), st.st_mtime_ns, st.st_size))
         return tuple(out)
 
-    def _watch(self, interval_s: float = 0.25) -> None:
+    def _watch(self, interval_s: float = 0.25, settle_s: float = 0.05) -> None:
         last = self._snapshot()
         while not self._stop.wait(interval_s):
             snap = self._snapshot()
             if snap == last:
                 continue
+            # Debounce: an editor or tool that truncates and rewrites a file
+            # shows an empty or half-written file for a moment; compile only
+            # once the tree has stopped changing.
+            while not self._stop.wait(settle_s):
+                settled = self._snapshot()
+                if settled == snap:
+                    break
+                snap = settled
             last = snap
             self.reload()
 

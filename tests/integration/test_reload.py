@@ -9,6 +9,7 @@ printed; bench/reload.py reports them as figures (tests assert no timings).
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -37,6 +38,13 @@ def variant(k: int) -> str:
     return (text.replace("[reasoning-high, summarization]", models)
                 .replace("[read, search]", actions)
                 .replace("daily_usd: 75", f"daily_usd: {75 + k}"))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace the file in one step, as deploy tools (and ConfigMap swaps) do."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def expected(k: int) -> tuple[bool, bool]:
@@ -80,7 +88,7 @@ def test_reload_under_load(tmp_path: Path) -> None:
                 time.sleep(0.3)  # let decisions on the previous revision accumulate
                 rev = next(r for r, v in revisions.items() if v == k)
                 changed = time.monotonic()
-                (policies / POLICY).write_text(variant(k))
+                write_atomic(policies / POLICY, variant(k))
 
                 def seen(rev: str = rev, changed: float = changed) -> bool:
                     return any(t >= changed and r == rev for t, _, r, _ in list(outcomes))
