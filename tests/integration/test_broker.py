@@ -1,0 +1,182 @@
+"""The credential broker against a real OpenBao dev server and a real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import hvac
+import hvac.exceptions
+import psycopg
+import pytest
+
+from aam.v1 import pdp_pb2
+from pdp.broker.vault import RootTokenRefused, VaultBackend
+from pdp.opa import free_port
+from pdp.stack import Stack
+from tests import vaultsetup
+from tests.integration.pdp import request, running_stack, stub
+from tests.servers import OpenBao, Postgres
+
+CRM = "spiffe://prod/agent/crm"
+CRM2 = "spiffe://prod/agent/crm-2"
+
+
+@pytest.fixture(scope="module")
+def vault(openbao: OpenBao, postgres: Postgres,
+          tmp_path_factory: pytest.TempPathFactory) -> vaultsetup.VaultSetup:
+    return vaultsetup.setup(openbao, postgres, tmp_path_factory.mktemp("vault"))
+
+
+@pytest.fixture(scope="module")
+def stack(vault: vaultsetup.VaultSetup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    pol = vaultsetup.policies(tmp_path_factory.mktemp("policies"))
+    with running_stack(pol, **vault.settings()) as s:
+        yield s
+
+
+def authorize(stack: Stack, workload: str = CRM, **fields: object) -> pdp_pb2.AuthorizeResponse:
+    channel, pdp = stub(stack)
+    with channel:
+        return pdp.Authorize(request(workload, **fields), timeout=10)
+
+
+def db_login(pg: Postgres, value: str) -> psycopg.Connection:
+    user, _, password = value.partition(":")
+    return psycopg.connect(host=pg.host, port=pg.port, dbname=pg.dbname, user=user,
+                           password=password, connect_timeout=5, autocommit=True)
+
+
+def test_read_credential_can_select_and_cannot_update(stack: Stack, postgres: Postgres) -> None:
+    resp = authorize(stack, tool="crm.accounts", action="read")
+    assert resp.decision == pdp_pb2.DECISION_ALLOW, resp.reasons
+    assert resp.credential.header == "x-db-credential"
+    assert resp.credential.lease_accessor.startswith(f"{vaultsetup.DB_MOUNT}/creds/crm-read/")
+    assert resp.credential.expires_at.seconds > 0
+    with db_login(postgres, resp.credential.value) as conn:
+        names = [r[0] for r in conn.execute(f"SELECT name FROM {vaultsetup.TABLE} ORDER BY id")]
+        assert names == ["Acme", "Globex"]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"UPDATE {vaultsetup.TABLE} SET name = 'x' WHERE id = 1")
+
+
+def test_write_scope_gets_the_write_role(stack: Stack, postgres: Postgres) -> None:
+    resp = authorize(stack, tool="crm.accounts", action="update")
+    assert resp.decision == pdp_pb2.DECISION_ALLOW, resp.reasons
+    assert "/creds/crm-write/" in resp.credential.lease_accessor
+    with db_login(postgres, resp.credential.value) as conn:
+        conn.execute(f"UPDATE {vaultsetup.TABLE} SET name = name WHERE id = 1")
+
+
+def test_lease_is_reused_per_workload_resource_scope(stack: Stack) -> None:
+    first = authorize(stack, tool="crm.accounts", action="read").credential
+    again = authorize(stack, tool="crm.accounts", action="read").credential
+    other = authorize(stack, CRM2, tool="crm.accounts", action="read").credential
+    assert again.lease_accessor == first.lease_accessor
+    assert again.value == first.value
+    assert other.lease_accessor != first.lease_accessor
+
+
+def test_revoked_lease_no_longer_logs_in(stack: Stack, vault: vaultsetup.VaultSetup,
+                                         postgres: Postgres) -> None:
+    cred = authorize(stack, CRM2, tool="crm.accounts", action="read").credential
+    db_login(postgres, cred.value).close()
+    vault.root.sys.revoke_lease(cred.lease_accessor)
+    with pytest.raises(psycopg.OperationalError):
+        db_login(postgres, cred.value)
+
+
+def test_kv_secret_is_injected_as_a_header(stack: Stack, vault: vaultsetup.VaultSetup) -> None:
+    resp = authorize(stack, tool="salesforce.accounts", action="read")
+    assert resp.decision == pdp_pb2.DECISION_ALLOW, resp.reasons
+    assert resp.credential.header == "authorization"
+    assert resp.credential.value == f"Bearer {vault.kv_secret}"
+    assert resp.credential.lease_accessor.startswith(f"kv:secret/{vaultsetup.KV_PATH}@v")
+
+
+def test_wrapped_token_unwraps_once(stack: Stack, vault: vaultsetup.VaultSetup) -> None:
+    one = authorize(stack, tool="salesforce.contacts", action="read").credential
+    two = authorize(stack, tool="salesforce.contacts", action="read").credential
+    assert one.header == "x-vault-wrapped"
+    assert one.value != two.value  # single-use deliveries are never cached
+    gateway = hvac.Client(url=vault.addr, token=one.value)  # what the gateway does with it
+    unwrapped = gateway.sys.unwrap()
+    assert unwrapped["data"]["data"]["api_token"] == vault.kv_secret
+    with pytest.raises(hvac.exceptions.VaultError):
+        gateway.sys.unwrap()
+
+
+def test_child_token_covers_only_the_resource_path(stack: Stack, vault: vaultsetup.VaultSetup) -> None:
+    cred = authorize(stack, tool="salesforce.vault", action="read").credential
+    info = vault.root.auth.token.lookup_accessor(cred.lease_accessor)["data"]
+    assert info["policies"] == [vaultsetup.CHILD_POLICY]  # no default policy either
+    assert 0 < info["ttl"] <= 120
+    assert info["num_uses"] == 2
+    child = hvac.Client(url=vault.addr, token=cred.value)
+    with pytest.raises(hvac.exceptions.Forbidden):
+        child.secrets.kv.v2.read_secret_version(path="aam-other/private", raise_on_deleted_version=True)
+    read = child.secrets.kv.v2.read_secret_version(path=vaultsetup.KV_PATH, raise_on_deleted_version=True)
+    assert read["data"]["data"]["api_token"] == vault.kv_secret
+    with pytest.raises(hvac.exceptions.Forbidden):  # the two uses are spent
+        child.secrets.kv.v2.read_secret_version(path=vaultsetup.KV_PATH, raise_on_deleted_version=True)
+
+
+def test_missing_role_denies_only_that_action(stack: Stack) -> None:
+    resp = authorize(stack, tool="crm.reports", action="read")
+    assert resp.decision == pdp_pb2.DECISION_DENY
+    assert [r.code for r in resp.reasons] == ["credential_unavailable"]
+    assert "crm-missing" in resp.reasons[0].message
+    assert not resp.HasField("credential")
+    assert authorize(stack, tool="web.search", action="query").decision == pdp_pb2.DECISION_ALLOW
+
+
+def test_removed_grant_revokes_its_leases(vault: vaultsetup.VaultSetup, postgres: Postgres,
+                                          tmp_path: Path) -> None:
+    pol = vaultsetup.policies(tmp_path)
+    with running_stack(pol, **vault.settings()) as s:
+        cred = authorize(s, tool="crm.accounts", action="read").credential
+        kept = authorize(s, CRM2, tool="crm.accounts", action="read").credential
+        db_login(postgres, cred.value).close()
+        vaultsetup.policies(tmp_path, grant_crm=False)
+        assert s.reload()
+        with pytest.raises(psycopg.OperationalError):
+            db_login(postgres, cred.value)
+        db_login(postgres, kept.value).close()  # crm-2 still holds its grant
+        assert s.broker is not None and s.broker.stats["revoked"] == 1
+
+
+def test_vault_down_denies_credentialed_and_serves_the_rest(
+        vault: vaultsetup.VaultSetup, tmp_path: Path) -> None:
+    pol = vaultsetup.policies(tmp_path)
+    down = vault.settings(vault_addr=f"http://127.0.0.1:{free_port()}", vault_timeout_ms=500)
+    with running_stack(pol, **down) as s:
+        for tool in ("crm.accounts", "salesforce.accounts", "salesforce.contacts", "salesforce.vault"):
+            resp = authorize(s, tool=tool, action="read")
+            assert resp.decision == pdp_pb2.DECISION_DENY, tool
+            assert [r.code for r in resp.reasons] == ["credential_unavailable"]
+            assert "unavailable" in resp.reasons[0].message
+            assert not resp.HasField("credential")
+        assert authorize(s, tool="web.search", action="query").decision == pdp_pb2.DECISION_ALLOW
+
+
+def test_root_token_is_refused(openbao: OpenBao, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(openbao.root_token)
+    backend = VaultBackend(openbao.addr, token_file=str(token_file))
+    with pytest.raises(RootTokenRefused):
+        backend.login()
+    pol = vaultsetup.policies(tmp_path)
+    with pytest.raises(RootTokenRefused), running_stack(
+            pol, broker="vault", vault_addr=openbao.addr, vault_token_file=str(token_file)):
+        pass
+
+
+def test_token_file_login_with_a_scoped_token(vault: vaultsetup.VaultSetup, tmp_path: Path) -> None:
+    token = vault.root.auth.token.create(policies=[vaultsetup.PDP_POLICY], ttl="10m")["auth"]
+    token_file = tmp_path / "token"
+    token_file.write_text(token["client_token"])
+    pol = vaultsetup.policies(tmp_path)
+    with running_stack(pol, broker="vault", vault_addr=vault.addr, vault_token_file=str(token_file)) as s:
+        resp = authorize(s, tool="salesforce.accounts", action="read")
+    assert resp.decision == pdp_pb2.DECISION_ALLOW, resp.reasons
+    assert resp.credential.value == f"Bearer {vault.kv_secret}"
