@@ -23,7 +23,7 @@ CRM2 = "spiffe://prod/agent/crm-2"
 
 
 @pytest.fixture(scope="module")
-def vault(openbao: OpenBao, postgres: Postgres,
+def vault(postgres: Postgres, openbao: OpenBao,
           tmp_path_factory: pytest.TempPathFactory) -> vaultsetup.VaultSetup:
     return vaultsetup.setup(openbao, postgres, tmp_path_factory.mktemp("vault"))
 
