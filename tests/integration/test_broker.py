@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,9 +11,14 @@ import hvac
 import hvac.exceptions
 import psycopg
 import pytest
+import requests
+from google.protobuf import json_format
 
+from aam.cli import main as cli_main
 from aam.v1 import pdp_pb2
+from pdp import logs
 from pdp.broker.vault import RootTokenRefused, VaultBackend
+from pdp.bundles import BUNDLE_PATH
 from pdp.opa import free_port
 from pdp.stack import Stack
 from tests import vaultsetup
@@ -180,3 +187,62 @@ def test_token_file_login_with_a_scoped_token(vault: vaultsetup.VaultSetup, tmp_
         resp = authorize(s, tool="salesforce.accounts", action="read")
     assert resp.decision == pdp_pb2.DECISION_ALLOW, resp.reasons
     assert resp.credential.value == f"Bearer {vault.kv_secret}"
+
+
+def test_no_secret_in_logs_metrics_cli_or_agent_facing_fields(
+        vault: vaultsetup.VaultSetup, tmp_path: Path) -> None:
+    """A full flow with a known secret, then every surface is searched for it.
+
+    Surfaces: every log line of the PDP (debug level), every agent-facing field of
+    every response (all but the gateway-only credential), the `aam authorize` output
+    (text and --json) and every route the PDP's HTTP side serves besides the bundle
+    (/metrics once it exists). The audit table belongs to the ledger, which is not
+    on this branch: its rows must be added here when it lands.
+    """
+    buf = io.StringIO()
+    aam_log = logging.getLogger("aam")
+    saved = (aam_log.handlers[:], aam_log.level, aam_log.propagate)
+    logs.configure("debug", buf)
+    responses: list[pdp_pb2.AuthorizeResponse] = []
+    cli_out = io.StringIO()
+    scraped: list[str] = []
+    try:
+        with running_stack(vaultsetup.policies(tmp_path), **vault.settings()) as s:
+            for tool, action in [("crm.accounts", "read"), ("crm.accounts", "update"),
+                                 ("salesforce.accounts", "read"), ("salesforce.contacts", "read"),
+                                 ("salesforce.vault", "read"), ("crm.reports", "read"),
+                                 ("web.search", "query"), ("salesforce.accounts", "delete")]:
+                for explain in (False, True):
+                    responses.append(authorize(s, tool=tool, action=action, explain=explain,
+                                               params={"q": "x"}))
+            for extra in ([], ["--json"], ["--explain"]):
+                cli_main.run(["authorize", "--addr", s.settings.grpc_addr, "--workload", CRM,
+                              "--tool", "salesforce.accounts", "--action", "read", *extra],
+                             cli_out, cli_out)
+            assert s.http is not None
+            for path in sorted(set(s.http.routes) - {BUNDLE_PATH}):
+                scraped.append(requests.get(s.http.url + path, timeout=5).text)
+            vaultsetup.policies(tmp_path, grant_crm=False)
+            assert s.reload()  # revocation logs too
+    finally:
+        aam_log.handlers[:], aam_log.level, aam_log.propagate = saved
+
+    issued = [r.credential.value for r in responses if r.HasField("credential")]
+    assert f"Bearer {vault.kv_secret}" in issued  # the flow really handled the secret
+    secrets_ = {vault.kv_secret}
+    for value in issued:
+        secrets_.add(value)
+        secrets_.update(p for p in value.replace("Bearer ", "").split(":") if len(p) >= 8)
+    agent_facing = []
+    for r in responses:
+        shown = pdp_pb2.AuthorizeResponse()
+        shown.CopyFrom(r)
+        shown.ClearField("credential")
+        agent_facing.append(json_format.MessageToJson(shown))
+    log_text = buf.getvalue()
+    assert "credential issued" in log_text and "lease_accessor" in log_text
+    assert "lease revoked" in log_text
+    surfaces = {"logs": log_text, "agent-facing responses": "\n".join(agent_facing),
+                "aam authorize output": cli_out.getvalue(), "http routes": "\n".join(scraped)}
+    hits = {name: sum(text.count(sec) for sec in secrets_) for name, text in surfaces.items()}
+    assert hits == dict.fromkeys(surfaces, 0)
