@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +17,13 @@ from google.protobuf import json_format
 
 from aam.cli import main as cli_main
 from aam.v1 import pdp_pb2
+from compiler import load
+from compiler.codegen import generate
 from pdp import logs
+from pdp.broker import Broker
 from pdp.broker.vault import RootTokenRefused, VaultBackend
 from pdp.bundles import BUNDLE_PATH
+from pdp.engine import Decision, Request
 from pdp.opa import free_port
 from pdp.stack import Stack
 from tests import vaultsetup
@@ -246,3 +251,39 @@ def test_no_secret_in_logs_metrics_cli_or_agent_facing_fields(
                 "aam authorize output": cli_out.getvalue(), "http routes": "\n".join(scraped)}
     hits = {name: sum(text.count(sec) for sec in secrets_) for name, text in surfaces.items()}
     assert hits == dict.fromkeys(surfaces, 0)
+
+
+def _direct_broker(vault: vaultsetup.VaultSetup, tmp_path: Path, db_ttl: str = "5m") -> Broker:
+    backend = VaultBackend(vault.addr, role_id=vault.role_id, secret_id_file=str(vault.secret_id_file))
+    broker = Broker(backend, min_remaining_s=30)
+    broker.on_bundle(generate(load([vaultsetup.policies(tmp_path, db_ttl=db_ttl)])))
+    return broker
+
+
+def _allow(policy: str = "crm-agent") -> Decision:
+    return Decision(allow=True, reasons=(), policy=policy, decision_id="d", revision="r")
+
+
+def test_lease_near_expiry_is_renewed_in_vault(vault: vaultsetup.VaultSetup, tmp_path: Path) -> None:
+    broker = _direct_broker(vault, tmp_path, db_ttl="2s")  # reuse floor: 1 s
+    read = Request(spiffe_id=CRM, tool="crm.accounts", action="read")
+    first = broker.attach(read, _allow()).credential
+    assert first is not None
+    time.sleep(1.2)  # under a second left: the next call must renew, not reuse as is
+    again = broker.attach(read, _allow()).credential
+    assert again is not None and again.lease_accessor == first.lease_accessor
+    assert again.expires_at > first.expires_at
+    assert broker.stats["renewed"] == 1 and broker.stats["issued"] == 1
+    lease = vault.root.sys.read_lease(first.lease_accessor)["data"]
+    assert lease["last_renewal"] is not None
+
+
+def test_pdp_logs_in_again_when_its_token_is_revoked(vault: vaultsetup.VaultSetup, tmp_path: Path) -> None:
+    broker = _direct_broker(vault, tmp_path)
+    backend = broker.backend
+    assert isinstance(backend, VaultBackend)
+    backend.login()
+    vault.root.auth.token.revoke(backend.client.token)
+    d = broker.attach(Request(spiffe_id=CRM, tool="salesforce.accounts", action="read"), _allow())
+    assert d.allow and d.credential is not None
+    assert d.credential.value == f"Bearer {vault.kv_secret}"
