@@ -83,6 +83,8 @@ class Settings:
     # Alternative to AppRole: a file with a (non-root) token, e.g. kept fresh by a Vault agent.
     vault_token_file: str = ""
     vault_timeout_ms: int = 2000
+    # CA bundle to verify an https vault_addr; empty uses the system's.
+    vault_ca_file: str = ""
     # Reuse a cached credential while it has at least this long left (capped at half its TTL).
     credential_min_remaining_s: float = 30.0
     # Cache credentials per (workload, resource, scope); off issues one per decision.

@@ -27,6 +27,9 @@ log = logging.getLogger("aam.broker.vault")
 T = TypeVar("T")
 # Log in again when the PDP's own token has less than this left.
 RELOGIN_MARGIN_S = 30.0
+# After Vault was unreachable, fail fast for this long instead of making every
+# credentialed decision wait out the connect timeout.
+DOWN_BACKOFF_S = 1.0
 
 
 class RootTokenRefused(ConfigError):
@@ -37,23 +40,26 @@ class VaultBackend:
     name = "vault"
 
     def __init__(self, addr: str, *, role_id: str = "", secret_id_file: str = "",
-                 token_file: str = "", approle_mount: str = "approle", timeout_s: float = 2.0) -> None:
+                 token_file: str = "", approle_mount: str = "approle", timeout_s: float = 2.0,
+                 ca_file: str = "") -> None:
         session = requests.Session()
         session.trust_env = False  # no proxy or netrc from the environment
         # token="" stops hvac from picking up VAULT_TOKEN or ~/.vault-token.
-        self.client = hvac.Client(url=addr, token="", timeout=timeout_s, session=session)
+        self.client = hvac.Client(url=addr, token="", timeout=timeout_s, session=session,
+                                  verify=ca_file or True)
         self.role_id = role_id
         self.secret_id_file = secret_id_file
         self.token_file = token_file
         self.approle_mount = approle_mount
         self._auth_lock = threading.Lock()
         self._token_deadline = 0.0  # monotonic; 0 = not logged in
+        self._down_until = 0.0  # monotonic
 
     @classmethod
     def from_settings(cls, s: Settings) -> VaultBackend:
         return cls(s.vault_addr, role_id=s.vault_role_id, secret_id_file=s.vault_secret_id_file,
                    token_file=s.vault_token_file, approle_mount=s.vault_approle_mount,
-                   timeout_s=s.vault_timeout_ms / 1000)
+                   timeout_s=s.vault_timeout_ms / 1000, ca_file=s.vault_ca_file)
 
     # --- auth ----------------------------------------------------------------
 
@@ -83,6 +89,8 @@ class VaultBackend:
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """Run one Vault call logged in; log in again once on an expired or revoked token."""
+        if time.monotonic() < self._down_until:
+            raise CredentialUnavailable(f"vault is unavailable for {what}")
         try:
             with self._auth_lock:
                 if time.monotonic() > self._token_deadline - RELOGIN_MARGIN_S:
@@ -99,6 +107,7 @@ class VaultBackend:
         except (requests.RequestException, hv.VaultDown, hv.BadGateway, hv.InternalServerError,
                 hv.VaultNotInitialized, hv.RateLimitExceeded) as exc:
             self._log_failure(what, exc)
+            self._down_until = time.monotonic() + DOWN_BACKOFF_S
             raise CredentialUnavailable(f"vault is unavailable for {what}") from None
         except hv.InvalidPath as exc:
             self._log_failure(what, exc)
