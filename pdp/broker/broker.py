@@ -115,7 +115,8 @@ class Broker:
             self.stats["unavailable"] += 1
             return replace(decision, allow=False, credential=None,
                            reasons=(Reason("credential_unavailable",
-                                           f"no credential for {req.tool!r} ({exc})"),))
+                                           f"no credential for {req.tool!r} (scope {scope.name!r}):"
+                                           f" {exc}"),))
         return replace(decision, credential=Credential(
             header=spec.header, value=header_value(spec.scheme, lease.secret),
             expires_at=lease.expires_at, lease_accessor=lease.accessor))

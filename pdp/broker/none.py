@@ -14,9 +14,7 @@ class NoBackend:
     name = "none"
 
     def issue(self, spec: CredentialSpec, scope: Scope, workload: str) -> Lease:
-        raise CredentialUnavailable(
-            f"{spec.resource} needs a credential (scope {scope.name!r}) and no credential broker"
-            " is configured")
+        raise CredentialUnavailable("no credential broker is configured")
 
     def renew(self, lease: Lease, ttl_s: int) -> Lease:
         raise CredentialUnavailable("no credential broker is configured")
