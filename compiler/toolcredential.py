@@ -126,30 +126,21 @@ def engine_fields(ps: PolicySet) -> Iterator[Diagnostic]:
 
 
 def scope_actions(ps: PolicySet) -> Iterator[Diagnostic]:
-    """A scope's actions must be granted somewhere and belong to one scope only."""
-    granted: dict[str, set[str]] = {}
-    for p in ps.policies:
-        for g in p.tools:
-            granted.setdefault(g.resource, set()).update(g.actions)
+    """An action belongs to one scope: two credentials for one action would be a guess.
+
+    Scopes are deliberately not checked against the AgentPolicy grants: revoking a
+    grant (or a policy) must never fail to compile because a ToolCredential still
+    names the action; an ungranted action is denied by OPA and never reaches the broker.
+    """
     for c in _creds(ps):
-        if c.resource not in granted:
-            yield c.doc.error(("spec", "resource"),
-                              f"no AgentPolicy grants tool resource {c.resource!r}; this"
-                              " ToolCredential would never be used")
-            continue
         owner: dict[str, str] = {}
         for s in c.scopes:
             for i, action in enumerate(s.actions):
-                where = ("spec", "scopes", s.name, "actions", i)
                 if action in owner:
-                    yield c.doc.error(where, f"action {action!r} is already in scope"
-                                      f" {owner[action]!r}; an action has one credential scope")
-                    continue
-                owner[action] = s.name
-                if action not in granted[c.resource]:
-                    yield c.doc.error(where, f"action {action!r} on {c.resource!r} is granted by no"
-                                      f" AgentPolicy; scope {s.name!r} would issue a credential"
-                                      " for an action that is always denied")
+                    yield c.doc.error(("spec", "scopes", s.name, "actions", i),
+                                      f"action {action!r} is already in scope {owner[action]!r};"
+                                      " an action has one credential scope")
+                owner.setdefault(action, s.name)
 
 
 CHECKS = (unique, engine_fields, scope_actions)

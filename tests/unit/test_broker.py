@@ -186,10 +186,13 @@ def test_none_backend_denies_credentialed_actions_of_the_examples() -> None:
     broker = build(Settings.load(env={}))
     broker.on_bundle(generate(load([EXAMPLES])))
     d = broker.attach(Request(spiffe_id="spiffe://prod/agent/finance-analyst",
-                              tool="salesforce.accounts", action="search"),
+                              tool="salesforce.accounts", action="read"),
                       allow("finance-analyst-readonly"))
     assert not d.allow and d.reasons[0].code == "credential_unavailable"
     assert "no credential broker is configured" in d.reasons[0].message
+    search = Request(spiffe_id="spiffe://prod/agent/finance-analyst", tool="salesforce.accounts",
+                     action="search")  # in no scope: no credential needed
+    assert broker.attach(search, allow("finance-analyst-readonly")).allow
 
 
 @pytest.mark.parametrize(("settings", "message"), [
