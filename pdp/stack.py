@@ -15,6 +15,7 @@ from compiler import Bundle, CompileError, compile_paths
 from compiler.bundle import DATA_PATH
 from pdp import broker as brokers
 from pdp.broker import Broker
+from pdp.broker.metrics import BrokerCollector
 from pdp.bundles import BUNDLE_PATH, BundleStore, HttpServer
 from pdp.config import Settings, split_addr
 from pdp.engine import Engine
@@ -55,6 +56,7 @@ class Stack:
         s = self.settings
         self.broker = brokers.build(s)
         self.broker.start()
+        self.metrics.registry.register(BrokerCollector(self.broker))
         self._publish(self.compile())
         host, port = split_addr(s.http_addr, "http_addr")
         self.http = HttpServer(host, port, self.store)

@@ -245,6 +245,7 @@ def test_no_secret_in_logs_metrics_cli_or_agent_facing_fields(
         shown.ClearField("credential")
         agent_facing.append(json_format.MessageToJson(shown))
     log_text = buf.getvalue()
+    assert any('aam_broker_credentials_total{event="issued"}' in text for text in scraped)
     assert "credential issued" in log_text and "lease_accessor" in log_text
     assert "lease revoked" in log_text
     surfaces = {"logs": log_text, "agent-facing responses": "\n".join(agent_facing),
