@@ -98,6 +98,10 @@ class VaultBackend:
             try:
                 return fn()
             except hv.Forbidden:
+                # Log in again only if our token died: a policy refusal must not spend
+                # AppRole secret-id uses on every request.
+                if self.client.is_authenticated():
+                    raise
                 with self._auth_lock:
                     self._login()
                 return fn()

@@ -24,7 +24,7 @@ from aam.v1 import pdp_pb2
 from compiler import load
 from compiler.codegen import generate
 from pdp import logs
-from pdp.broker import Broker
+from pdp.broker import Broker, CredentialSpec, CredentialUnavailable
 from pdp.broker.vault import RootTokenRefused, VaultBackend
 from pdp.bundles import BUNDLE_PATH
 from pdp.engine import Decision, Request
@@ -350,3 +350,19 @@ def test_credentials_come_back_by_themselves_when_vault_does(
             forwarder.stop()
     assert up.decision == pdp_pb2.DECISION_ALLOW, up.reasons
     assert up.credential.value == f"Bearer {vault.kv_secret}"
+
+
+def test_a_path_outside_the_pdp_policy_is_refused_without_new_logins(
+        vault: vaultsetup.VaultSetup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = VaultBackend(vault.addr, role_id=vault.role_id, secret_id_file=str(vault.secret_id_file))
+    logins = []
+    real = backend._login
+    monkeypatch.setattr(backend, "_login", lambda: (logins.append(1), real())[1])
+    spec = CredentialSpec.from_compiled({
+        "name": "x", "resource": "x.y", "engine": "kv", "mount": "secret", "ttl_s": 60,
+        "inject": {"header": "x"}, "actions": {"read": "read"},
+        "scopes": {"read": {"actions": {"read": True}, "path": "aam-other/private", "key": "x"}}})
+    for _ in range(3):
+        with pytest.raises(CredentialUnavailable, match="vault refused"):
+            backend.issue(spec, spec.scopes["read"], CRM)
+    assert len(logins) == 1
