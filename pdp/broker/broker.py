@@ -70,6 +70,8 @@ class Broker:
         self._cache: dict[Key, _Entry] = {}
         self._lock = threading.Lock()
         self._key_locks: dict[Key, threading.Lock] = {}
+        # Revocations that failed (Vault down); retried on the next bundle or issuance.
+        self._pending: dict[Key, _Entry] = {}
 
     # --- bundle updates --------------------------------------------------------
 
@@ -82,13 +84,26 @@ class Broker:
             stale = {k: e for k, e in self._cache.items() if not self._justified(k, e.policy, e.spec)}
             for k in stale:
                 del self._cache[k]
-        for (workload, resource, scope), entry in sorted(stale.items()):
+        self._revoke({**self._take_pending(), **stale})
+
+    def _take_pending(self) -> dict[Key, _Entry]:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        now = self.clock()
+        return {k: e for k, e in pending.items() if e.lease.expires_at > now}
+
+    def _revoke(self, entries: dict[Key, _Entry]) -> None:
+        for key, entry in sorted(entries.items()):
+            workload, resource, scope = key
             fields = {"workload": workload, "resource": resource, "scope": scope,
                       "lease_accessor": entry.lease.accessor}
             try:
                 self.backend.revoke(entry.lease)
             except CredentialUnavailable:
-                log.warning("lease revocation failed; it ends at its TTL", extra={"fields": fields})
+                with self._lock:
+                    self._pending[key] = entry
+                log.warning("lease revocation failed; retried later, it ends at its TTL anyway",
+                            extra={"fields": fields})
                 continue
             self.stats["revoked"] += 1
             log.info("lease revoked: its policy or grant was removed", extra={"fields": fields})
@@ -151,6 +166,8 @@ class Broker:
     def _issue(self, key: Key, spec: CredentialSpec, scope: Scope) -> Lease:
         lease = self.backend.issue(spec, scope, key[0])
         self.stats["issued"] += 1
+        if self._pending:  # Vault answers again: finish what an outage left undone
+            self._revoke(self._take_pending())
         log.info("credential issued", extra={"fields": {
             "workload": key[0], "resource": key[1], "scope": key[2], "engine": spec.engine,
             "lease_accessor": lease.accessor, "expires_at": round(lease.expires_at, 3)}})

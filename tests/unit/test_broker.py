@@ -210,3 +210,22 @@ def test_vault_settings_are_validated(settings: dict[str, str], message: str) ->
 def test_unknown_broker_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown broker"):
         build(Settings.load(env={}, broker="hsm"))
+
+
+def test_failed_revocation_is_retried_once_vault_answers(clock: list[float]) -> None:
+    broker, backend = make(clock)
+    broker.on_bundle(data())
+    broker.attach(req(), allow())
+    real_revoke = backend.revoke
+
+    def down(lease: Lease) -> None:
+        raise CredentialUnavailable("vault is unavailable for lease revocation")
+
+    backend.revoke = down  # type: ignore[method-assign]
+    broker.on_bundle(data(actions=("write",)))
+    assert backend.revoked == [] and broker.stats["revoked"] == 0
+    backend.revoke = real_revoke  # type: ignore[method-assign]
+    broker.on_bundle(data(actions=("write",)))  # the next bundle retries it
+    assert backend.revoked == ["acc-1"]
+    broker.on_bundle(data())
+    assert backend.revoked == ["acc-1"]  # once only
