@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from compiler import spiffe
+from compiler import spiffe, toolcredential
 from compiler.errors import Diagnostic
 from compiler.model import PolicySet
 from compiler.source import Document
@@ -91,6 +91,7 @@ CHECKS: tuple[Check, ...] = (
     duplicate_workloads,
     model_references,
     tool_grants,
+    *toolcredential.CHECKS,
 )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from compiler import toolcredential
 from compiler.model import AgentPolicy, ModelRoute, PolicySet
 
 
@@ -54,4 +55,5 @@ def generate(ps: PolicySet) -> dict[str, Any]:
     return {
         "policies": {p.workload: _policy(p) for p in sorted(ps.policies, key=lambda p: p.workload)},
         "routes": {r.name: _route(r) for r in sorted(ps.routes, key=lambda r: r.name)},
+        "credentials": toolcredential.generate(ps),
     }

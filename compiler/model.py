@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compiler.source import Document
+from compiler.toolcredential import ToolCredential
 
 
 @dataclass(frozen=True)
@@ -99,3 +100,4 @@ class PolicySet:
 
     policies: tuple[AgentPolicy, ...]
     routes: tuple[ModelRoute, ...]
+    credentials: tuple[ToolCredential, ...] = ()

@@ -9,8 +9,10 @@ from compiler import checks, codegen, schema, source
 from compiler.bundle import Bundle, rego_library
 from compiler.errors import CompileError, Diagnostic
 from compiler.model import AgentPolicy, ModelRoute, PolicySet
+from compiler.toolcredential import ToolCredential
 
 _KIND_CLASS = {"AgentPolicy": AgentPolicy, "ModelRoute": ModelRoute}
+_KIND_CLASS["ToolCredential"] = ToolCredential
 
 
 def load(paths: Sequence[Path]) -> PolicySet:
@@ -22,7 +24,7 @@ def load(paths: Sequence[Path]) -> PolicySet:
             errors.append(Diagnostic(str(p), 1, 1, "no such file or directory"))
     if not files and not errors:
         errors.append(Diagnostic(str(paths[0]) if paths else ".", 1, 1, "no policy files found"))
-    by_kind: dict[str, list] = {"AgentPolicy": [], "ModelRoute": []}
+    by_kind: dict[str, list] = {kind: [] for kind in _KIND_CLASS}
     for f in files:
         docs, load_errors = source.load_file(f)
         errors.extend(load_errors)
@@ -32,7 +34,8 @@ def load(paths: Sequence[Path]) -> PolicySet:
             if not doc_errors:
                 kind = doc.value["kind"]
                 by_kind[kind].append(_KIND_CLASS[kind].from_doc(doc))
-    ps = PolicySet(tuple(by_kind["AgentPolicy"]), tuple(by_kind["ModelRoute"]))
+    ps = PolicySet(tuple(by_kind["AgentPolicy"]), tuple(by_kind["ModelRoute"]),
+                   credentials=tuple(by_kind["ToolCredential"]))
     errors.extend(checks.run(ps))
     if errors:
         raise CompileError(errors)

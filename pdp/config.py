@@ -72,6 +72,23 @@ class Settings:
     # JWKS file (SPIFFE JWT trust bundle) and the audience JWT-SVIDs must name.
     jwt_bundle: str = ""
     jwt_audience: str = "aam-pdp"
+    # Credential broker backend: "none" (credentialed actions are denied
+    # credential_unavailable) or "vault" (Vault / OpenBao at vault_addr).
+    broker: str = "none"
+    vault_addr: str = ""
+    # AppRole login: role id, and a file holding the secret id (never the value itself).
+    vault_role_id: str = ""
+    vault_secret_id_file: str = ""
+    vault_approle_mount: str = "approle"
+    # Alternative to AppRole: a file with a (non-root) token, e.g. kept fresh by a Vault agent.
+    vault_token_file: str = ""
+    vault_timeout_ms: int = 2000
+    # CA bundle to verify an https vault_addr; empty uses the system's.
+    vault_ca_file: str = ""
+    # Reuse a cached credential while it has at least this long left (capped at half its TTL).
+    credential_min_remaining_s: float = 30.0
+    # Cache credentials per (workload, resource, scope); off issues one per decision.
+    credential_cache: bool = True
 
     @classmethod
     def load(
@@ -112,6 +129,19 @@ class Settings:
         for value in self.trusted_gateways:
             if not value.startswith("spiffe://"):
                 raise ConfigError(f"trusted_gateways: {value!r} is not a SPIFFE ID")
+        self._validate_broker()
+
+    def _validate_broker(self) -> None:
+        if self.broker != "vault":
+            return
+        if not self.vault_addr.startswith(("http://", "https://")):
+            raise ConfigError("broker = vault needs vault_addr (http:// or https://)")
+        if bool(self.vault_role_id) == bool(self.vault_token_file):
+            raise ConfigError("broker = vault needs either vault_role_id (AppRole) or vault_token_file")
+        if self.vault_role_id and not self.vault_secret_id_file:
+            raise ConfigError("vault_role_id needs vault_secret_id_file")
+        if self.vault_timeout_ms <= 0:
+            raise ConfigError("vault_timeout_ms must be positive")
 
     def opa_path(self) -> str:
         """The OPA binary to run, or a ConfigError saying how to get one."""

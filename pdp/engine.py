@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pdp.opa import DECISION_PATH, EXPLAIN_PATH, EngineUnavailable, OpaClient
 
@@ -70,10 +70,18 @@ def new_decision_id() -> str:
 Observer = Callable[[Request, Decision, float], None]
 
 
+class CredentialHook(Protocol):
+    """Called after an allow: adds the gateway's credential or turns the allow into a deny."""
+
+    def attach(self, req: Request, decision: Decision) -> Decision: ...
+
+
 class Engine:
-    def __init__(self, opa: OpaClient, observers: Iterable[Observer] = ()) -> None:
+    def __init__(self, opa: OpaClient, observers: Iterable[Observer] = (),
+                 broker: CredentialHook | None = None) -> None:
         self.opa = opa
         self.observers = list(observers)
+        self.broker = broker
 
     def build_input(self, req: Request) -> dict[str, Any]:
         """OPA's input document: the only place it is assembled."""
@@ -113,6 +121,8 @@ class Engine:
                 decision_id=decision_id,
                 revision="",
             )
+        if decision.allow and req.tool and self.broker is not None:
+            decision = self.broker.attach(req, decision)
         if req.explain:
             decision = _with_explanation(decision, input_doc, matched)
         log.info(
@@ -122,6 +132,7 @@ class Engine:
                 "workload": req.spiffe_id, "model": req.model, "tool": req.tool,
                 "action": req.action, "allow": decision.allow, "policy": decision.policy,
                 "reasons": [r.code for r in decision.reasons], "revision": decision.revision,
+                "lease_accessor": decision.credential.lease_accessor if decision.credential else "",
             }},
         )
         elapsed = time.perf_counter() - started

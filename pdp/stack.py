@@ -6,11 +6,16 @@ settings (``up`` is plaintext on loopback with embedded defaults).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from pathlib import Path
 
 from compiler import Bundle, CompileError, compile_paths
+from compiler.bundle import DATA_PATH
+from pdp import broker as brokers
+from pdp.broker import Broker
+from pdp.broker.metrics import BrokerCollector
 from pdp.bundles import BUNDLE_PATH, BundleStore, HttpServer
 from pdp.config import Settings, split_addr
 from pdp.engine import Engine
@@ -34,6 +39,7 @@ class Stack:
         self.engine: Engine | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self.broker: Broker | None = None
 
     def compile(self) -> Bundle:
         return compile_paths([self.policies])
@@ -48,7 +54,10 @@ class Stack:
 
     def _start(self) -> None:
         s = self.settings
-        self.store.publish(self.compile())
+        self.broker = brokers.build(s)
+        self.broker.start()
+        self.metrics.registry.register(BrokerCollector(self.broker))
+        self._publish(self.compile())
         host, port = split_addr(s.http_addr, "http_addr")
         self.http = HttpServer(host, port, self.store)
         self.http.routes[METRICS_PATH] = self.metrics.route()
@@ -58,7 +67,8 @@ class Stack:
             self.opa = OpaProcess(s.opa_path(), s.opa_addr, self.http.url)
             self.opa.start()
             opa_url = self.opa.url
-        engine = Engine(OpaClient(opa_url, s.opa_timeout_ms / 1000), observers=[self.metrics.observe])
+        engine = Engine(OpaClient(opa_url, s.opa_timeout_ms / 1000), observers=[self.metrics.observe],
+                        broker=self.broker)
         self.engine = engine
         self.grpc = GrpcServer(s, PolicyDecisionServicer(engine, s))
         self.grpc.start()
@@ -68,6 +78,12 @@ class Stack:
         if s.watch:
             self._watcher = threading.Thread(target=self._watch, name="aam-watch", daemon=True)
             self._watcher.start()
+
+    def _publish(self, bundle: Bundle) -> None:
+        """The broker sees a bundle first, so it stops issuing for removed grants before OPA does."""
+        if self.broker is not None:
+            self.broker.on_bundle(json.loads(bundle.files[DATA_PATH]))
+        self.store.publish(bundle)
 
     @property
     def opa_url(self) -> str:
@@ -137,7 +153,7 @@ class Stack:
             return False
         current = self.store.current
         if current is None or current.revision != bundle.revision:
-            self.store.publish(bundle)
+            self._publish(bundle)
             log.info("bundle published", extra={"fields": {"revision": bundle.revision}})
         return True
 
@@ -152,6 +168,9 @@ class Stack:
         if self.http:
             self.http.stop()
             self.http = None
+        if self.broker:
+            self.broker.close()
+            self.broker = None
 
     def wait(self) -> None:
         self._stop.wait()

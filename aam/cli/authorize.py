@@ -107,6 +107,16 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
     return grpc.secure_channel(args.addr, creds)
 
 
+def _withheld(resp: pdp_pb2.AuthorizeResponse) -> pdp_pb2.AuthorizeResponse:
+    """A terminal is no place for the gateway's secret: print everything but its value."""
+    if not resp.HasField("credential"):
+        return resp
+    shown = pdp_pb2.AuthorizeResponse()
+    shown.CopyFrom(resp)
+    shown.credential.value = "(withheld)"
+    return shown
+
+
 def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     try:
         req = build_request(args)
@@ -122,7 +132,7 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             print(f"aam authorize: error: {exc.code().name}: {exc.details()}", file=stderr)
             return 1
     if args.json:
-        print(json_format.MessageToJson(resp, sort_keys=True), file=stdout)
+        print(json_format.MessageToJson(_withheld(resp), sort_keys=True), file=stdout)
     else:
         print(render(resp), file=stdout)
     return 0 if resp.decision == pdp_pb2.DECISION_ALLOW else 3

@@ -87,6 +87,9 @@ def _serve(settings: Settings, stdout: TextIO, stderr: TextIO, banner: bool) -> 
           f"{', watching for changes' if settings.watch else ''})", file=stdout)
     print(f"bundles    {stack.bundle_url}", file=stdout)
     print(f"opa        {stack.opa_url}{' (managed)' if stack.opa else ''}", file=stdout)
+    print(f"broker     {settings.broker}" + (f" ({settings.vault_addr})" if settings.broker == "vault"
+          else " (no Vault: actions that need a credential are denied credential_unavailable)"),
+          file=stdout)
     print(f"grpc       {settings.grpc_addr} aam.v1.PolicyDecisionService"
           f"{' (plaintext, loopback)' if settings.plaintext else ' (mTLS)'}", file=stdout)
     if banner:

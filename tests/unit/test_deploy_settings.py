@@ -20,3 +20,9 @@ def test_sample_settings_load() -> None:
 
 def test_env_overrides_the_file() -> None:
     assert Settings.load(SAMPLE, env={"AAM_OPA_TIMEOUT_MS": "100"}).opa_timeout_ms == 100
+
+
+def test_sample_settings_use_vault_with_approle() -> None:
+    s = Settings.load(SAMPLE, env={})
+    assert s.broker == "vault"
+    assert s.vault_role_id and s.vault_secret_id_file and not s.vault_token_file
