@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from compiler import spiffe, toolcredential
+from compiler import language_checks, spiffe, toolcredential
 from compiler.errors import Diagnostic
 from compiler.model import PolicySet
 from compiler.source import Document
@@ -92,6 +92,7 @@ CHECKS: tuple[Check, ...] = (
     model_references,
     tool_grants,
     *toolcredential.CHECKS,
+    *language_checks.CHECKS,
 )
 
 

@@ -9,18 +9,57 @@ from __future__ import annotations
 from typing import Any
 
 from compiler import toolcredential
-from compiler.model import AgentPolicy, ModelRoute, PolicySet
+from compiler.model import AgentPolicy, Conditions, Constraint, ModelRoute, PolicySet, ToolGrant
+
+_WEEKDAYS = {"mon": "Monday", "tue": "Tuesday", "wed": "Wednesday", "thu": "Thursday",
+             "fri": "Friday", "sat": "Saturday", "sun": "Sunday"}
+
+
+def minutes(hhmm: str) -> int:
+    """"08:30" -> 510; the checks have already refused malformed times."""
+    hours, _, mins = hhmm.partition(":")
+    return int(hours) * 60 + int(mins)
+
+
+def _constraint(g: ToolGrant, c: Constraint) -> dict[str, Any]:
+    out: dict[str, Any] = {"rule": f"{g.rule}.constraints[{c.index}]", "param": c.param,
+                           "path": list(c.path), **c.rules}
+    if "pattern" in c.rules:  # authors write a whole-value pattern; RE2 searches
+        out["regex"] = f"^(?:{c.rules['pattern']})$"
+    return out
+
+
+def _conditions(g: ToolGrant, cond: Conditions) -> dict[str, Any]:
+    out: dict[str, Any] = {"rule": f"{g.rule}.conditions"}
+    tw = cond.time_window
+    if tw is not None:
+        out["time_window"] = {
+            "start": minutes(tw.start), "end": minutes(tw.end), "text": f"{tw.start}-{tw.end}",
+            "timezone": tw.timezone,
+            "days": {_WEEKDAYS[d]: True for d in sorted(tw.days)} if tw.days else None,
+        }
+    if cond.environments:
+        out["environments"] = dict.fromkeys(sorted(cond.environments), True)
+    if cond.context:
+        out["context"] = {k: list(v) for k, v in sorted(cond.context.items())}
+    return out
+
+
+def _tool(g: ToolGrant) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "rule": g.rule,
+        "actions": dict.fromkeys(sorted(g.actions), True),
+        "deny": {a: f"{g.rule}.deny" for a in sorted(g.deny)},
+    }
+    if g.constraints:
+        out["constraints"] = [_constraint(g, c) for c in g.constraints]
+    if g.conditions is not None:
+        out["conditions"] = _conditions(g, g.conditions)
+    return out
 
 
 def _policy(p: AgentPolicy) -> dict[str, Any]:
-    tools = {
-        g.resource: {
-            "rule": g.rule,
-            "actions": dict.fromkeys(sorted(g.actions), True),
-            "deny": {a: f"{g.rule}.deny" for a in sorted(g.deny)},
-        }
-        for g in p.tools
-    }
+    tools = {g.resource: _tool(g) for g in p.tools}
     out: dict[str, Any] = {
         "name": p.name,
         "binding": dict(sorted(p.binding.items())),
@@ -28,8 +67,10 @@ def _policy(p: AgentPolicy) -> dict[str, Any]:
         "tools": tools,
         "audit": {"record": sorted(p.audit_record)},
     }
-    if p.daily_usd is not None:
-        out["budget"] = {"daily_usd": p.daily_usd}
+    if p.budget:
+        out["budget"] = {"timezone": "UTC", **p.budget}
+    if p.rate:
+        out["rate"] = dict(sorted(p.rate.items()))
     return out
 
 
@@ -47,6 +88,7 @@ def _route(r: ModelRoute) -> dict[str, Any]:
             }
             for t in r.targets
         ],
+        **({"rate": dict(sorted(r.rate.items()))} if r.rate else {}),
     }
 
 

@@ -6,11 +6,54 @@ constructors read fields without re-checking their types.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from compiler.source import Document
 from compiler.toolcredential import ToolCredential
+
+CONSTRAINT_RULES = ("required", "forbidden", "min", "max", "allowed_values", "forbidden_values",
+                    "pattern", "max_length")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One rule on a request parameter; ``rules`` holds only the keys the author set."""
+
+    param: str
+    rules: dict[str, Any]
+    index: int  # position in spec.tools[i].constraints
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        return tuple(self.param.split("."))
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    start: str
+    end: str
+    days: tuple[str, ...]
+    timezone: str
+
+
+@dataclass(frozen=True)
+class Conditions:
+    time_window: TimeWindow | None = None
+    environments: tuple[str, ...] = ()
+    context: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def from_spec(cls, raw: dict[str, Any] | None) -> Conditions | None:
+        if raw is None:
+            return None
+        tw = raw.get("time_window")
+        return cls(
+            time_window=TimeWindow(tw["start"], tw["end"], tuple(tw.get("days", ())),
+                                   tw.get("timezone", "UTC")) if tw else None,
+            environments=tuple(raw.get("environments", ())),
+            context={k: tuple(v) for k, v in raw.get("context", {}).items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -19,6 +62,8 @@ class ToolGrant:
     actions: tuple[str, ...]
     deny: tuple[str, ...]
     index: int  # position in spec.tools, so messages can name the rule
+    constraints: tuple[Constraint, ...] = ()
+    conditions: Conditions | None = None
 
     @property
     def rule(self) -> str:
@@ -35,6 +80,8 @@ class AgentPolicy:
     tools: tuple[ToolGrant, ...]
     audit_record: tuple[str, ...]
     doc: Document
+    budget: dict[str, Any] = field(default_factory=dict)  # spec.budget as written
+    rate: dict[str, int] = field(default_factory=dict)  # spec.rate as written
 
     @classmethod
     def from_doc(cls, doc: Document) -> AgentPolicy:
@@ -46,6 +93,11 @@ class AgentPolicy:
                 actions=tuple(t.get("actions", ())),
                 deny=tuple(t.get("deny", ())),
                 index=i,
+                constraints=tuple(
+                    Constraint(c["param"], {k: c[k] for k in CONSTRAINT_RULES if k in c}, j)
+                    for j, c in enumerate(t.get("constraints", ()))
+                ),
+                conditions=Conditions.from_spec(t.get("conditions")),
             )
             for i, t in enumerate(spec.get("tools", ()))
         )
@@ -59,6 +111,8 @@ class AgentPolicy:
             tools=tools,
             audit_record=tuple(spec.get("audit", {}).get("record", ())),
             doc=doc,
+            budget=dict(spec.get("budget", {})),
+            rate=dict(spec.get("rate", {})),
         )
 
 
@@ -77,6 +131,7 @@ class ModelRoute:
     targets: tuple[RouteTarget, ...]
     allow_fallbacks: bool
     doc: Document
+    rate: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_doc(cls, doc: Document) -> ModelRoute:
@@ -91,7 +146,25 @@ class ModelRoute:
             )
             for t in spec["targets"]
         )
-        return cls(doc.value["metadata"]["name"], targets, spec.get("allow_fallbacks", True), doc)
+        return cls(doc.value["metadata"]["name"], targets, spec.get("allow_fallbacks", True), doc,
+                   rate=dict(spec.get("rate", {})))
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A tool resource: its actions and the JSON Schema of its parameters."""
+
+    name: str
+    resource: str
+    actions: tuple[str, ...]
+    input_schema: dict[str, Any] | None
+    doc: Document
+
+    @classmethod
+    def from_doc(cls, doc: Document) -> Tool:
+        spec = doc.value["spec"]
+        return cls(doc.value["metadata"]["name"], spec["resource"], tuple(spec["actions"]),
+                   spec.get("inputSchema"), doc)
 
 
 @dataclass(frozen=True)
@@ -100,4 +173,5 @@ class PolicySet:
 
     policies: tuple[AgentPolicy, ...]
     routes: tuple[ModelRoute, ...]
+    tools: tuple[Tool, ...] = ()
     credentials: tuple[ToolCredential, ...] = ()

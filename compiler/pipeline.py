@@ -8,10 +8,10 @@ from pathlib import Path
 from compiler import checks, codegen, schema, source
 from compiler.bundle import Bundle, rego_library
 from compiler.errors import CompileError, Diagnostic
-from compiler.model import AgentPolicy, ModelRoute, PolicySet
+from compiler.model import AgentPolicy, ModelRoute, PolicySet, Tool
 from compiler.toolcredential import ToolCredential
 
-_KIND_CLASS = {"AgentPolicy": AgentPolicy, "ModelRoute": ModelRoute}
+_KIND_CLASS = {"AgentPolicy": AgentPolicy, "ModelRoute": ModelRoute, "Tool": Tool}
 _KIND_CLASS["ToolCredential"] = ToolCredential
 
 
@@ -34,7 +34,7 @@ def load(paths: Sequence[Path]) -> PolicySet:
             if not doc_errors:
                 kind = doc.value["kind"]
                 by_kind[kind].append(_KIND_CLASS[kind].from_doc(doc))
-    ps = PolicySet(tuple(by_kind["AgentPolicy"]), tuple(by_kind["ModelRoute"]),
+    ps = PolicySet(tuple(by_kind["AgentPolicy"]), tuple(by_kind["ModelRoute"]), tuple(by_kind["Tool"]),
                    credentials=tuple(by_kind["ToolCredential"]))
     errors.extend(checks.run(ps))
     if errors:

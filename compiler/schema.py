@@ -21,7 +21,7 @@ from compiler.source import Document
 
 API_VERSION = "access.envisionai.dev/v1"
 SCHEMA_DIR = Path(__file__).parent / "schemas"
-KINDS = {"AgentPolicy": "agentpolicy.json", "ModelRoute": "modelroute.json"}
+KINDS = {"AgentPolicy": "agentpolicy.json", "ModelRoute": "modelroute.json", "Tool": "tool.json"}
 KINDS["ToolCredential"] = "toolcredential.json"
 
 

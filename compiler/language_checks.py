@@ -1,0 +1,200 @@
+"""Semantic checks of the v1 policy language: tools, constraints, conditions, budgets.
+
+Each rule is a small generator over the whole policy set, like those in
+``checks.py``; they cover what JSON Schema cannot say: references to ``Tool``
+documents, parameter paths against a tool's input schema, regular
+expressions, times and time zones, and amounts that are finite and ordered.
+
+References to ``ToolCredential`` documents are checked by the broker's
+checks once that kind exists.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import zoneinfo
+from collections.abc import Iterator
+from typing import Any
+
+import jsonschema
+
+from compiler.errors import Diagnostic
+from compiler.model import AgentPolicy, Constraint, PolicySet, Tool, ToolGrant
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
+# Constructs Python's re accepts but RE2 (OPA's regex engine) refuses.
+_NOT_RE2 = re.compile(r"\(\?[=!]|\(\?<[=!]|\\[1-9]|\(\?P=|\(\?>|[*+?}][+]")
+_NUMERIC = ("min", "max")
+
+
+def _tools_by_resource(ps: PolicySet) -> dict[str, Tool]:
+    out: dict[str, Tool] = {}
+    for t in ps.tools:
+        out.setdefault(t.resource, t)
+    return out
+
+
+def duplicate_tools(ps: PolicySet) -> Iterator[Diagnostic]:
+    seen_name: dict[str, Tool] = {}
+    seen_resource: dict[str, Tool] = {}
+    for t in ps.tools:
+        if t.name in seen_name:
+            first = seen_name[t.name].doc
+            yield t.doc.error(("metadata", "name"), f"duplicate Tool name {t.name!r} (first defined at"
+                              f" {first.file}:{first.at(('metadata', 'name'))[0]})")
+        seen_name.setdefault(t.name, t)
+        if t.resource in seen_resource:
+            yield t.doc.error(("spec", "resource"), f"tool resource {t.resource!r} is already declared"
+                              f" by Tool {seen_resource[t.resource].name!r}")
+        seen_resource.setdefault(t.resource, t)
+
+
+def tool_input_schemas(ps: PolicySet) -> Iterator[Diagnostic]:
+    for t in ps.tools:
+        if t.input_schema is None:
+            continue
+        try:
+            jsonschema.Draft202012Validator.check_schema(t.input_schema)
+        except jsonschema.SchemaError as exc:
+            path = ("spec", "inputSchema", *exc.absolute_path)
+            yield t.doc.error(path, f"inputSchema is not a valid JSON Schema: {exc.message}")
+
+
+def tool_references(ps: PolicySet) -> Iterator[Diagnostic]:
+    """Grants name declared actions; constraints need a Tool that declares the parameters."""
+    tools = _tools_by_resource(ps)
+    for p in ps.policies:
+        for g in p.tools:
+            tool = tools.get(g.resource)
+            base = ("spec", "tools", g.index)
+            if tool is None:
+                if g.constraints:
+                    yield p.doc.error((*base, "resource"),
+                                      f"tool resource {g.resource!r} has constraints but no Tool declares"
+                                      " it (add a Tool document with its inputSchema)")
+                continue
+            for field in ("actions", "deny"):
+                for j, action in enumerate(getattr(g, field)):
+                    if action not in tool.actions:
+                        yield p.doc.error((*base, field, j),
+                                          f"action {action!r} is not an action of Tool {tool.name!r}"
+                                          f" (actions: {', '.join(tool.actions)})")
+            for c in g.constraints:
+                yield from _constraint_param(p, g, c, tool)
+
+
+def _declared(schema: Any, path: tuple[str, ...]) -> Any:
+    """The sub-schema of a dotted parameter path, or None when not declared."""
+    node = schema
+    for part in path:
+        if not isinstance(node, dict):
+            return None
+        props = node.get("properties")
+        if not isinstance(props, dict) or part not in props:
+            return None
+        node = props[part]
+    return node if isinstance(node, dict) else {}
+
+
+def _types(schema: dict[str, Any]) -> set[str]:
+    t = schema.get("type")
+    return {t} if isinstance(t, str) else set(t) if isinstance(t, list) else set()
+
+
+def _constraint_param(p: AgentPolicy, g: ToolGrant, c: Constraint, tool: Tool) -> Iterator[Diagnostic]:
+    at = ("spec", "tools", g.index, "constraints", c.index)
+    declared = _declared(tool.input_schema or {}, c.path)
+    if declared is None:
+        yield p.doc.error((*at, "param"), f"parameter {c.param!r} is not declared by the inputSchema of"
+                          f" Tool {tool.name!r}")
+        return
+    types = _types(declared)
+    if types and any(k in c.rules for k in _NUMERIC) and not types & {"number", "integer"}:
+        yield p.doc.error((*at, "param"), f"min/max on parameter {c.param!r}, which Tool {tool.name!r}"
+                          f" declares as {'/'.join(sorted(types))}, not a number")
+    if types and "pattern" in c.rules and "string" not in types:
+        yield p.doc.error((*at, "pattern"), f"pattern on parameter {c.param!r}, which Tool"
+                          f" {tool.name!r} declares as {'/'.join(sorted(types))}, not a string")
+
+
+def constraint_rules(ps: PolicySet) -> Iterator[Diagnostic]:
+    for p in ps.policies:
+        for g in p.tools:
+            for c in g.constraints:
+                at = ("spec", "tools", g.index, "constraints", c.index)
+                if not c.rules:
+                    yield p.doc.error(at, f"constraint on {c.param!r} sets no rule (use required, forbidden,"
+                                      " min, max, allowed_values, forbidden_values, pattern or max_length)")
+                if c.rules.get("required") and c.rules.get("forbidden"):
+                    yield p.doc.error((*at, "forbidden"),
+                                      f"parameter {c.param!r} cannot be both required and forbidden")
+                lo, hi = c.rules.get("min"), c.rules.get("max")
+                for key in _NUMERIC:
+                    v = c.rules.get(key)
+                    if isinstance(v, float) and not math.isfinite(v):
+                        yield p.doc.error((*at, key), f"{key} must be a finite number, got {v}")
+                if lo is not None and hi is not None and lo > hi:
+                    yield p.doc.error((*at, "max"), f"max {hi} is smaller than min {lo}")
+                if "pattern" in c.rules:
+                    yield from _pattern(p, (*at, "pattern"), c.rules["pattern"])
+
+
+def _pattern(p: AgentPolicy, at: tuple[Any, ...], pattern: str) -> Iterator[Diagnostic]:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        yield p.doc.error(at, f"invalid regular expression {pattern!r}: {exc.msg}")
+        return
+    if _NOT_RE2.search(pattern):
+        yield p.doc.error(at, f"regular expression {pattern!r} uses look-around, back-references or"
+                          " possessive/atomic groups, which OPA's RE2 engine does not support")
+
+
+def _timezone(p: AgentPolicy, at: tuple[Any, ...], tz: str) -> Iterator[Diagnostic]:
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        yield p.doc.error(at, f"unknown time zone {tz!r} (use an IANA name such as 'Europe/Berlin')")
+
+
+def conditions(ps: PolicySet) -> Iterator[Diagnostic]:
+    for p in ps.policies:
+        for g in p.tools:
+            tw = g.conditions.time_window if g.conditions else None
+            if tw is None:
+                continue
+            at = ("spec", "tools", g.index, "conditions", "time_window")
+            for key in ("start", "end"):
+                value = getattr(tw, key)
+                if not _HHMM.match(value):
+                    yield p.doc.error((*at, key),
+                                      f"malformed time {value!r} (expected HH:MM, 00:00 to 24:00)")
+            if tw.start == tw.end and _HHMM.match(tw.start):
+                yield p.doc.error((*at, "end"), f"empty time window: start and end are both {tw.start}")
+            yield from _timezone(p, (*at, "timezone"), tw.timezone)
+
+
+def budgets(ps: PolicySet) -> Iterator[Diagnostic]:
+    """Amounts must be finite, and a smaller window cannot allow more than a larger one."""
+    order = ("per_request_usd", "daily_usd", "monthly_usd")
+    for p in ps.policies:
+        at = ("spec", "budget")
+        amounts = {}
+        for key in order:
+            v = p.budget.get(key)
+            if v is None:
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                yield p.doc.error((*at, key), f"malformed amount {key}: {v} (must be a finite number)")
+                continue
+            amounts[key] = v
+        for small, large in itertools.combinations(order, 2):
+            if small in amounts and large in amounts and amounts[small] > amounts[large]:
+                yield p.doc.error((*at, small), f"{small} {amounts[small]} exceeds {large} {amounts[large]}")
+        if "timezone" in p.budget:
+            yield from _timezone(p, (*at, "timezone"), p.budget["timezone"])
+
+
+CHECKS = (duplicate_tools, tool_input_schemas, tool_references, constraint_rules, conditions, budgets)
