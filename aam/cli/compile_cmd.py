@@ -9,12 +9,19 @@ from pathlib import Path
 from typing import TextIO
 
 from compiler import CompileError, compile_paths
+from compiler.sign import ALGORITHMS, SigningError, sign
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile", help="validate policies and build an OPA bundle")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     p.add_argument("-o", "--output", type=Path, default=Path("bundle.tar.gz"))
+    p.add_argument("--sign-key", type=Path, metavar="FILE",
+                   help="sign the bundle: PEM private key (RS256, ES256) or file holding the secret (HS256)")
+    p.add_argument("--signing-alg", choices=ALGORITHMS, default="RS256",
+                   help="JWS algorithm OPA verifies with (default RS256)")
+    p.add_argument("--signing-key-id", default="default", metavar="ID",
+                   help="key id in the JWS header; OPA's --verification-key-id (default 'default')")
     p.set_defaults(func=run)
 
 
@@ -39,10 +46,20 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             print(d, file=stderr)
         print(f"{len(exc.diagnostics)} error(s); no bundle written", file=stderr)
         return 1
+    if args.sign_key is not None:
+        try:
+            bundle = sign(bundle, args.sign_key.read_bytes(), args.signing_alg, args.signing_key_id)
+        except OSError as exc:
+            print(f"{args.sign_key}: error: cannot read signing key: {exc.strerror}", file=stderr)
+            return 1
+        except SigningError as exc:
+            print(f"{args.sign_key}: error: {exc}", file=stderr)
+            return 1
     try:
         write_atomic(args.output, bundle.to_tar_gz())
     except OSError as exc:
         print(f"{args.output}: error: cannot write bundle: {exc.strerror}", file=stderr)
         return 1
-    print(f"wrote {args.output} (revision {bundle.revision[:12]})", file=stdout)
+    signed = f", signed {args.signing_alg}" if args.sign_key is not None else ""
+    print(f"wrote {args.output} (revision {bundle.revision[:12]}{signed})", file=stdout)
     return 0
