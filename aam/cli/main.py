@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import TextIO
 
-from aam.cli import authorize, compile_cmd, serve
+from aam.cli import authorize, compile_cmd, serve, test_cmd
 
 
 def parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def parser() -> argparse.ArgumentParser:
     compile_cmd.register(sub)
     serve.register(sub)
     authorize.register(sub)
+    test_cmd.register(sub)
     return p
 
 
