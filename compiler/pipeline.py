@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import gc
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from compiler import checks, codegen, schema, source
@@ -15,8 +17,27 @@ _KIND_CLASS = {"AgentPolicy": AgentPolicy, "ModelRoute": ModelRoute, "Tool": Too
 _KIND_CLASS["ToolCredential"] = ToolCredential
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Loading allocates millions of small acyclic objects; the cyclic GC
+    re-scanning them as they pile up more than doubles the compile time of a
+    large policy set. Reference counting still frees everything."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load(paths: Sequence[Path]) -> PolicySet:
     """Load and check every policy file under ``paths``; raise with all errors."""
+    with _gc_paused():
+        return _load(paths)
+
+
+def _load(paths: Sequence[Path]) -> PolicySet:
     errors: list[Diagnostic] = []
     files = source.discover(list(paths))
     for p in paths:
@@ -44,4 +65,5 @@ def load(paths: Sequence[Path]) -> PolicySet:
 
 def compile_paths(paths: Sequence[Path]) -> Bundle:
     ps = load(paths)
-    return Bundle.build(codegen.generate(ps), rego_library())
+    with _gc_paused():
+        return Bundle.build(codegen.generate(ps), rego_library())

@@ -8,11 +8,12 @@ policy language: the compiler validates with them, editors use them through
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
 import jsonschema
 from referencing import Registry, Resource
 
@@ -41,6 +42,36 @@ def validator(kind: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema, registry=_registry())
 
 
+def _inline(node: Any, file: str) -> Any:
+    """The schema with every ``$ref`` replaced by its target (our schemas are not recursive)."""
+    if isinstance(node, list):
+        return [_inline(x, file) for x in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target_file, _, pointer = node["$ref"].partition("#")
+        target_file = target_file or file
+        target: Any = json.loads((SCHEMA_DIR / target_file).read_text())
+        for part in filter(None, pointer.split("/")):
+            target = target[part]
+        return _inline({**target, **{k: v for k, v in node.items() if k != "$ref"}}, target_file)
+    return {k: _inline(v, file) for k, v in node.items() if k not in ("$defs", "$schema", "$id")}
+
+
+@cache
+def fast_check(kind: str) -> Callable[[Any], Any]:
+    """A code-generated validator (fastjsonschema) that only answers valid or not.
+
+    Validating 10,000 policies with jsonschema costs seconds; the generated
+    check is about 10x cheaper. Only documents it rejects go through
+    jsonschema, whose errors are the ones reported, so messages and
+    positions do not depend on it.
+    """
+    schema = _inline(json.loads((SCHEMA_DIR / KINDS[kind]).read_text()), KINDS[kind])
+    schema["$schema"] = "http://json-schema.org/draft-07/schema#"  # same keywords, fastest supported draft
+    return fastjsonschema.compile(schema)
+
+
 def _dotted(path: tuple[Any, ...]) -> str:
     out = ""
     for part in path:
@@ -62,6 +93,11 @@ def validate(doc: Document) -> Iterator[Diagnostic]:
         known = ", ".join(sorted(KINDS))
         yield doc.error(("kind",), f"unknown kind {kind!r} (known kinds: {known})")
         return
+    try:
+        fast_check(kind)(value)
+        return
+    except fastjsonschema.JsonSchemaException:
+        pass  # report every error, located, from the reference validator
     for err in validator(kind).iter_errors(value):
         yield from _located(doc, err)
 

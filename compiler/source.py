@@ -11,16 +11,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from compiler.errors import Diagnostic
 
 try:  # LibYAML is much faster on large policy sets; fall back when absent.
-    _Loader: type = yaml.CSafeLoader
+    _Base: type = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - depends on the PyYAML build
-    _Loader = yaml.SafeLoader
+    _Base = yaml.SafeLoader
+
+
+class _Loader(_Base):  # type: ignore[misc,valid-type]
+    """Caches implicit tag resolution: policy sets repeat the same keys and
+    values thousands of times, and PyYAML resolves each scalar with regexes."""
+
+    _tags: ClassVar[dict[tuple[str, tuple[bool, bool]], str]] = {}
+
+    def resolve(self, kind: type, value: Any, implicit: Any) -> str:
+        # No path resolvers are registered, so collections get the default tags.
+        if kind is yaml.MappingNode:
+            return self.DEFAULT_MAPPING_TAG
+        if kind is yaml.SequenceNode:
+            return self.DEFAULT_SEQUENCE_TAG
+        if implicit is not None and len(value) < 64:
+            key = (value, tuple(implicit))
+            tag = self._tags.get(key)
+            if tag is None:
+                tag = super().resolve(kind, value, implicit)
+                if len(self._tags) < 65536:
+                    self._tags[key] = tag
+            return tag
+        return super().resolve(kind, value, implicit)
 
 MAX_NODES = 1_000_000
 MAX_DEPTH = 64

@@ -19,7 +19,7 @@ from compiler.source import discover, load_file
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 VALID = [d.value for f in discover([EXAMPLES]) for d in load_file(f)[0]]
-FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12),
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30),
@@ -115,3 +115,21 @@ def test_hostile_yaml(prefix: str, tail: str) -> None:
 
 def test_unmutated_examples_compile() -> None:
     compile_text(yaml.safe_dump_all(VALID, sort_keys=False))
+
+
+@FUZZ
+@given(mutated_policy_sets())
+def test_fast_schema_check_never_accepts_what_jsonschema_rejects(text: str) -> None:
+    import fastjsonschema
+
+    from compiler.schema import KINDS, fast_check, validator
+
+    for doc in yaml.safe_load_all(text):
+        kind = doc.get("kind") if isinstance(doc, dict) else None
+        if not isinstance(kind, str) or kind not in KINDS:
+            continue
+        try:
+            fast_check(kind)(doc)
+        except fastjsonschema.JsonSchemaException:
+            continue
+        assert validator(kind).is_valid(doc), doc
