@@ -50,6 +50,7 @@ MAX_DEPTH = 64
 MAX_FILE_BYTES = 16 * 1024 * 1024
 
 Path_ = tuple[str | int, ...]
+_STR = "tag:yaml.org,2002:str"
 _SCALAR_TYPES = {
     "tag:yaml.org,2002:null": lambda v: None,
     "tag:yaml.org,2002:bool": lambda v: v.lower() in ("true", "yes", "on"),
@@ -100,23 +101,32 @@ class _Builder:
         line, col = self._pos(node)
         self.errors.append(Diagnostic(self.doc.file, line, col, message))
 
-    def build(self, node: yaml.Node, path: Path_, active: frozenset[int]) -> Any:
+    def build(self, node: yaml.Node, path: Path_, active: set[int]) -> Any:
+        # The hot loop of a compile (one call per YAML node): kept flat on purpose.
         self.nodes += 1
         if self.nodes > MAX_NODES:
             raise _Abort(node, f"document expands to more than {MAX_NODES} nodes (alias bomb?)")
         if len(path) > MAX_DEPTH:
             raise _Abort(node, f"nesting deeper than {MAX_DEPTH} levels")
-        if id(node) in active:
+        mark = node.start_mark
+        self.doc.positions[path] = (mark.line + 1, mark.column + 1)
+        cls = node.__class__
+        if cls is yaml.ScalarNode:
+            if node.tag == _STR:
+                return node.value
+            return self._scalar(node)
+        key = id(node)
+        if key in active:
             raise _Abort(node, "recursive YAML alias")
-        self.doc.positions[path] = self._pos(node)
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path, active | {id(node)})
-        if isinstance(node, yaml.SequenceNode):
-            inner = active | {id(node)}
-            return [self.build(item, (*path, i), inner) for i, item in enumerate(node.value)]
-        return self._scalar(node)
+        active.add(key)
+        try:
+            if cls is yaml.MappingNode:
+                return self._mapping(node, path, active)
+            return [self.build(item, (*path, i), active) for i, item in enumerate(node.value)]
+        finally:
+            active.discard(key)
 
-    def _mapping(self, node: yaml.MappingNode, path: Path_, active: frozenset[int]) -> dict:
+    def _mapping(self, node: yaml.MappingNode, path: Path_, active: set[int]) -> dict:
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
@@ -130,8 +140,10 @@ class _Builder:
                 first = self.doc.key_positions[(*path, key)]
                 self._fail(key_node, f"duplicate key {key!r} (first defined at line {first[0]})")
                 continue
-            self.doc.key_positions[(*path, key)] = self._pos(key_node)
-            out[key] = self.build(value_node, (*path, key), active)
+            mark = key_node.start_mark
+            child = (*path, key)
+            self.doc.key_positions[child] = (mark.line + 1, mark.column + 1)
+            out[key] = self.build(value_node, child, active)
         return out
 
     def _scalar(self, node: yaml.ScalarNode) -> Any:
@@ -177,7 +189,7 @@ def load_text(text: str, file: str) -> tuple[list[Document], list[Diagnostic]]:
         doc = Document(file, index, None, line, col)
         builder = _Builder(doc)
         try:
-            doc.value = builder.build(node, (), frozenset())
+            doc.value = builder.build(node, (), set())
         except _Abort as abort:
             builder._fail(abort.node, abort.message)
         except RecursionError:

@@ -2,7 +2,12 @@
 # spec.tools[i].constraints. Every violated rule adds its own reason.
 package aam.authz
 
-params := object.get(input, "params", {})
+# Anything but an object (absent, null, a list) counts as no parameters, so
+# `required` rules still deny.
+params := p if {
+	p := input.params
+	is_object(p)
+} else := {}
 
 # Stands for an absent parameter (object.get needs a default value).
 missing := {"aam.missing": true}

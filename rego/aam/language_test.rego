@@ -107,6 +107,8 @@ test_forbidden_key if {
 test_no_params_at_all if {
 	d := decide(object.union(base, {"tool": "crm.accounts", "action": "search"}))
 	codes(d) == {"constraint_violated"}
+	d2 := decide(object.union(base, {"tool": "crm.accounts", "action": "search", "params": null}))
+	contains(messages(d2), "\"query\" is required")
 }
 
 # 2026-11-23 is a Monday; 09:00 UTC is 10:00 in Berlin.
