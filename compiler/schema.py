@@ -89,7 +89,7 @@ def validate(doc: Document) -> Iterator[Diagnostic]:
     if api != API_VERSION:
         yield doc.error(("apiVersion",), f"apiVersion must be {API_VERSION!r}, got {api!r}")
         return
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         known = ", ".join(sorted(KINDS))
         yield doc.error(("kind",), f"unknown kind {kind!r} (known kinds: {known})")
         return

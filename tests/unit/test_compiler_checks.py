@@ -243,3 +243,9 @@ def test_unknown_field_in_constraint(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert got == [
         "p.yaml:8:36: error: spec.tools[0].constraints[0].maximum: unknown field (allowed: allowed_values,"
         " forbidden, forbidden_values, max, max_length, min, param, pattern, required)"]
+
+
+def test_kind_that_is_not_a_string(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by the fuzz test: an unhashable kind used to raise TypeError.
+    got = errors(tmp_path, monkeypatch, "apiVersion: access.envisionai.dev/v1\nkind: []\n")
+    assert got == ["p.yaml:2:7: error: unknown kind [] (known kinds: AgentPolicy, ModelRoute, Tool)"]
