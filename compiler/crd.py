@@ -57,11 +57,18 @@ def structural(node: Any, file: str) -> Any:
             out[key] = {k: structural(v, file) for k, v in value.items()}
         elif key in ("items", "additionalProperties") and isinstance(value, dict):
             out[key] = structural(value, file)
-        elif key == "uniqueItems":
+        elif key in ("uniqueItems", "propertyNames"):  # not in Kubernetes' schema; the compiler checks
             continue
+        elif key in ("oneOf", "anyOf"):
+            branches = [structural(b, file) for b in value]
+            if {b.get("type") for b in branches} == {"integer", "string"}:
+                out["x-kubernetes-int-or-string"] = True  # the one typed junctor Kubernetes allows
+                out["anyOf"] = branches
         else:
             out[key] = value
-    if isinstance(out.get("type"), list) or ("type" not in out and "enum" not in out):
+    if out.get("x-kubernetes-int-or-string"):
+        pass
+    elif isinstance(out.get("type"), list) or ("type" not in out and "enum" not in out):
         out.pop("type", None)
         out["x-kubernetes-preserve-unknown-fields"] = True
     elif "enum" in out and "type" not in out:

@@ -5,8 +5,9 @@ Each rule is a small generator over the whole policy set, like those in
 documents, parameter paths against a tool's input schema, regular
 expressions, times and time zones, and amounts that are finite and ordered.
 
-References to ``ToolCredential`` documents are checked by the broker's
-checks once that kind exists.
+``ToolCredential`` documents are checked by the broker's own checks; the one
+cross-kind rule here is that a credential scope names actions its ``Tool``
+declares (when a ``Tool`` declares the resource).
 """
 
 from __future__ import annotations
@@ -197,4 +198,19 @@ def budgets(ps: PolicySet) -> Iterator[Diagnostic]:
             yield from _timezone(p, (*at, "timezone"), p.budget["timezone"])
 
 
-CHECKS = (duplicate_tools, tool_input_schemas, tool_references, constraint_rules, conditions, budgets)
+def credential_actions(ps: PolicySet) -> Iterator[Diagnostic]:
+    tools = _tools_by_resource(ps)
+    for c in ps.credentials:
+        tool = tools.get(c.resource)
+        if tool is None:
+            continue
+        for s in c.scopes:
+            for i, action in enumerate(s.actions):
+                if action not in tool.actions:
+                    yield c.doc.error(("spec", "scopes", s.name, "actions", i),
+                                      f"action {action!r} is not an action of Tool {tool.name!r}"
+                                      f" (actions: {', '.join(tool.actions)})")
+
+
+CHECKS = (credential_actions, duplicate_tools, tool_input_schemas, tool_references, constraint_rules,
+          conditions, budgets)

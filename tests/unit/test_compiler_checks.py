@@ -248,4 +248,23 @@ def test_unknown_field_in_constraint(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_kind_that_is_not_a_string(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Found by the fuzz test: an unhashable kind used to raise TypeError.
     got = errors(tmp_path, monkeypatch, "apiVersion: access.envisionai.dev/v1\nkind: []\n")
-    assert got == ["p.yaml:2:7: error: unknown kind [] (known kinds: AgentPolicy, ModelRoute, Tool)"]
+    assert got == ["p.yaml:2:7: error: unknown kind [] (known kinds: AgentPolicy, ModelRoute, Tool,"
+                   " ToolCredential)"]
+
+
+def test_credential_scope_action_not_declared_by_tool(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    cred = """\
+apiVersion: access.envisionai.dev/v1
+kind: ToolCredential
+metadata: {name: crm}
+spec:
+  resource: crm.accounts
+  engine: kv
+  inject: {header: authorization}
+  scopes:
+    write: {actions: [read, write], path: crm/write, key: token}
+"""
+    got = errors(tmp_path, monkeypatch, TOOL, cred)
+    assert got == ["p.yaml:25:29: error: action 'write' is not an action of Tool 'crm-accounts'"
+                   " (actions: read, search, export)"]
