@@ -1,0 +1,113 @@
+"""Load generators, each returning the same :class:`Result`.
+
+- gRPC (Authorize, ext_authz Check): ``ghz``. At a fixed rate it runs with
+  ``--async``, so requests go out on schedule whether or not earlier ones have
+  answered (open loop: a slow server cannot slow the offered load and hide its
+  queueing). At saturation it runs closed-loop with ``concurrency`` workers.
+- HTTP (OPA's Data API): ``vegeta``, open loop at a fixed rate; closed loop
+  with ``concurrency`` workers at saturation (``-rate=0``).
+Both are Go programs built by scripts/setup, so neither shares the GIL with
+the PDP; they do share the machine's two cores, which every row pays alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.tools import tool
+
+NS_PER_MS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Load:
+    """What to offer: ``rate`` requests/s open loop, or saturation when rate is 0."""
+
+    rate: int
+    duration_s: float
+    concurrency: int = 16
+
+    @property
+    def label(self) -> str:
+        return f"{self.rate}/s" if self.rate else f"max c={self.concurrency}"
+
+
+@dataclass(frozen=True)
+class Result:
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    throughput: float  # successful responses per second
+    count: int
+    errors: int
+
+
+class LoadError(RuntimeError):
+    """The load generator failed or every request failed."""
+
+
+def _run(argv: list[str], timeout_s: float, stdin: bytes | None = None) -> bytes:
+    proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout_s, check=False)
+    if proc.returncode != 0:
+        raise LoadError(f"{Path(argv[0]).name} exited {proc.returncode}: "
+                        f"{proc.stderr.decode(errors='replace')[-800:]}")
+    return proc.stdout
+
+
+def ghz(addr: str, call: str, payload: dict[str, Any], load: Load, protoset: Path) -> Result:
+    argv = [tool("ghz"), "--insecure", "--protoset", str(protoset), "--call", call,
+            "-d", json.dumps(payload),
+            "-z", f"{load.duration_s:g}s", "-t", "5s", "-O", "json", "--connections", "2",
+            "--duration-stop", "ignore"]
+    if load.rate:
+        argv += ["--rps", str(load.rate), "--async", "-c", "64"]
+    else:
+        argv += ["-c", str(load.concurrency)]
+    out = _run([*argv, addr], load.duration_s + 60)
+    return parse_ghz(json.loads(out), load.duration_s)
+
+
+def parse_ghz(doc: dict[str, Any], duration_s: float) -> Result:
+    lat = {int(d["percentage"]): d["latency"] / NS_PER_MS for d in doc.get("latencyDistribution") or ()}
+    ok = int((doc.get("statusCodeDistribution") or {}).get("OK", 0))
+    count = int(doc.get("count", 0))
+    if not ok:
+        raise LoadError(f"ghz: no successful call: {doc.get('errorDistribution')}")
+    total_s = doc.get("total", 0) / 1e9 or duration_s
+    return Result(lat.get(50, 0.0), lat.get(90, 0.0), lat.get(99, 0.0), ok / total_s, count, count - ok)
+
+
+def vegeta(url: str, body: dict[str, Any], load: Load) -> Result:
+    with tempfile.TemporaryDirectory(prefix="aam-bench-") as tmp:
+        body_file = Path(tmp) / "body.json"
+        body_file.write_text(json.dumps(body, separators=(",", ":")))
+        target = {"method": "POST", "url": url,
+                  "header": {"Content-Type": ["application/json"]},
+                  "body": _b64(body_file.read_bytes())}
+        argv = [tool("vegeta"), "attack", "-format=json", f"-duration={load.duration_s:g}s",
+                "-timeout=5s", "-keepalive=true"]
+        argv += [f"-rate={load.rate}/1s"] if load.rate else \
+            ["-rate=0", f"-max-workers={load.concurrency}", f"-workers={load.concurrency}"]
+        results = _run(argv, load.duration_s + 60, json.dumps(target).encode() + b"\n")
+        report = _run([tool("vegeta"), "report", "-type=json"], 60, results)
+    return parse_vegeta(json.loads(report))
+
+
+def parse_vegeta(doc: dict[str, Any]) -> Result:
+    lat = doc.get("latencies") or {}
+    count = int(doc.get("requests", 0))
+    ok = int((doc.get("status_codes") or {}).get("200", 0))
+    if not ok:
+        raise LoadError(f"vegeta: no successful request: {doc.get('errors')}")
+    return Result(lat.get("50th", 0) / NS_PER_MS, lat.get("90th", 0) / NS_PER_MS,
+                  lat.get("99th", 0) / NS_PER_MS, float(doc.get("throughput", 0.0)), count, count - ok)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

@@ -1,0 +1,81 @@
+"""CPU and memory of the processes under test, read from /proc (Linux).
+
+CPU is reported as percent of one core over the measured window (200% = both
+cores of this machine); RSS is the peak seen by sampling every 100 ms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (its threads included)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out.extend(int(c) for c in text)
+    return out
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_pct: float
+    rss_mb: float
+
+
+class Meter:
+    """Measure CPU and peak RSS of named processes over a ``with`` block."""
+
+    def __init__(self, pids: dict[str, int], interval_s: float = 0.1) -> None:
+        self.pids = pids
+        self.interval_s = interval_s
+        self.usage: dict[str, Usage] = {}
+        self._peak: dict[str, int] = dict.fromkeys(pids, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            for name, pid in self.pids.items():
+                with contextlib.suppress(OSError):
+                    self._peak[name] = max(self._peak[name], rss_kb(pid))
+            if self._stop.wait(self.interval_s):
+                return
+
+    def __enter__(self) -> Meter:
+        self._t0 = time.monotonic()
+        self._cpu0 = {n: cpu_seconds(p) for n, p in self.pids.items()}
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.monotonic() - self._t0
+        self._stop.set()
+        self._thread.join()
+        for name, pid in self.pids.items():
+            try:
+                cpu = cpu_seconds(pid) - self._cpu0[name]
+            except OSError:
+                cpu = 0.0
+            self.usage[name] = Usage(100 * cpu / wall if wall else 0.0, self._peak[name] / 1024)
