@@ -91,7 +91,7 @@ def vegeta(url: str, body: dict[str, Any], load: Load) -> Result:
                   "header": {"Content-Type": ["application/json"]},
                   "body": _b64(body_file.read_bytes())}
         argv = [tool("vegeta"), "attack", "-format=json", f"-duration={load.duration_s:g}s",
-                "-timeout=5s", "-keepalive=true"]
+                "-timeout=5s", "-keepalive=true", "-max-connections=64"]
         argv += [f"-rate={load.rate}/1s"] if load.rate else \
             ["-rate=0", f"-max-workers={load.concurrency}", f"-workers={load.concurrency}"]
         results = _run(argv, load.duration_s + 60, json.dumps(target).encode() + b"\n")

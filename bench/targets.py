@@ -80,7 +80,7 @@ class AamStack:
         self._tmp.cleanup()
 
     def __enter__(self) -> AamStack:
-        return self.start()
+        return self if self.proc else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

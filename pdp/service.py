@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from aam.v1 import pdp_pb2, pdp_pb2_grpc
 from pdp.config import Settings
@@ -40,8 +41,27 @@ def guarded(method: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-def _struct(s: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(s) if s.fields else {}
+def _struct(s: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    """Struct -> plain dict, as ``json_format.MessageToDict`` does it but at a fifth
+    of its cost on the hot path (bench/, "profile"); non-finite numbers are refused."""
+    return {k: _value(v, field) for k, v in s.fields.items()} if s.fields else {}
+
+
+def _value(v: struct_pb2.Value, field: str) -> Any:
+    kind = v.WhichOneof("kind")
+    if kind == "string_value":
+        return v.string_value
+    if kind == "number_value":
+        if not math.isfinite(v.number_value):
+            raise InvalidRequest(field, "numbers must be finite")
+        return v.number_value
+    if kind == "bool_value":
+        return v.bool_value
+    if kind == "struct_value":
+        return _struct(v.struct_value, field)
+    if kind == "list_value":
+        return [_value(x, field) for x in v.list_value.values]
+    return None  # null_value, or unset (which JSON mapping also reads as null)
 
 
 def to_request(msg: pdp_pb2.AuthorizeRequest) -> Request:
@@ -50,8 +70,8 @@ def to_request(msg: pdp_pb2.AuthorizeRequest) -> Request:
         model=msg.model,
         tool=msg.tool,
         action=msg.action,
-        params=_struct(msg.params),
-        context=_struct(msg.context),
+        params=_struct(msg.params, "params"),
+        context=_struct(msg.context, "context"),
         request_id=msg.request_id,
         estimated_tokens=msg.estimated_tokens,
         estimated_cost_usd=msg.estimated_cost_usd,
