@@ -39,23 +39,24 @@ def _usage(u: Usage | None) -> list[str]:
 
 def latency_table(rows: Sequence[Row]) -> str:
     headers = ["scenario", "offered", "p50 ms", "p90 ms", "p99 ms", "ok/s", "errors",
-               "PDP cpu", "PDP MB", "OPA cpu", "OPA MB", "PDP cpu ms/req"]
+               "PDP cpu", "PDP MB", "OPA cpu", "OPA MB", "PDP ms/req", "OPA ms/req"]
     out = []
     for r in rows:
         if r.result is None:
-            out.append([r.scenario, r.load.label, f"failed: {r.error[:60]}", *[""] * 9])
+            out.append([r.scenario, r.load.label, f"failed: {r.error[:60]}", *[""] * 10])
             continue
         res = r.result
         out.append([r.scenario, r.load.label, _ms(res.p50_ms), _ms(res.p90_ms), _ms(res.p99_ms),
                     f"{res.throughput:.0f}", str(res.errors),
                     *_usage(r.usage.get("pdp")), *_usage(r.usage.get("opa")),
-                    _per_request(r.usage.get("pdp"), res)])
+                    _per_request(r.usage.get("pdp"), res), _per_request(r.usage.get("opa"), res)])
     return table(headers, out)
 
 
 def _per_request(u: Usage | None, res: Result) -> str:
-    """CPU milliseconds per answered request: less sensitive than latency to a busy machine."""
-    return f"{10 * u.cpu_pct / res.throughput:.2f}" if u and res.throughput else "-"
+    """CPU milliseconds per answered request: less sensitive than latency to a busy machine
+    ("-" for a process the request does not pass through)."""
+    return f"{10 * u.cpu_pct / res.throughput:.2f}" if u and u.cpu_pct >= 1 and res.throughput else "-"
 
 
 def ratio_table(pairs: Sequence[tuple[Row, Row]]) -> str:

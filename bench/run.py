@@ -24,7 +24,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FileDescriptor
 
 from aam.v1 import pdp_pb2, pdp_pb2_grpc
-from bench import loadgen, profile, report, scenarios
+from bench import loadgen, micro, profile, report, scenarios
 from bench.loadgen import Load, LoadError, Result
 from bench.policies import write_policy_dir
 from bench.procstat import Meter
@@ -46,12 +46,13 @@ class Plan:
     scale_s: float
     profile_s: float
     only: str
+    micro_n: int
 
 
 def plan(args: argparse.Namespace) -> Plan:
     if args.quick:
-        return Plan(args.rate, 5, 4, args.concurrency, (10, 1000), 4, 4, args.only)
-    return Plan(args.rate, 15, 10, args.concurrency, (10, 1000, 10000), 10, 8, args.only)
+        return Plan(args.rate, 5, 4, args.concurrency, (10, 1000), 4, 4, args.only, 300)
+    return Plan(args.rate, 15, 10, args.concurrency, (10, 1000, 10000), 10, 8, args.only, 2000)
 
 
 def drive(s: Scenario, stack: AamStack, load: Load) -> Result:
@@ -97,7 +98,8 @@ def measure(s: Scenario, stack: AamStack, load: Load) -> Row:
         return Row(s.name, load, None, {}, str(exc))
 
 
-def run_main(p: Plan, work: Path, out: TextIO) -> tuple[list[Row], profile.Profile | None]:
+def run_main(p: Plan, work: Path, out: TextIO) \
+        -> tuple[list[Row], profile.Profile | None, dict[str, list[tuple[str, float]]]]:
     chosen = [s for s in scenarios.SCENARIOS if p.only in s.name]
     rows: list[Row] = []
     prof = None
@@ -121,7 +123,10 @@ def run_main(p: Plan, work: Path, out: TextIO) -> tuple[list[Row], profile.Profi
                 prof = profile.finish(proc, path)
             except RuntimeError as exc:
                 print(f"  profile failed: {exc}", file=out)
-    return rows, prof
+        pieces = {s.name.removeprefix("aam: authorize "): micro.pieces(
+            stack.opa_url, scenarios.by_name(s.baseline).call, s.payload, p.micro_n)
+            for s in chosen if s.call == scenarios.AUTHORIZE and s.baseline}
+    return rows, prof, pieces
 
 
 def run_scale(p: Plan, work: Path, out: TextIO) -> list[ScalePoint]:
@@ -180,7 +185,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
         work = Path(tmp)
         print(f"bench: {p}", file=out, flush=True)
         try:
-            rows, prof = run_main(p, work, out)
+            rows, prof, pieces = run_main(p, work, out)
             points = run_scale(p, work, out) if p.scales else []
         except (ToolMissing, TargetError) as exc:
             print(f"bench: error: {exc}", file=out)
@@ -196,6 +201,9 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
             print(f"memory per 1,000 policies: PDP {mem[0]:.1f} MB, OPA {mem[1]:.1f} MB", file=out)
     if prof:
         print(f"\n== profile: PDP at saturation ==\n{profile.format_profile(prof)}", file=out)
+    if pieces:
+        print(f"\n== hot path, in-process (CPU, so little moved by a busy machine) ==\n"
+              f"{micro.format_pieces(pieces)}", file=out)
     print(f"\nbench: done in {time.monotonic() - t0:.0f} s", file=out)
     if args.json:
         args.json.write_text(json.dumps(_jsonable(rows, points), indent=2))
