@@ -57,7 +57,7 @@ def clients(url: str, host: str, port: int) -> dict[str, Callable[[], object]]:
         "urllib3.HTTPConnectionPool": lambda: json.loads(
             pool.request("POST", DECISION_PATH, body=BODY, headers=HEADERS).data)["result"],
         "http.client.HTTPConnection": via_http_client,
-        "pdp.opa.OpaClient (http.client)": lambda: opa.query(DECISION_PATH, INPUT),
+        "pdp.opa.OpaClient (pdp.http1)": lambda: opa.query(DECISION_PATH, INPUT),
     }
 
 
