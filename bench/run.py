@@ -47,6 +47,7 @@ class Plan:
     profile_s: float
     only: str
     micro_n: int
+    scale_rate: int = 200
 
 
 def plan(args: argparse.Namespace) -> Plan:
@@ -140,7 +141,7 @@ def run_scale(p: Plan, work: Path, out: TextIO) -> list[ScalePoint]:
                 check(s, stack)
                 drive(s, stack, Load(200, 2))
                 with Meter(stack.pids) as meter:
-                    result = drive(s, stack, Load(p.rate, p.scale_s))
+                    result = drive(s, stack, Load(p.scale_rate, p.scale_s))
                 u = meter.usage
                 points.append(ScalePoint(n, result, u["pdp"].rss_mb, u["opa"].rss_mb, started))
         except (LoadError, TargetError, RuntimeError) as exc:
@@ -169,13 +170,16 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     ap = argparse.ArgumentParser(prog="bench.run", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="short windows, scales 10 and 1,000 only")
     ap.add_argument("--rate", type=int, default=500, help="offered rate, open loop (default 500/s)")
+    ap.add_argument("--scale-rate", type=int, default=200,
+                    help="offered rate for the scale runs, below saturation so that latency is the "
+                         "decision's, not a queue's (default 200/s)")
     ap.add_argument("--concurrency", type=int, default=16, help="workers at saturation (default 16)")
     ap.add_argument("--only", default="", help="run scenarios whose name contains this")
     ap.add_argument("--no-scale", action="store_true")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
-    p = plan(args)
+    p = Plan(**{**asdict(plan(args)), "scale_rate": args.scale_rate})
     if args.no_profile:
         p = Plan(**{**asdict(p), "profile_s": 0})
     if args.no_scale:
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
           f"CPU in % of one core) ==\n{report.latency_table(rows)}", file=out)
     print(f"\n== AAM / baseline (same offered load) ==\n{report.ratio_table(pairs(rows))}", file=out)
     if points:
-        print(f"\n== scale: aam: authorize model call at {p.rate}/s ==\n{report.scale_table(points)}",
+        print(f"\n== scale: aam: authorize model call at {p.scale_rate}/s ==\n{report.scale_table(points)}",
               file=out)
         mem = report.memory_per_thousand(points)
         if mem:
