@@ -99,22 +99,26 @@ def measure(s: Scenario, stack: AamStack, load: Load) -> Row:
         return Row(s.name, load, None, {}, str(exc))
 
 
+def run_scenarios(chosen: list[Scenario], stack: AamStack, p: Plan, out: TextIO) -> list[Row]:
+    for s in chosen:
+        check(s, stack)
+    for s in chosen:
+        drive(s, stack, Load(200, 2))  # warm-up: connections, caches
+    rows = []
+    for s in chosen:
+        for load in (Load(p.rate, p.fixed_s), Load(0, p.saturation_s, p.concurrency)):
+            row = measure(s, stack, load)
+            rows.append(row)
+            print(f"  {s.name:40} {load.label:10} {_brief(row.result, row.error)}", file=out, flush=True)
+    return rows
+
+
 def run_main(p: Plan, work: Path, out: TextIO) \
         -> tuple[list[Row], profile.Profile | None, dict[str, list[tuple[str, float]]]]:
-    chosen = [s for s in scenarios.SCENARIOS if p.only in s.name]
-    rows: list[Row] = []
+    chosen = [s for s in scenarios.SCENARIOS if p.only in s.name and not s.stack]
     prof = None
     with AamStack(write_policy_dir(work / "p10", 10)) as stack:
-        for s in chosen:
-            check(s, stack)
-        warm = Load(200, 2)
-        for s in chosen:
-            drive(s, stack, warm)
-        for s in chosen:
-            for load in (Load(p.rate, p.fixed_s), Load(0, p.saturation_s, p.concurrency)):
-                row = measure(s, stack, load)
-                rows.append(row)
-                print(f"  {s.name:40} {load.label:10} {_brief(row.result, row.error)}", file=out, flush=True)
+        rows = run_scenarios(chosen, stack, p, out)
         if p.profile_s and any(s.target == "aam" for s in chosen):
             s = next(s for s in chosen if s.target == "aam")
             proc, path = profile.record(stack.pids["pdp"], p.profile_s)
@@ -128,6 +132,23 @@ def run_main(p: Plan, work: Path, out: TextIO) \
             stack.opa_url, scenarios.by_name(s.baseline).call, s.payload, p.micro_n)
             for s in chosen if s.call == scenarios.AUTHORIZE and s.baseline}
     return rows, prof, pieces
+
+
+def run_vault(p: Plan, work: Path, out: TextIO) -> list[Row]:
+    """Scenarios that need the credential broker: a real OpenBao (and PostgreSQL for its
+    database engine), configured as the integration tests configure it."""
+    chosen = [s for s in scenarios.SCENARIOS if p.only in s.name and s.stack == "vault"]
+    if not chosen:
+        return []
+    from tests import vaultsetup
+    from tests.servers import run_openbao, run_postgres
+
+    d = work / "vault"
+    d.mkdir()
+    with run_postgres() as pg, run_openbao() as bao:
+        vault = vaultsetup.setup(bao, pg, d)
+        with AamStack(vaultsetup.policies(d), vault.settings()) as stack:
+            return run_scenarios(chosen, stack, p, out)
 
 
 def run_scale(p: Plan, work: Path, out: TextIO) -> list[ScalePoint]:
@@ -177,6 +198,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     ap.add_argument("--only", default="", help="run scenarios whose name contains this")
     ap.add_argument("--no-scale", action="store_true")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--no-vault", action="store_true", help="skip the credentialed (OpenBao) scenarios")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     p = Plan(**{**asdict(plan(args)), "scale_rate": args.scale_rate})
@@ -190,6 +212,8 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
         print(f"bench: {p}", file=out, flush=True)
         try:
             rows, prof, pieces = run_main(p, work, out)
+            if not args.no_vault:
+                rows += run_vault(p, work, out)
             points = run_scale(p, work, out) if p.scales else []
         except (ToolMissing, TargetError) as exc:
             print(f"bench: error: {exc}", file=out)

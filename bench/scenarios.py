@@ -39,6 +39,9 @@ class Scenario:
     expect_allow: bool = True
     # For gRPC scenarios: the proto file declaring the service (ghz gets a protoset).
     proto: FileDescriptor | None = None
+    # Which stack it needs: "" the plain one (aam up), "vault" one with the credential
+    # broker on a real OpenBao (and PostgreSQL for its database engine).
+    stack: str = ""
 
 
 SCENARIOS: list[Scenario] = []
@@ -55,24 +58,32 @@ def opa_input(authorize_json: dict[str, Any]) -> dict[str, Any]:
     return engine.build_input(to_request(msg))
 
 
-def authorize_pair(name: str, request: dict[str, Any], expect_allow: bool = True) -> None:
+def authorize_pair(name: str, request: dict[str, Any], expect_allow: bool = True, stack: str = "") -> None:
     """Register an Authorize scenario and its OPA-alone baseline."""
     base = f"opa: {name}"
     register(
         Scenario(f"aam: {name}", "aam", AUTHORIZE, request, baseline=base, expect_allow=expect_allow,
-                 proto=pdp_pb2.DESCRIPTOR),
-        Scenario(base, "opa", DECISION_PATH, {"input": opa_input(request)}, expect_allow=expect_allow),
+                 proto=pdp_pb2.DESCRIPTOR, stack=stack),
+        Scenario(base, "opa", DECISION_PATH, {"input": opa_input(request)}, expect_allow=expect_allow,
+                 stack=stack),
     )
 
 
 MODEL_CALL = {"identity": {"spiffe_id": WORKLOAD}, "model": "reasoning-high",
               "request_id": "bench", "estimated_tokens": 1200, "estimated_cost_usd": 0.02}
-TOOL_CALL = {"identity": {"spiffe_id": WORKLOAD}, "tool": "salesforce.accounts", "action": "read",
+# "search" is in no ToolCredential scope: decided by the policy alone, no credential.
+TOOL_CALL = {"identity": {"spiffe_id": WORKLOAD}, "tool": "salesforce.accounts", "action": "search",
              "params": {"account_id": "001-bench", "fields": ["name", "owner"], "limit": 50},
              "context": {"environment": "prod", "ticket": "FIN-1234"}, "request_id": "bench"}
 
+# A KV-engine credential from OpenBao, injected by the gateway (policies: tests/vaultsetup.py);
+# the PDP's lease cache is on (the default), so this measures the steady state.
+CREDENTIALED_CALL = {"identity": {"spiffe_id": "spiffe://prod/agent/crm"}, "tool": "salesforce.accounts",
+                     "action": "read", "request_id": "bench"}
+
 authorize_pair("authorize model call", MODEL_CALL)
 authorize_pair("authorize tool call", TOOL_CALL)
+authorize_pair("authorize credentialed tool call", CREDENTIALED_CALL, stack="vault")
 
 
 def by_name(name: str) -> Scenario:

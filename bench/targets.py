@@ -9,6 +9,7 @@ here with the same small surface: ``start``, ``stop``, ``pids``, ``addr(kind)``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -28,10 +30,12 @@ class TargetError(RuntimeError):
 
 
 class AamStack:
-    """``aam up`` on loopback: gRPC PDP + bundle server + managed OPA."""
+    """``aam up`` on loopback: gRPC PDP + bundle server + managed OPA; with ``settings``
+    it is ``aam serve`` on a settings file (plaintext, loopback) carrying them."""
 
-    def __init__(self, policies: Path) -> None:
+    def __init__(self, policies: Path, settings: dict[str, Any] | None = None) -> None:
         self.policies = policies
+        self.settings = settings or {}
         self.grpc_addr = f"127.0.0.1:{free_port()}"
         self.opa_url = ""
         self.proc: subprocess.Popen[bytes] | None = None
@@ -41,10 +45,17 @@ class AamStack:
 
     def start(self, timeout_s: float = 120.0) -> AamStack:
         aam = Path(sys.executable).parent / "aam"
+        argv = [str(aam), "up", "--policies", str(self.policies), "--grpc-addr", self.grpc_addr,
+                "--no-watch"]
+        if self.settings:
+            conf = Path(self._tmp.name) / "pdp.toml"
+            conf.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in {
+                "plaintext": True, "grpc_addr": self.grpc_addr, "policies": str(self.policies),
+                **self.settings}.items()))
+            argv = [str(aam), "serve", "--config", str(conf)]
         with open(self.out, "wb") as out, open(self.log, "wb") as err:
             self.proc = subprocess.Popen(
-                [str(aam), "up", "--policies", str(self.policies), "--grpc-addr", self.grpc_addr,
-                 "--no-watch"],
+                argv,
                 stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                 env=_env(),
             )
