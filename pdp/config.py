@@ -23,6 +23,11 @@ DEFAULT_TOOLS_DIR = Path(
 )
 
 
+# Where aam up keeps its embedded ledger.
+DEFAULT_SQLITE_LEDGER = Path(
+    os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "aam" / "ledger.sqlite3"
+
+
 class ConfigError(ValueError):
     """A setting is missing, malformed or unsafe; the message names it."""
 
@@ -89,6 +94,19 @@ class Settings:
     credential_min_remaining_s: float = 30.0
     # Cache credentials per (workload, resource, scope); off issues one per decision.
     credential_cache: bool = True
+    # Ledger (budgets, rate windows, audit): "postgresql://...", a libpq "host=..."
+    # string, "sqlite:///path" (the embedded default of aam up) or "" / "off".
+    ledger_url: str = ""
+    # Apply pending ledger migrations on start (otherwise run `aam migrate`).
+    ledger_migrate: bool = False
+    # PostgreSQL connections per PDP process.
+    ledger_pool_size: int = 8
+    # How long a decision waits for a ledger connection before denying.
+    ledger_timeout_ms: int = 2000
+    # Seconds after which a reservation never settled by RecordUsage is released.
+    reservation_ttl_s: float = 900.0
+    # Token estimate for a model call that does not send one (prices the reservation).
+    default_estimated_tokens: int = 4096
 
     @classmethod
     def load(
@@ -129,6 +147,8 @@ class Settings:
         for value in self.trusted_gateways:
             if not value.startswith("spiffe://"):
                 raise ConfigError(f"trusted_gateways: {value!r} is not a SPIFFE ID")
+        if self.ledger_pool_size <= 0 or self.ledger_timeout_ms <= 0 or self.reservation_ttl_s <= 0:
+            raise ConfigError("ledger_pool_size, ledger_timeout_ms and reservation_ttl_s must be positive")
         self._validate_broker()
 
     def _validate_broker(self) -> None:

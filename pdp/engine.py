@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pdp.ledger import LedgerError
+from pdp.ledger.gate import Gate, Metered
 from pdp.opa import DECISION_PATH, EXPLAIN_PATH, EngineUnavailable, OpaClient
 
 log = logging.getLogger("aam.decision")
@@ -78,14 +80,15 @@ class CredentialHook(Protocol):
 
 class Engine:
     def __init__(self, opa: OpaClient, observers: Iterable[Observer] = (),
-                 broker: CredentialHook | None = None) -> None:
+                 broker: CredentialHook | None = None, gate: Gate | None = None) -> None:
         self.opa = opa
         self.observers = list(observers)
         self.broker = broker
+        self.gate = gate  # the ledger: budgets, rates, audit; None when off
 
-    def build_input(self, req: Request) -> dict[str, Any]:
+    def build_input(self, req: Request, metered: Metered | None = None) -> dict[str, Any]:
         """OPA's input document: the only place it is assembled."""
-        return {
+        doc = {
             "identity": {"spiffe_id": req.spiffe_id},
             "model": req.model,
             "tool": req.tool,
@@ -94,6 +97,10 @@ class Engine:
             "context": req.context,
             "estimate": {"tokens": req.estimated_tokens, "cost_usd": req.estimated_cost_usd},
         }
+        if metered is not None and self.gate is not None:
+            doc["estimate"] = {"tokens": metered.tokens, "cost_usd": metered.cost_micro / 1e6}
+            doc["state"] = self.gate.state(metered, req.spiffe_id)
+        return doc
 
     def _query(self, input_doc: dict[str, Any], explain: bool) -> tuple[Any, Any]:
         """The decision, and with ``explain`` the matched rules from the same query
@@ -108,7 +115,17 @@ class Engine:
     def decide(self, req: Request) -> Decision:
         started = time.perf_counter()
         decision_id = new_decision_id()
-        input_doc = self.build_input(req)
+        metered = None
+        if self.gate is not None:
+            try:  # reserve before deciding: one ledger round trip
+                metered = self.gate.admit(decision_id, req.spiffe_id, req.model,
+                                          req.estimated_tokens, req.estimated_cost_usd)
+            except LedgerError as exc:
+                decision = self._ledger_unavailable(req, decision_id, exc)
+                for observe in self.observers:
+                    observe(req, decision, time.perf_counter() - started)
+                return decision
+        input_doc = self.build_input(req, metered)
         matched: Any = None
         try:
             result, matched = self._query(input_doc, req.explain)
@@ -123,6 +140,8 @@ class Engine:
             )
         if decision.allow and req.tool and self.broker is not None:
             decision = self.broker.attach(req, decision)
+        if self.gate is not None and metered is not None:
+            decision = self._record(req, decision, metered)
         if req.explain:
             decision = _with_explanation(decision, input_doc, matched)
         log.info(
@@ -141,6 +160,37 @@ class Engine:
         return decision
 
 
+    def _record(self, req: Request, decision: Decision, metered: Metered) -> Decision:
+        """Audit durably before answering; an allow the ledger could not reserve is a deny."""
+        assert self.gate is not None
+        if decision.allow and metered.admission is not None and not metered.admission.reserved:
+            decision = Decision(**{**decision.__dict__, "allow": False, "route": None, "reasons": (
+                Reason("budget_exhausted", "the ledger refused the reservation (limits changed)"),)})
+        fields = {
+            "workload": req.spiffe_id, "policy": decision.policy, "revision": decision.revision,
+            "action": {"model": req.model, "tool": req.tool, "action": req.action},
+            "reasons": [{"code": r.code, "message": r.message} for r in decision.reasons],
+            "params": req.params, "context": req.context,
+            "route": (decision.route or {}).get("alias", "") if decision.allow else "",
+            "lease_accessor": decision.credential.lease_accessor if decision.credential else "",
+        }
+        try:
+            self.gate.finish(metered, decision.decision_id, fields, decision.allow)
+        except LedgerError as exc:
+            return self._ledger_unavailable(req, decision.decision_id, exc)
+        return decision
+
+    def _ledger_unavailable(self, req: Request, decision_id: str, exc: Exception) -> Decision:
+        log.error("ledger unavailable", extra={"fields": {
+            "decision_id": decision_id, "workload": req.spiffe_id, "error": str(exc)}})
+        return Decision(
+            allow=False,
+            reasons=(Reason("ledger_unavailable",
+                            "the ledger (budgets, rate limits, audit) is unavailable; try again"),),
+            policy="", decision_id=decision_id, revision="", retry_after_s=1.0,
+        )
+
+
 def _from_result(result: Any, decision_id: str) -> Decision:
     """Map OPA's decision object; anything unexpected is a deny, never an allow."""
     if not isinstance(result, dict) or not isinstance(result.get("allow"), bool):
@@ -153,6 +203,7 @@ def _from_result(result: Any, decision_id: str) -> Decision:
     if not allow and not reasons:
         reasons = (Reason("denied", "denied by policy"),)
     route = result.get("route")
+    retry = result.get("retry_after_s")
     return Decision(
         allow=allow,
         reasons=reasons,
@@ -160,6 +211,7 @@ def _from_result(result: Any, decision_id: str) -> Decision:
         decision_id=decision_id,
         revision=str(result.get("revision", "")),
         route=route if isinstance(route, dict) else None,
+        retry_after_s=float(retry) if isinstance(retry, int | float) and not allow else None,
     )
 
 

@@ -14,9 +14,10 @@ from google.protobuf import struct_pb2
 from aam.v1 import pdp_pb2, pdp_pb2_grpc
 from pdp.config import Settings
 from pdp.engine import Decision, Engine, Request
-from pdp.errors import InvalidRequest, ServiceError, Unimplemented
+from pdp.errors import InvalidRequest, NotFound, ServiceError, Unavailable, Unimplemented
 from pdp.identity import Identity
 from pdp.identity import from_settings as identity_from_settings
+from pdp.ledger import LedgerError
 from pdp.validate import validate
 
 log = logging.getLogger("aam.service")
@@ -132,6 +133,22 @@ class PolicyDecisionServicer(pdp_pb2_grpc.PolicyDecisionServiceServicer):
     ) -> pdp_pb2.RecordUsageResponse:
         if not request.decision_id:
             raise InvalidRequest("decision_id", "required")
-        # Only an authenticated caller may settle usage; the ledger checks ownership.
-        self.identity.authenticate(context)
-        raise Unimplemented("usage recording needs the ledger, which is not configured")
+        if len(request.decision_id) > 64:
+            raise InvalidRequest("decision_id", "longer than 64 characters")
+        if request.tokens < 0:
+            raise InvalidRequest("tokens", "must not be negative")
+        if not math.isfinite(request.cost_usd) or not 0 <= request.cost_usd <= 1e9:
+            raise InvalidRequest("cost_usd", "must be a finite number between 0 and 1e9")
+        # Only an authenticated caller may settle usage, and an agent only its own.
+        caller = self.identity.authenticate(context)
+        owner = "" if caller.gateway else caller.spiffe_id
+        gate = self.engine.gate
+        if gate is None:
+            raise Unimplemented("usage recording needs the ledger, which is not configured")
+        try:
+            done = gate.settle(request.decision_id, request.tokens, request.cost_usd, owner)
+        except LedgerError:
+            raise Unavailable("the ledger is unavailable; report the usage again later") from None
+        if done.state in ("unknown", "released"):
+            raise NotFound(f"no allowed decision {request.decision_id} holds a reservation")
+        return pdp_pb2.RecordUsageResponse(applied=done.applied)

@@ -19,6 +19,8 @@ from pdp.broker.metrics import BrokerCollector
 from pdp.bundles import BUNDLE_PATH, BundleStore, HttpServer
 from pdp.config import Settings, split_addr
 from pdp.engine import Engine
+from pdp.ledger import Ledger, open_ledger
+from pdp.ledger.gate import CompiledView, Gate
 from pdp.metrics import METRICS_PATH, Metrics
 from pdp.opa import OpaClient, OpaProcess
 from pdp.server import GrpcServer
@@ -40,9 +42,15 @@ class Stack:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.broker: Broker | None = None
+        self.view = CompiledView()  # the served bundle's data, for ledger limits and prices
+        self.ledger: Ledger | None = None
 
     def compile(self) -> Bundle:
         return compile_paths([self.policies])
+
+    def _publish(self, bundle: Bundle) -> None:
+        self.view.update(bundle.files, DATA_PATH)
+        self.store.publish(bundle)
 
     def start(self) -> None:
         """Start everything or nothing: a failure stops what already started."""
@@ -58,6 +66,9 @@ class Stack:
         self.broker.start()
         self.metrics.registry.register(BrokerCollector(self.broker))
         self._publish(self.compile())
+        self.ledger = open_ledger(s.ledger_url, s.ledger_pool_size, s.ledger_timeout_ms / 1000)
+        if self.ledger is not None and s.ledger_migrate:
+            self.ledger.migrate()
         host, port = split_addr(s.http_addr, "http_addr")
         self.http = HttpServer(host, port, self.store)
         self.http.routes[METRICS_PATH] = self.metrics.route()
@@ -67,8 +78,10 @@ class Stack:
             self.opa = OpaProcess(s.opa_path(), s.opa_addr, self.http.url)
             self.opa.start()
             opa_url = self.opa.url
+        gate = None if self.ledger is None else Gate(
+            self.ledger, self.view, s.reservation_ttl_s, s.default_estimated_tokens)
         engine = Engine(OpaClient(opa_url, s.opa_timeout_ms / 1000), observers=[self.metrics.observe],
-                        broker=self.broker)
+                        broker=self.broker, gate=gate)
         self.engine = engine
         self.grpc = GrpcServer(s, PolicyDecisionServicer(engine, s))
         self.grpc.start()
@@ -171,6 +184,9 @@ class Stack:
         if self.broker:
             self.broker.close()
             self.broker = None
+        if self.ledger:
+            self.ledger.close()
+            self.ledger = None
 
     def wait(self) -> None:
         self._stop.wait()

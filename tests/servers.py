@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -106,6 +106,30 @@ class Postgres:
     password: str
     dbname: str
     datadir: Path
+    # How to stop and start the same cluster again (fault tests).
+    argv: tuple[str, ...] = ()
+    popen_kwargs: dict = field(default_factory=dict)
+    log: Path | None = None
+    proc: subprocess.Popen | None = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+
+    def start(self) -> None:
+        assert self.log is not None and self.proc is None
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(list(self.argv), stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, **self.popen_kwargs)
+        import psycopg
+
+        wait_until(lambda: psycopg.connect(self.dsn, connect_timeout=1).close() is None,
+                   30, "PostgreSQL", self.proc, self.log)
+
+    def dsn_for(self, dbname: str, user: str = "", password: str = "") -> str:
+        return (f"host={self.host} port={self.port} user={user or self.user} "
+                f"password={password or self.password} dbname={dbname}")
 
     @property
     def dsn(self) -> str:
@@ -144,21 +168,16 @@ def run_postgres() -> Iterator[Postgres]:
         [str(bindir / "initdb"), "-D", str(datadir), "-U", "aam", "--pwfile", str(pwfile),
          "-A", "scram-sha-256", "--no-sync", "-E", "UTF8", "--locale", "C"],
         check=True, capture_output=True, cwd=tmp, **as_user)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(bindir / "postgres"), "-D", str(datadir), "-h", "127.0.0.1", "-p", str(port),
-             "-k", tmp, "-c", "fsync=off", "-c", "max_connections=200",
-             "-c", "shared_buffers=64MB"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp, **as_user)
-    pg = Postgres("127.0.0.1", port, "aam", password, "postgres", datadir)
+    argv = (str(bindir / "postgres"), "-D", str(datadir), "-h", "127.0.0.1", "-p", str(port),
+            "-k", tmp, "-c", "fsync=off", "-c", "max_connections=200",
+            "-c", "shared_buffers=64MB")
+    pg = Postgres("127.0.0.1", port, "aam", password, "postgres", datadir,
+                  argv=argv, popen_kwargs={"cwd": tmp, **as_user}, log=log)
     try:
-        import psycopg
-
-        wait_until(lambda: psycopg.connect(pg.dsn, connect_timeout=1).close() is None,
-                   30, "PostgreSQL", proc, log)
+        pg.start()
         yield pg
     finally:
-        stop(proc)
+        pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

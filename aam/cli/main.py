@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import TextIO
 
-from aam.cli import authorize, compile_cmd, serve, test_cmd
+from aam.cli import authorize, compile_cmd, ledger_cmd, serve, test_cmd
 
 
 def parser() -> argparse.ArgumentParser:
@@ -20,6 +20,7 @@ def parser() -> argparse.ArgumentParser:
     serve.register(sub)
     authorize.register(sub)
     test_cmd.register(sub)
+    ledger_cmd.register(sub)
     return p
 
 

@@ -10,7 +10,8 @@ from typing import TextIO
 
 from compiler import CompileError
 from pdp import logs
-from pdp.config import ConfigError, Settings, split_addr
+from pdp.config import DEFAULT_SQLITE_LEDGER, ConfigError, Settings, split_addr
+from pdp.ledger import LedgerError
 from pdp.stack import Stack
 
 
@@ -20,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--grpc-addr", default="127.0.0.1:50051", help="default 127.0.0.1:50051")
     up.add_argument("--watch", action=argparse.BooleanOptionalAction, default=True,
                     help="republish the bundle when a policy file changes (default on)")
+    up.add_argument("--ledger-url", default=f"sqlite://{DEFAULT_SQLITE_LEDGER}",
+                    help="ledger store (default: embedded SQLite; postgresql://... or off)")
     up.set_defaults(func=run_up)
 
     sv = sub.add_parser("serve", help="run the PDP from a settings file and AAM_* env")
@@ -49,6 +52,7 @@ def run_up(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         settings = Settings.load(
             env={}, grpc_addr=args.grpc_addr, plaintext=True, watch=args.watch,
             policies=str(args.policies) if args.policies else None,
+            ledger_url=args.ledger_url, ledger_migrate=True,
         )
     except ConfigError as exc:
         print(f"aam up: error: {exc}", file=stderr)
@@ -77,7 +81,7 @@ def _serve(settings: Settings, stdout: TextIO, stderr: TextIO, banner: bool) -> 
         for d in exc.diagnostics:
             print(d, file=stderr)
         return 1
-    except (ConfigError, RuntimeError, OSError) as exc:
+    except (ConfigError, RuntimeError, OSError, LedgerError) as exc:
         print(f"aam: error: {exc}", file=stderr)
         return 1
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -90,6 +94,7 @@ def _serve(settings: Settings, stdout: TextIO, stderr: TextIO, banner: bool) -> 
     print(f"broker     {settings.broker}" + (f" ({settings.vault_addr})" if settings.broker == "vault"
           else " (no Vault: actions that need a credential are denied credential_unavailable)"),
           file=stdout)
+    print(f"ledger     {_ledger_label(settings.ledger_url)}", file=stdout)
     print(f"grpc       {settings.grpc_addr} aam.v1.PolicyDecisionService"
           f"{' (plaintext, loopback)' if settings.plaintext else ' (mTLS)'}", file=stdout)
     if banner:
@@ -107,3 +112,12 @@ def _serve(settings: Settings, stdout: TextIO, stderr: TextIO, banner: bool) -> 
         print("stopping...", file=stdout)
         stack.stop()
     return 0
+
+
+def _ledger_label(url: str) -> str:
+    """Where the ledger is, without credentials."""
+    if url in ("", "off"):
+        return "off (budgets and rate limits deny with ledger_unavailable; no audit)"
+    if url.startswith("sqlite:"):
+        return f"{url} (embedded)"
+    return "PostgreSQL"

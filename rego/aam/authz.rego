@@ -43,8 +43,14 @@ allow if {
 	count(deny) == 0
 }
 
+# Seconds until a budget or rate deny may clear (null when none applies).
+default retry_after := null
+
+retry_after := max(retry_after_candidates) if count(retry_after_candidates) > 0
+
 decision := {
 	"allow": allow,
+	"retry_after_s": retry_after,
 	"policy": policy_name,
 	"reasons": [r | some r in deny],
 	"route": route,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,16 +22,20 @@ FINANCE = "spiffe://prod/agent/finance-analyst"
 
 @contextlib.contextmanager
 def running_stack(policies: Path = EXAMPLES, **overrides: Any) -> Iterator[Stack]:
+    """The stack on an embedded SQLite ledger unless ``ledger_url`` is given, like aam up."""
     overrides = {"plaintext": True, **overrides}
-    settings = Settings.load(
-        env={}, grpc_addr=f"127.0.0.1:{free_port()}",
-        policies=str(policies), opa_binary=opa_binary(), **overrides)
-    stack = Stack(settings)
-    stack.start()
-    try:
-        yield stack
-    finally:
-        stack.stop()
+    with tempfile.TemporaryDirectory(prefix="aam-test-ledger-") as tmp:
+        overrides.setdefault("ledger_url", f"sqlite://{tmp}/ledger.sqlite3")
+        overrides.setdefault("ledger_migrate", True)
+        settings = Settings.load(
+            env={}, grpc_addr=f"127.0.0.1:{free_port()}",
+            policies=str(policies), opa_binary=opa_binary(), **overrides)
+        stack = Stack(settings)
+        stack.start()
+        try:
+            yield stack
+        finally:
+            stack.stop()
 
 
 def stub(stack: Stack) -> tuple[grpc.Channel, pdp_pb2_grpc.PolicyDecisionServiceStub]:

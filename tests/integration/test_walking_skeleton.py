@@ -47,7 +47,11 @@ def test_compiled_bundle_loads_into_real_opa(tmp_path: Path) -> None:
     with run_opa("--bundle", str(out)) as opa:
         r2 = requests.post(f"{opa.url}/v1/data/aam/authz/decision",
                            json={"input": {"identity": {"spiffe_id": FINANCE},
-                                           "model": "reasoning-high", "tool": "", "action": ""}},
+                                           "model": "reasoning-high", "tool": "", "action": "",
+                                           "estimate": {"tokens": 0, "cost_usd": 0},
+                                           "state": {"budget": {"daily": {
+                                               "spent_usd": 0, "reserved_usd": 0, "limit_usd": 75,
+                                               "remaining_usd": 75}}}}},
                            timeout=5)
     result = r2.json()["result"]
     assert result["allow"] is True

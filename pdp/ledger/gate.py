@@ -1,0 +1,167 @@
+"""The engine's side of the ledger: price the request, reserve, describe state, audit.
+
+:class:`Gate` turns a request into an :class:`Ask` (limits from the compiled
+policy and route, cost from the route's most expensive eligible target), gives
+OPA the resulting ``input.state``, and after OPA has decided releases a denied
+decision's reservation and appends its audit row in one step.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pdp.ledger import Ledger
+from pdp.ledger.chain import canonical
+from pdp.ledger.types import MICRO, Admission, Ask, AuditEntry, Limits, Settlement, usd_to_micro
+
+# Recorded when the policy does not say (or there is no policy).
+DEFAULT_RECORD = ("identity", "policy", "action", "outcome", "reasons")
+
+
+class CompiledView:
+    """The compiled data of the bundle being served, for limits and prices."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, Any] = {"policies": {}, "routes": {}}
+        self._lock = threading.Lock()
+
+    def update(self, files: dict[str, bytes], data_path: str) -> None:
+        data = json.loads(files[data_path])
+        with self._lock:
+            self._data = data
+
+    def policy(self, workload: str) -> dict[str, Any] | None:
+        return self._data.get("policies", {}).get(workload)
+
+    def route(self, alias: str) -> dict[str, Any] | None:
+        return self._data.get("routes", {}).get(alias) if alias else None
+
+
+def _micro(value: Any) -> int | None:
+    return usd_to_micro(float(value)) if isinstance(value, int | float) else None
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) else None
+
+
+def usd(micro: int) -> float:
+    return micro / MICRO
+
+
+@dataclass(frozen=True)
+class Metered:
+    """What the engine carries from admit() to finish()."""
+
+    admission: Admission | None  # None: nothing to meter (no policy for the workload)
+    record: tuple[str, ...]
+    route: str
+    cost_micro: int
+    tokens: int
+
+
+class Gate:
+    def __init__(self, ledger: Ledger, view: CompiledView, reservation_ttl_s: float,
+                 default_tokens: int) -> None:
+        self.ledger = ledger
+        self.view = view
+        self.ttl_s = reservation_ttl_s
+        self.default_tokens = default_tokens
+
+    def estimate(self, model: str, tokens: int, cost_usd: float) -> tuple[int, int]:
+        """(cost in micro-USD, tokens). The caller's cost wins; else the dearest target."""
+        route = self.view.route(model)
+        if model and tokens <= 0:
+            tokens = self.default_tokens
+        if cost_usd > 0:
+            return usd_to_micro(cost_usd), tokens
+        if route is None:
+            return 0, tokens
+        targets = route.get("targets") or []
+        if not route.get("allow_fallbacks", False):
+            targets = targets[:1]
+        per_mtok = max((max(float(t.get("input_price_per_mtok", 0)),
+                            float(t.get("output_price_per_mtok", 0))) for t in targets), default=0.0)
+        return usd_to_micro(tokens * per_mtok / MICRO), tokens
+
+    def admit(self, decision_id: str, workload: str, model: str, tokens: int,
+              cost_usd: float) -> Metered:
+        """Reserve before OPA decides. Raises LedgerError when the store fails."""
+        policy = self.view.policy(workload)
+        cost, tokens = self.estimate(model, tokens, cost_usd)
+        if policy is None:
+            return Metered(None, DEFAULT_RECORD, model, cost, tokens)
+        budget, rate = policy.get("budget") or {}, policy.get("rate") or {}
+        route = self.view.route(model)
+        route_rate = (route or {}).get("rate") or {}
+        limits = Limits(
+            daily_micro=_micro(budget.get("daily_usd")),
+            monthly_micro=_micro(budget.get("monthly_usd")),
+            timezone=str(budget.get("timezone") or "UTC"),
+            workload_rpm=_int(rate.get("requests_per_minute")),
+            workload_tpm=_int(rate.get("tokens_per_minute")),
+            route_rpm=_int(route_rate.get("requests_per_minute")),
+            route_tpm=_int(route_rate.get("tokens_per_minute")),
+        )
+        ask = Ask(decision_id, workload, model if route else "", cost, tokens, limits, self.ttl_s)
+        admission = self.ledger.reserve(ask)
+        record = tuple((policy.get("audit") or {}).get("record") or DEFAULT_RECORD)
+        return Metered(admission, record, ask.route, cost, tokens)
+
+    def state(self, m: Metered, workload: str) -> dict[str, Any]:
+        """``input.state``: spend and rates before this decision."""
+        if m.admission is None:
+            return {}
+        a = m.admission
+        budget = (self.view.policy(workload) or {}).get("budget") or {}
+        windows = {}
+        for name, w, field in (("daily", a.daily, "daily_usd"), ("monthly", a.monthly, "monthly_usd")):
+            limit = _micro(budget.get(field))
+            windows[name] = {
+                "window": w.key,
+                "spent_usd": usd(w.spent_micro),
+                "reserved_usd": usd(w.reserved_micro),
+                "limit_usd": usd(limit) if limit is not None else None,
+                "remaining_usd": usd(limit - w.spent_micro - w.reserved_micro)
+                if limit is not None else None,
+                "resets_in_s": round(w.resets_in_s, 3),
+            }
+        return {
+            "budget": windows,
+            "rate": {
+                "requests_last_minute": a.workload_rate.requests,
+                "tokens_last_minute": a.workload_rate.tokens,
+                "retry_after_s": round(a.workload_rate.retry_after_s, 3),
+                "route": {
+                    "requests_last_minute": a.route_rate.requests,
+                    "tokens_last_minute": a.route_rate.tokens,
+                    "retry_after_s": round(a.route_rate.retry_after_s, 3),
+                },
+            },
+            "reserved": a.reserved,
+        }
+
+    def finish(self, m: Metered, decision_id: str, fields: dict[str, Any], allow: bool) -> None:
+        """Release a denied reservation and chain the audit row; durable on return."""
+        ts = datetime.now(UTC).isoformat(timespec="microseconds")
+        body = {"ts": ts, "decision_id": decision_id, "workload": fields["workload"],
+                "outcome": "allow" if allow else "deny", "revision": fields.get("revision", "")}
+        for item in m.record:
+            if item == "identity":
+                body["identity"] = {"spiffe_id": fields["workload"]}
+            elif item == "cost":
+                body["cost"] = {"estimate_usd": usd(m.cost_micro), "estimate_tokens": m.tokens}
+            elif item in fields:
+                body[item] = fields[item]
+        if fields.get("lease_accessor"):
+            body["lease_accessor"] = fields["lease_accessor"]
+        entry = AuditEntry(ts, decision_id, fields["workload"], body["outcome"], canonical(body))
+        self.ledger.finish(entry, release=not allow and m.admission is not None
+                           and m.admission.reserved)
+
+    def settle(self, decision_id: str, tokens: int, cost_usd: float) -> Settlement:
+        return self.ledger.settle(decision_id, tokens, usd_to_micro(cost_usd))

@@ -1,0 +1,191 @@
+"""The PostgreSQL ledger: psycopg 3 with a connection pool, one function call per step.
+
+Each step is one round trip to a PL/pgSQL function (``aam_reserve``,
+``aam_finish``, ``aam_settle``) that serialises per workload with advisory
+locks, so several PDP processes sharing the database never over-spend a
+budget or over-count a rate window. A connection broken by a database restart
+is retried once on a fresh one; every step is idempotent per decision id, so
+the retry cannot double-count.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from pdp.ledger import migrations
+from pdp.ledger.types import (
+    Admission,
+    Ask,
+    AuditEntry,
+    AuditFilter,
+    AuditRow,
+    LedgerError,
+    LedgerUnavailable,
+    RateWindow,
+    Settlement,
+    Window,
+)
+
+log = logging.getLogger("aam.ledger")
+T = TypeVar("T")
+MIGRATION_LOCK = 4  # advisory lock class held while migrating
+
+
+class PostgresLedger:
+    def __init__(self, conninfo: str, pool_size: int = 8, timeout_s: float = 2.0) -> None:
+        self.timeout_s = timeout_s
+        self.pool = ConnectionPool(
+            conninfo, min_size=1, max_size=max(1, pool_size), timeout=timeout_s,
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout_s)),
+                    "options": "-c timezone=UTC"},
+            open=False, name="aam-ledger", reconnect_timeout=3600,
+        )
+        self.pool.open(wait=False)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def _run(self, what: str, fn: Callable[[psycopg.Connection], T]) -> T:
+        for attempt in (1, 2):
+            try:
+                with self.pool.connection() as conn:
+                    return fn(conn)
+            except PoolTimeout:
+                raise LedgerUnavailable(f"ledger {what}: no database connection within "
+                                        f"{self.timeout_s:g} s") from None
+            except psycopg.OperationalError as exc:
+                log.warning("ledger operation failed",
+                            extra={"fields": {"op": what, "attempt": attempt,
+                                              "error": type(exc).__name__}})
+                if attempt == 2:
+                    raise LedgerUnavailable(f"ledger {what}: database unavailable") from None
+            except psycopg.Error as exc:
+                raise LedgerError(f"ledger {what}: {type(exc).__name__}") from None
+        raise AssertionError("unreachable")
+
+    # --- schema ---------------------------------------------------------------
+
+    def migrate(self, grant_role: str = "") -> list[str]:
+        def run(conn: psycopg.Connection) -> list[str]:
+            applied: list[str] = []
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (MIGRATION_LOCK,))
+                conn.execute("CREATE TABLE IF NOT EXISTS aam_schema_migrations ("
+                             "version integer PRIMARY KEY, name text NOT NULL, "
+                             "applied_at timestamptz NOT NULL DEFAULT now())")
+                done = {r[0] for r in conn.execute("SELECT version FROM aam_schema_migrations")}
+                for m in migrations.load("postgres"):
+                    if m.version in done:
+                        continue
+                    conn.execute(m.sql.encode())  # type: ignore[call-overload]
+                    conn.execute("INSERT INTO aam_schema_migrations (version, name) VALUES (%s, %s)",
+                                 (m.version, m.name))
+                    applied.append(m.name)
+                if grant_role:
+                    _grant(conn, grant_role)
+            return applied
+
+        return self._run("migrate", run)
+
+    # --- decisions ------------------------------------------------------------
+
+    def reserve(self, ask: Ask) -> Admission:
+        lim = ask.limits
+
+        def run(conn: psycopg.Connection) -> Admission:
+            row = conn.execute(
+                "SELECT aam_reserve(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (ask.decision_id, ask.workload, ask.route, ask.cost_micro, ask.tokens,
+                 lim.timezone, lim.daily_micro, lim.monthly_micro, lim.workload_rpm,
+                 lim.workload_tpm, lim.route_rpm, lim.route_tpm, ask.ttl_s),
+                prepare=True,
+            ).fetchone()
+            assert row is not None
+            return _admission(row[0], ask.cost_micro)
+
+        try:
+            return self._run("reserve", run)
+        except LedgerError as exc:
+            if "UniqueViolation" in str(exc):  # a retry after the first attempt committed
+                raise LedgerUnavailable("ledger reserve: outcome of a retried call unknown") from None
+            raise
+
+    def finish(self, entry: AuditEntry, release: bool) -> int:
+        def run(conn: psycopg.Connection) -> int:
+            row = conn.execute(
+                "SELECT aam_finish(%s, %s, %s, %s, %s, %s)",
+                (release, entry.ts, entry.decision_id, entry.workload, entry.outcome, entry.body),
+                prepare=True,
+            ).fetchone()
+            assert row is not None
+            return int(row[0])
+
+        return self._run("audit", run)
+
+    def settle(self, decision_id: str, tokens: int, cost_micro: int) -> Settlement:
+        def run(conn: psycopg.Connection) -> Settlement:
+            row = conn.execute("SELECT aam_settle(%s, %s, %s)",
+                               (decision_id, tokens, cost_micro)).fetchone()
+            assert row is not None
+            state = str(row[0])
+            return Settlement(state == "applied", "settled" if state == "applied" else state)
+
+        return self._run("settle", run)
+
+    # --- audit ----------------------------------------------------------------
+
+    def audit_rows(self, flt: AuditFilter) -> list[AuditRow]:
+        where, args = [], []
+        for column, value in (("a.workload", flt.workload), ("a.outcome", flt.outcome),
+                              ("a.decision_id", flt.decision_id)):
+            if value:
+                where.append(f"{column} = %s")
+                args.append(value)
+        if flt.since:
+            where.append("a.ts >= %s")
+            args.append(flt.since)
+        if flt.until:
+            where.append("a.ts < %s")
+            args.append(flt.until)
+        query = ("SELECT a.seq, a.ts, a.decision_id, a.workload, a.outcome, a.body, a.prev_hash,"
+                 " a.hash, r.cost_micro, coalesce(r.state, '') FROM aam_audit a"
+                 " LEFT JOIN aam_reservations r ON r.decision_id = a.decision_id"
+                 + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY a.seq")
+        if flt.limit is not None:
+            query += f" LIMIT {int(flt.limit)}"
+
+        def run(conn: psycopg.Connection) -> list[AuditRow]:
+            rows = conn.execute(query.encode(), args).fetchall()  # type: ignore[call-overload]
+            return [AuditRow(r[0], r[1].astimezone(UTC).isoformat(), *r[2:8],
+                             cost_micro=r[8], settlement=r[9]) for r in rows]
+
+        return self._run("audit query", run)
+
+
+def _grant(conn: psycopg.Connection, role: str) -> None:
+    """What the PDP's own role needs: no UPDATE, DELETE or TRUNCATE on the audit table."""
+    r = sql.Identifier(role)
+    conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON aam_reservations, aam_budget_windows TO {}")
+                 .format(r))
+    conn.execute(sql.SQL("GRANT SELECT, INSERT ON aam_audit TO {}").format(r))
+    conn.execute(sql.SQL("GRANT SELECT ON aam_schema_migrations TO {}").format(r))
+
+
+def _admission(doc: dict[str, Any], cost_micro: int) -> Admission:
+    return Admission(
+        reserved=bool(doc["reserved"]),
+        cost_micro=cost_micro,
+        daily=Window(doc["day"], int(doc["day_spent"]), int(doc["day_reserved"]),
+                     float(doc["day_resets_s"])),
+        monthly=Window(doc["month"], int(doc["month_spent"]), int(doc["month_reserved"]),
+                       float(doc["month_resets_s"])),
+        workload_rate=RateWindow(int(doc["w_requests"]), int(doc["w_tokens"]), float(doc["w_retry_s"])),
+        route_rate=RateWindow(int(doc["r_requests"]), int(doc["r_tokens"]), float(doc["r_retry_s"])),
+    )

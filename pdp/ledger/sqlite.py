@@ -1,0 +1,239 @@
+"""The embedded ledger (SQLite): the zero-config store of ``aam up``.
+
+Same schema and semantics as PostgreSQL; each step is one ``BEGIN IMMEDIATE``
+transaction (SQLite's single writer serialises them, also across processes)
+committed with ``synchronous=FULL`` before the PDP answers.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+from zoneinfo import ZoneInfo
+
+from pdp.ledger import migrations
+from pdp.ledger.chain import row_hash
+from pdp.ledger.types import (
+    GENESIS,
+    Admission,
+    Ask,
+    AuditEntry,
+    AuditFilter,
+    AuditRow,
+    LedgerError,
+    LedgerUnavailable,
+    RateWindow,
+    Settlement,
+    Window,
+)
+
+T = TypeVar("T")
+RATE_WINDOW_S = 60.0
+
+
+class SqliteLedger:
+    def __init__(self, path: str, timeout_s: float = 2.0, clock: Callable[[], float] = time.time) -> None:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.clock = clock
+        self._lock = threading.Lock()
+        try:
+            self.conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None,
+                                        check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(f"ledger: cannot open {path}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    def _tx(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    out = fn(self.conn)
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+                self.conn.execute("COMMIT")
+                return out
+            except sqlite3.OperationalError as exc:
+                raise LedgerUnavailable(f"ledger {what}: {exc}") from None
+            except sqlite3.Error as exc:
+                raise LedgerError(f"ledger {what}: {type(exc).__name__}") from None
+
+    def migrate(self, grant_role: str = "") -> list[str]:
+        def run(c: sqlite3.Connection) -> list[str]:
+            c.execute("CREATE TABLE IF NOT EXISTS aam_schema_migrations (version INTEGER PRIMARY KEY,"
+                      " name TEXT NOT NULL, applied_at TEXT NOT NULL)")
+            done = {r[0] for r in c.execute("SELECT version FROM aam_schema_migrations")}
+            applied = []
+            for m in migrations.load("sqlite"):
+                if m.version in done:
+                    continue
+                for stmt in _statements(m.sql):
+                    c.execute(stmt)
+                c.execute("INSERT INTO aam_schema_migrations VALUES (?, ?, ?)",
+                          (m.version, m.name, datetime.now(UTC).isoformat()))
+                applied.append(m.name)
+            return applied
+
+        return self._tx("migrate", run)
+
+    def reserve(self, ask: Ask) -> Admission:
+        lim = ask.limits
+
+        def run(c: sqlite3.Connection) -> Admission:
+            now = self.clock()
+            for day_key, month_key, micro in c.execute(
+                    "UPDATE aam_reservations SET state = 'expired' WHERE workload = ? AND"
+                    " state = 'reserved' AND expires_at <= ? RETURNING day_key, month_key, reserved_micro",
+                    (ask.workload, now)).fetchall():
+                c.execute("UPDATE aam_budget_windows SET reserved_micro = reserved_micro - ?"
+                          " WHERE workload = ? AND window_key IN (?, ?)",
+                          (micro, ask.workload, day_key, month_key))
+            local = datetime.fromtimestamp(now, ZoneInfo(lim.timezone))
+            day, month = local.strftime("%Y-%m-%d"), local.strftime("%Y-%m")
+            d_spent, d_res = _window(c, ask.workload, "d:" + day)
+            m_spent, m_res = _window(c, ask.workload, "m:" + month)
+            w = _rate(c, "workload", ask.workload, now)
+            r = _rate(c, "route", ask.route, now) if ask.route else RateWindow(0, 0, 0.0)
+            ok = ((lim.daily_micro is None or d_spent + d_res + ask.cost_micro <= lim.daily_micro)
+                  and (lim.monthly_micro is None
+                       or m_spent + m_res + ask.cost_micro <= lim.monthly_micro)
+                  and (lim.workload_rpm is None or w.requests < lim.workload_rpm)
+                  and (lim.workload_tpm is None or w.tokens + ask.tokens <= lim.workload_tpm)
+                  and (lim.route_rpm is None or r.requests < lim.route_rpm)
+                  and (lim.route_tpm is None or r.tokens + ask.tokens <= lim.route_tpm))
+            if ok:
+                for key in ("d:" + day, "m:" + month):
+                    c.execute("INSERT INTO aam_budget_windows (workload, window_key, reserved_micro)"
+                              " VALUES (?, ?, ?) ON CONFLICT (workload, window_key) DO UPDATE"
+                              " SET reserved_micro = reserved_micro + excluded.reserved_micro",
+                              (ask.workload, key, ask.cost_micro))
+                c.execute("INSERT INTO aam_reservations (decision_id, workload, route, day_key,"
+                          " month_key, reserved_micro, tokens, state, created_at, expires_at)"
+                          " VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?)",
+                          (ask.decision_id, ask.workload, ask.route, "d:" + day, "m:" + month,
+                           ask.cost_micro, ask.tokens, now, now + ask.ttl_s))
+            next_day = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(),
+                                        local.tzinfo)
+            next_month = datetime(local.year + local.month // 12, local.month % 12 + 1, 1,
+                                  tzinfo=local.tzinfo)
+            return Admission(
+                reserved=ok, cost_micro=ask.cost_micro,
+                daily=Window(day, d_spent, d_res, next_day.timestamp() - now),
+                monthly=Window(month, m_spent, m_res, next_month.timestamp() - now),
+                workload_rate=w, route_rate=r,
+            )
+
+        return self._tx("reserve", run)
+
+    def finish(self, entry: AuditEntry, release: bool) -> int:
+        def run(c: sqlite3.Connection) -> int:
+            if release:
+                row = c.execute("UPDATE aam_reservations SET state = 'released' WHERE decision_id = ?"
+                                " AND state = 'reserved' RETURNING workload, day_key, month_key,"
+                                " reserved_micro", (entry.decision_id,)).fetchone()
+                if row:
+                    c.execute("UPDATE aam_budget_windows SET reserved_micro = reserved_micro - ?"
+                              " WHERE workload = ? AND window_key IN (?, ?)",
+                              (row[3], row[0], row[1], row[2]))
+            seen = c.execute("SELECT seq FROM aam_audit WHERE decision_id = ?",
+                             (entry.decision_id,)).fetchone()
+            if seen:
+                return int(seen[0])
+            last = c.execute("SELECT seq, hash FROM aam_audit ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+            c.execute("INSERT INTO aam_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                      (seq, entry.ts, entry.decision_id, entry.workload, entry.outcome, entry.body,
+                       prev, row_hash(prev, seq, entry.body)))
+            return seq
+
+        return self._tx("audit", run)
+
+    def settle(self, decision_id: str, tokens: int, cost_micro: int) -> Settlement:
+        def run(c: sqlite3.Connection) -> Settlement:
+            row = c.execute("SELECT workload, day_key, month_key, reserved_micro, state FROM"
+                            " aam_reservations WHERE decision_id = ?", (decision_id,)).fetchone()
+            if row is None:
+                return Settlement(False, "unknown")
+            workload, day_key, month_key, reserved, state = row
+            if state in ("settled", "released"):
+                return Settlement(False, state)
+            c.execute("UPDATE aam_budget_windows SET spent_micro = spent_micro + ?,"
+                      " reserved_micro = reserved_micro - ? WHERE workload = ? AND window_key IN (?, ?)",
+                      (cost_micro, reserved if state == "reserved" else 0, workload, day_key, month_key))
+            c.execute("UPDATE aam_reservations SET state = 'settled', cost_micro = ?, tokens = ?,"
+                      " settled_at = ? WHERE decision_id = ?",
+                      (cost_micro, tokens, self.clock(), decision_id))
+            return Settlement(True, "settled")
+
+        return self._tx("settle", run)
+
+    def audit_rows(self, flt: AuditFilter) -> list[AuditRow]:
+        where, args = [], []
+        for column, value in (("a.workload", flt.workload), ("a.outcome", flt.outcome),
+                              ("a.decision_id", flt.decision_id)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        rows = []
+        query = ("SELECT a.seq, a.ts, a.decision_id, a.workload, a.outcome, a.body, a.prev_hash,"
+                 " a.hash, r.cost_micro, coalesce(r.state, '') FROM aam_audit a"
+                 " LEFT JOIN aam_reservations r ON r.decision_id = a.decision_id"
+                 + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY a.seq")
+        with self._lock:
+            try:
+                fetched = self.conn.execute(query, args).fetchall()
+            except sqlite3.Error as exc:
+                raise LedgerUnavailable(f"ledger audit query: {exc}") from None
+        since = datetime.fromisoformat(flt.since) if flt.since else None
+        until = datetime.fromisoformat(flt.until) if flt.until else None
+        for r in fetched:
+            ts = datetime.fromisoformat(r[1])
+            if (since and ts < since) or (until and ts >= until):
+                continue
+            rows.append(AuditRow(*r[:8], cost_micro=r[8], settlement=r[9]))
+            if flt.limit is not None and len(rows) >= flt.limit:
+                break
+        return rows
+
+
+def _window(c: sqlite3.Connection, workload: str, key: str) -> tuple[int, int]:
+    row = c.execute("SELECT spent_micro, reserved_micro FROM aam_budget_windows"
+                    " WHERE workload = ? AND window_key = ?", (workload, key)).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+def _rate(c: sqlite3.Connection, column: str, key: str, now: float) -> RateWindow:
+    n, tokens, oldest = c.execute(
+        f"SELECT count(*), coalesce(sum(tokens), 0), min(created_at) FROM aam_reservations"
+        f" WHERE {column} = ? AND created_at > ? AND state <> 'released'",
+        (key, now - RATE_WINDOW_S)).fetchone()
+    retry = max(0.0, RATE_WINDOW_S - (now - oldest)) if oldest is not None else 0.0
+    return RateWindow(int(n), int(tokens), retry)
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration on ';' at line ends, keeping trigger bodies whole."""
+    out, buf = [], []
+    for line in script.splitlines():
+        if line.strip().startswith("--") and not buf:
+            continue
+        buf.append(line)
+        text = "\n".join(buf).strip()
+        if text.endswith(";") and sqlite3.complete_statement(text):
+            out.append(text)
+            buf = []
+    if "\n".join(buf).strip():
+        out.append("\n".join(buf))
+    return out

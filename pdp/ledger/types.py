@@ -1,0 +1,121 @@
+"""Values crossing the ledger boundary. Money is integer micro-dollars (exact sums)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+MICRO = 1_000_000
+GENESIS = "0" * 64
+
+
+class LedgerError(Exception):
+    """The ledger refused or failed an operation; the message carries no secret."""
+
+
+class LedgerUnavailable(LedgerError):
+    """The store cannot be reached or failed mid-operation: decisions must deny."""
+
+
+def usd_to_micro(usd: float) -> int:
+    """Round up to a whole micro-dollar, ignoring float noise (0.01 -> 10000)."""
+    scaled = round(usd * MICRO, 3)
+    whole = int(scaled)
+    return whole + (1 if scaled > whole else 0)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the compiled policy and route allow; ``None`` means no limit."""
+
+    daily_micro: int | None = None
+    monthly_micro: int | None = None
+    timezone: str = "UTC"
+    workload_rpm: int | None = None
+    workload_tpm: int | None = None
+    route_rpm: int | None = None
+    route_tpm: int | None = None
+
+
+@dataclass(frozen=True)
+class Ask:
+    decision_id: str
+    workload: str
+    route: str  # model alias, "" for a tool call
+    cost_micro: int
+    tokens: int
+    limits: Limits
+    ttl_s: float
+
+
+@dataclass(frozen=True)
+class Window:
+    key: str  # "2026-11-26" (day) or "2026-11" (month), in the policy's time zone
+    spent_micro: int
+    reserved_micro: int
+    resets_in_s: float
+
+
+@dataclass(frozen=True)
+class RateWindow:
+    requests: int  # in the last 60 s, not counting denied decisions
+    tokens: int
+    retry_after_s: float  # until the oldest of them leaves the window
+
+
+@dataclass(frozen=True)
+class Admission:
+    """State before this decision, and whether its reservation was taken."""
+
+    reserved: bool
+    cost_micro: int
+    daily: Window
+    monthly: Window
+    workload_rate: RateWindow
+    route_rate: RateWindow
+
+
+@dataclass(frozen=True)
+class Settlement:
+    applied: bool
+    state: str  # "settled" now or before, "released" (a deny), "unknown"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One decision's audit row before it is chained. ``body`` is canonical JSON."""
+
+    ts: str
+    decision_id: str
+    workload: str
+    outcome: str
+    body: str
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    seq: int
+    ts: str
+    decision_id: str
+    workload: str
+    outcome: str
+    body: str
+    prev_hash: str
+    hash: str
+    cost_micro: int | None = None
+    settlement: str = ""
+
+    def record(self) -> dict[str, Any]:
+        import json
+
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    workload: str = ""
+    outcome: str = ""
+    decision_id: str = ""
+    since: str = ""  # ISO 8601
+    until: str = ""
+    limit: int | None = None

@@ -1,0 +1,48 @@
+# Budgets: deny a call the workload's remaining budget cannot cover.
+#
+# The PDP's ledger reserves the estimated cost atomically before OPA is asked
+# and puts the state before that reservation in input.state.budget (amounts
+# in USD, whole micro-dollars); this file decides and explains. A policy with
+# a budget but no ledger state (ledger off or down) is denied: budgets fail
+# closed.
+package aam.authz
+
+budget_fields := {"daily": "daily_usd", "monthly": "monthly_usd"}
+
+budget_period := {"daily": "today", "monthly": "this month"}
+
+# Dollars and cents; sprintf's %f would print integers oddly.
+usd(x) := sprintf("%d.%02d", [floor(c / 100), c % 100]) if c := round(x * 100)
+
+budget_exceeded contains w if {
+	some w, field in budget_fields
+	policy.budget[field]
+	b := input.state.budget[w]
+	input.estimate.cost_usd > b.remaining_usd
+}
+
+deny contains reason("budget_exhausted", msg) if {
+	some w in budget_exceeded
+	b := input.state.budget[w]
+	msg := sprintf("spent %s of %s USD %s; this call may cost up to %s USD", [
+		usd(b.spent_usd + b.reserved_usd), usd(b.limit_usd), budget_period[w],
+		usd(input.estimate.cost_usd),
+	])
+}
+
+deny contains reason("budget_exhausted", msg) if {
+	limit := policy.budget.per_request_usd
+	input.estimate.cost_usd > limit
+	msg := sprintf("this call may cost up to %s USD, over the per-request limit of %s USD", [
+		usd(input.estimate.cost_usd), usd(limit),
+	])
+}
+
+deny contains reason("ledger_unavailable", msg) if {
+	some field in budget_fields
+	policy.budget[field]
+	not input.state.budget
+	msg := sprintf("policy %q sets a budget but no ledger state is available", [policy.name])
+}
+
+retry_after_candidates contains input.state.budget[w].resets_in_s if some w in budget_exceeded

@@ -1,0 +1,77 @@
+package aam.budget_test
+
+import data.aam.authz
+
+fixture := {
+	"revision": "r1",
+	"policies": {"spiffe://prod/agent/a": {
+		"name": "a-policy",
+		"models": {"m1": true},
+		"tools": {},
+		"budget": {"daily_usd": 75, "monthly_usd": 1000, "per_request_usd": 5, "timezone": "UTC"},
+	}},
+	"routes": {"m1": {"alias": "m1", "allow_fallbacks": true, "targets": [{"provider": "p", "model": "x"}]}},
+}
+
+# remaining is computed exactly by the PDP (integer micro-dollars); given here.
+window(spent, reserved, limit, remaining, resets) := {
+	"window": "w", "spent_usd": spent, "reserved_usd": reserved, "limit_usd": limit,
+	"remaining_usd": remaining, "resets_in_s": resets,
+}
+
+state(daily, monthly) := {
+	"budget": {"daily": daily, "monthly": monthly},
+	"rate": {"requests_last_minute": 0, "tokens_last_minute": 0, "retry_after_s": 0,
+		"route": {"requests_last_minute": 0, "tokens_last_minute": 0, "retry_after_s": 0}},
+}
+
+req(cost, st) := {
+	"identity": {"spiffe_id": "spiffe://prod/agent/a"}, "model": "m1", "tool": "", "action": "",
+	"estimate": {"tokens": 1000, "cost_usd": cost}, "state": st,
+}
+
+codes(d) := {r.code | some r in d.reasons}
+
+test_within_budget_allowed if {
+	d := authz.decision with input as req(0.5, state(window(10, 0, 75, 65, 100), window(10, 0, 1000, 990, 9000)))
+		with data.aam.compiled as fixture
+	d.allow
+	d.retry_after_s == null
+}
+
+test_daily_budget_exhausted_explains_spend if {
+	d := authz.decision with input as req(1.2, state(window(74, 0.2, 75, 0.8, 3600), window(74.2, 0, 1000, 925.8, 9000)))
+		with data.aam.compiled as fixture
+	not d.allow
+	codes(d) == {"budget_exhausted"}
+	startswith(d.reasons[0].message, "spent 74.20 of 75.00 USD today")
+	d.retry_after_s == 3600
+}
+
+test_exact_remaining_is_allowed if {
+	d := authz.decision with input as req(0.01, state(window(0.99, 0, 1, 0.01, 10), window(0.99, 0, 1000, 999.01, 10)))
+		with data.aam.compiled as fixture
+	d.allow
+}
+
+test_monthly_budget_exhausted if {
+	d := authz.decision with input as req(1, state(window(0, 0, 75, 75, 10), window(999.5, 0, 1000, 0.5, 86400)))
+		with data.aam.compiled as fixture
+	codes(d) == {"budget_exhausted"}
+	contains(d.reasons[0].message, "USD this month")
+	d.retry_after_s == 86400
+}
+
+test_per_request_limit if {
+	d := authz.decision with input as req(6, state(window(0, 0, 75, 75, 10), window(0, 0, 1000, 1000, 10)))
+		with data.aam.compiled as fixture
+	codes(d) == {"budget_exhausted"}
+	contains(d.reasons[0].message, "per-request limit of 5.00 USD")
+}
+
+test_budget_without_ledger_state_fails_closed if {
+	d := authz.decision with input as object.remove(req(0.1, {}), ["state"])
+		with data.aam.compiled as fixture
+	not d.allow
+	codes(d) == {"ledger_unavailable"}
+}
