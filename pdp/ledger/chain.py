@@ -38,6 +38,7 @@ class Problem:
 def verify(rows: Iterable[AuditRow]) -> tuple[int, list[Problem]]:
     """Walk the chain in seq order; return the rows checked and every problem found."""
     rows = list(rows)
+    by_hash = {r.hash: r.seq for r in rows}
     problems: list[Problem] = []
     prev_seq, prev_hash = 0, GENESIS
     for r in rows:
@@ -55,8 +56,13 @@ def verify(rows: Iterable[AuditRow]) -> tuple[int, list[Problem]]:
                 problems.append(Problem(r.seq, r.decision_id, "modified",
                                         "contents do not match the row's hash"))
         elif r.prev_hash != prev_hash:
-            problems.append(Problem(r.seq, r.decision_id, "modified",
-                                    "does not chain to the previous row's hash"))
+            after = by_hash.get(r.prev_hash)
+            if after is not None:
+                problems.append(Problem(r.seq, r.decision_id, "reordered",
+                                        f"chains to seq {after}, not to seq {prev_seq}"))
+            else:
+                problems.append(Problem(r.seq, r.decision_id, "modified",
+                                        "does not chain to the previous row's hash"))
         prev_seq, prev_hash = r.seq, r.hash
     return len(rows), problems
 

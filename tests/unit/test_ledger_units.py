@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compiler.bundle import DATA_PATH
+from pdp.ledger import LedgerError, open_ledger
+from pdp.ledger.gate import CompiledView, Gate
+from pdp.ledger.types import usd_to_micro
+
+
+@pytest.mark.parametrize(("usd", "micro"), [
+    (0.01, 10_000), (74.2, 74_200_000), (1.0, 1_000_000), (0.0, 0), (1e-7, 1), (0.0000011, 2),
+])
+def test_usd_to_micro_rounds_up_without_float_noise(usd: float, micro: int) -> None:
+    assert usd_to_micro(usd) == micro
+
+
+def _gate(fallbacks: bool) -> Gate:
+    view = CompiledView()
+    data = {"policies": {}, "routes": {"m": {"alias": "m", "allow_fallbacks": fallbacks, "targets": [
+        {"input_price_per_mtok": 1, "output_price_per_mtok": 2},
+        {"input_price_per_mtok": 3, "output_price_per_mtok": 10},
+    ]}}}
+    view.update({DATA_PATH: json.dumps(data).encode()}, DATA_PATH)
+    return Gate(ledger=None, view=view, reservation_ttl_s=60, default_tokens=1000)  # type: ignore[arg-type]
+
+
+def test_estimate_prices_the_dearest_target_the_route_may_use() -> None:
+    assert _gate(True).estimate("m", 100_000, 0) == (1_000_000, 100_000)
+    assert _gate(False).estimate("m", 100_000, 0) == (200_000, 100_000)
+    assert _gate(True).estimate("m", 0, 0) == (10_000, 1000)  # default tokens
+    assert _gate(True).estimate("m", 10, 0.5) == (500_000, 10)  # the caller's cost wins
+    assert _gate(True).estimate("", 0, 0) == (0, 0)  # a tool call
+
+
+def test_ledger_urls() -> None:
+    assert open_ledger("") is None and open_ledger("off") is None
+    with pytest.raises(LedgerError, match="unsupported ledger URL scheme 'redis'"):
+        open_ledger("redis://x")
