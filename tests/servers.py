@@ -147,8 +147,11 @@ def postgres_bindir() -> Path:
 
 
 @contextlib.contextmanager
-def run_postgres() -> Iterator[Postgres]:
-    """A throw-away cluster. As root, the server runs as the 'postgres' user."""
+def run_postgres(fsync: bool = False) -> Iterator[Postgres]:
+    """A throw-away cluster. As root, the server runs as the 'postgres' user.
+
+    ``fsync`` off (tests) trades durability for speed; benchmarks turn it on.
+    """
     bindir = postgres_bindir()
     as_user: dict = {}
     tmp = tempfile.mkdtemp(prefix="aam-test-pg-")
@@ -169,7 +172,7 @@ def run_postgres() -> Iterator[Postgres]:
          "-A", "scram-sha-256", "--no-sync", "-E", "UTF8", "--locale", "C"],
         check=True, capture_output=True, cwd=tmp, **as_user)
     argv = (str(bindir / "postgres"), "-D", str(datadir), "-h", "127.0.0.1", "-p", str(port),
-            "-k", tmp, "-c", "fsync=off", "-c", "max_connections=200",
+            "-k", tmp, "-c", f"fsync={'on' if fsync else 'off'}", "-c", "max_connections=200",
             "-c", "shared_buffers=64MB")
     pg = Postgres("127.0.0.1", port, "aam", password, "postgres", datadir,
                   argv=argv, popen_kwargs={"cwd": tmp, **as_user}, log=log)

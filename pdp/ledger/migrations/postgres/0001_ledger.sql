@@ -88,6 +88,9 @@ DECLARE
     w record; r record; e record;
     v_ok boolean;
 BEGIN
+    -- No WAL flush of its own: the audit commit that follows (before the PDP
+    -- answers) flushes this record too, so one fsync serves the decision.
+    PERFORM set_config('synchronous_commit', 'off', true);
     PERFORM pg_advisory_xact_lock(1, hashtext(p_workload));
     IF p_route <> '' THEN
         PERFORM pg_advisory_xact_lock(2, hashtext(p_route));
@@ -163,42 +166,49 @@ BEGIN
     RETURN 'applied';
 END $$;
 
--- End of a decision: release its reservation when it was denied, then chain its
--- audit row. Committed before the PDP answers. Idempotent per decision_id.
-CREATE FUNCTION aam_finish(
-    p_release boolean, p_ts timestamptz, p_decision_id text, p_workload text,
-    p_outcome text, p_body text
-) RETURNS bigint LANGUAGE plpgsql AS $$
+-- End of decisions, batched by each PDP's audit writer: release the
+-- reservations of denied ones, then chain their audit rows, all in one
+-- transaction committed before any of those decisions is answered.
+-- Releases go first and in workload order, and the chain lock is taken last,
+-- so two batches never wait on each other in a cycle. Idempotent per decision.
+CREATE FUNCTION aam_finish_many(
+    p_release boolean[], p_ts timestamptz[], p_ids text[], p_workloads text[],
+    p_outcomes text[], p_bodies text[]
+) RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
     v aam_reservations%ROWTYPE;
-    v_seq bigint; v_prev text;
+    v_out bigint[] := '{}';
+    v_seq bigint; v_prev text; v_hash text; v_existing bigint;
 BEGIN
-    IF p_release THEN
-        SELECT * INTO v FROM aam_reservations WHERE decision_id = p_decision_id;
-        IF FOUND AND v.state = 'reserved' THEN
-            PERFORM pg_advisory_xact_lock(1, hashtext(v.workload));
-            UPDATE aam_reservations SET state = 'released'
-                WHERE decision_id = p_decision_id AND state = 'reserved'
-                RETURNING * INTO v;
-            IF FOUND THEN
-                UPDATE aam_budget_windows SET reserved_micro = reserved_micro - v.reserved_micro
-                    WHERE workload = v.workload AND window_key IN (v.day_key, v.month_key);
-            END IF;
+    FOR v IN SELECT r.* FROM aam_reservations r
+             JOIN unnest(p_ids, p_release) AS u(id, rel) ON r.decision_id = u.id
+             WHERE u.rel AND r.state = 'reserved' ORDER BY r.workload, r.decision_id LOOP
+        PERFORM pg_advisory_xact_lock(1, hashtext(v.workload));
+        UPDATE aam_reservations SET state = 'released'
+            WHERE decision_id = v.decision_id AND state = 'reserved';
+        IF FOUND THEN
+            UPDATE aam_budget_windows SET reserved_micro = reserved_micro - v.reserved_micro
+                WHERE workload = v.workload AND window_key IN (v.day_key, v.month_key);
         END IF;
-    END IF;
+    END LOOP;
     PERFORM pg_advisory_xact_lock(3, 0);
-    SELECT a.seq INTO v_seq FROM aam_audit a WHERE a.decision_id = p_decision_id;
-    IF FOUND THEN
-        RETURN v_seq;
-    END IF;
     SELECT a.seq, a.hash INTO v_seq, v_prev FROM aam_audit a ORDER BY a.seq DESC LIMIT 1;
     IF NOT FOUND THEN
         v_seq := 0; v_prev := repeat('0', 64);
     END IF;
-    v_seq := v_seq + 1;
-    INSERT INTO aam_audit (seq, ts, decision_id, workload, outcome, body, prev_hash, hash)
-        VALUES (v_seq, p_ts, p_decision_id, p_workload, p_outcome, p_body, v_prev,
-                encode(sha256(convert_to(v_prev || E'\n' || v_seq::text || E'\n' || p_body, 'UTF8')),
-                       'hex'));
-    RETURN v_seq;
+    FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
+        SELECT a.seq INTO v_existing FROM aam_audit a WHERE a.decision_id = p_ids[i];
+        IF FOUND THEN
+            v_out := v_out || v_existing;
+            CONTINUE;
+        END IF;
+        v_seq := v_seq + 1;
+        v_hash := encode(sha256(convert_to(v_prev || E'\n' || v_seq::text || E'\n' || p_bodies[i],
+                                           'UTF8')), 'hex');
+        INSERT INTO aam_audit (seq, ts, decision_id, workload, outcome, body, prev_hash, hash)
+            VALUES (v_seq, p_ts[i], p_ids[i], p_workloads[i], p_outcomes[i], p_bodies[i], v_prev, v_hash);
+        v_prev := v_hash;
+        v_out := v_out || v_seq;
+    END LOOP;
+    RETURN v_out;
 END $$;
