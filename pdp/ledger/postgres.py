@@ -258,6 +258,7 @@ def _grant(conn: psycopg.Connection, role: str) -> None:
     r = sql.Identifier(role)
     conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON aam_reservations, aam_budget_windows TO {}")
                  .format(r))
+    conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON aam_rate_buckets TO {}").format(r))
     conn.execute(sql.SQL("GRANT SELECT, INSERT ON aam_audit TO {}").format(r))
     conn.execute(sql.SQL("GRANT SELECT ON aam_schema_migrations TO {}").format(r))
 

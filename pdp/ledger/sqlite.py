@@ -104,8 +104,8 @@ class SqliteLedger:
             day, month = local.strftime("%Y-%m-%d"), local.strftime("%Y-%m")
             d_spent, d_res = _window(c, ask.workload, "d:" + day)
             m_spent, m_res = _window(c, ask.workload, "m:" + month)
-            w = _rate(c, "workload", ask.workload, now)
-            r = _rate(c, "route", ask.route, now) if ask.route else RateWindow(0, 0, 0.0)
+            w = _rate(c, "w:" + ask.workload, now)
+            r = _rate(c, "r:" + ask.route, now) if ask.route else RateWindow(0, 0, 0.0)
             ok = ((lim.daily_micro is None or d_spent + d_res + ask.cost_micro <= lim.daily_micro)
                   and (lim.monthly_micro is None
                        or m_spent + m_res + ask.cost_micro <= lim.monthly_micro)
@@ -120,10 +120,13 @@ class SqliteLedger:
                               " SET reserved_micro = reserved_micro + excluded.reserved_micro",
                               (ask.workload, key, ask.cost_micro))
                 c.execute("INSERT INTO aam_reservations (decision_id, workload, route, day_key,"
-                          " month_key, reserved_micro, tokens, state, created_at, expires_at)"
-                          " VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?)",
+                          " month_key, reserved_micro, tokens, state, created_at, rate_second,"
+                          " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?)",
                           (ask.decision_id, ask.workload, ask.route, "d:" + day, "m:" + month,
-                           ask.cost_micro, ask.tokens, now, now + ask.ttl_s))
+                           ask.cost_micro, ask.tokens, now, int(now), now + ask.ttl_s))
+                _rate_add(c, "w:" + ask.workload, int(now), 1, ask.tokens)
+                if ask.route:
+                    _rate_add(c, "r:" + ask.route, int(now), 1, ask.tokens)
             next_day = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(),
                                         local.tzinfo)
             next_month = datetime(local.year + local.month // 12, local.month % 12 + 1, 1,
@@ -142,11 +145,15 @@ class SqliteLedger:
             if release:
                 row = c.execute("UPDATE aam_reservations SET state = 'released' WHERE decision_id = ?"
                                 " AND state = 'reserved' RETURNING workload, day_key, month_key,"
-                                " reserved_micro", (entry.decision_id,)).fetchone()
+                                " reserved_micro, route, rate_second, tokens",
+                                (entry.decision_id,)).fetchone()
                 if row:
                     c.execute("UPDATE aam_budget_windows SET reserved_micro = reserved_micro - ?"
                               " WHERE workload = ? AND window_key IN (?, ?)",
                               (row[3], row[0], row[1], row[2]))
+                    c.execute("UPDATE aam_rate_buckets SET requests = requests - 1, tokens = tokens - ?"
+                              " WHERE sec = ? AND scope IN (?, ?)",
+                              (row[6], row[5], "w:" + row[0], "r:" + row[4]))
             seen = c.execute("SELECT seq FROM aam_audit WHERE decision_id = ?",
                              (entry.decision_id,)).fetchone()
             if seen:
@@ -162,11 +169,12 @@ class SqliteLedger:
 
     def settle(self, decision_id: str, tokens: int, cost_micro: int) -> Settlement:
         def run(c: sqlite3.Connection) -> Settlement:
-            row = c.execute("SELECT workload, day_key, month_key, reserved_micro, state FROM"
-                            " aam_reservations WHERE decision_id = ?", (decision_id,)).fetchone()
+            row = c.execute("SELECT workload, day_key, month_key, reserved_micro, state, route,"
+                            " rate_second, tokens FROM aam_reservations WHERE decision_id = ?",
+                            (decision_id,)).fetchone()
             if row is None:
                 return Settlement(False, "unknown")
-            workload, day_key, month_key, reserved, state = row
+            workload, day_key, month_key, reserved, state, route, sec, estimated = row
             if state in ("settled", "released"):
                 return Settlement(False, state)
             c.execute("UPDATE aam_budget_windows SET spent_micro = spent_micro + ?,"
@@ -175,6 +183,8 @@ class SqliteLedger:
             c.execute("UPDATE aam_reservations SET state = 'settled', cost_micro = ?, tokens = ?,"
                       " settled_at = ? WHERE decision_id = ?",
                       (cost_micro, tokens, self.clock(), decision_id))
+            c.execute("UPDATE aam_rate_buckets SET tokens = tokens + ? WHERE sec = ? AND scope IN (?, ?)",
+                      (tokens - estimated, sec, "w:" + workload, "r:" + route))
             return Settlement(True, "settled")
 
         return self._tx("settle", run)
@@ -214,13 +224,21 @@ def _window(c: sqlite3.Connection, workload: str, key: str) -> tuple[int, int]:
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
-def _rate(c: sqlite3.Connection, column: str, key: str, now: float) -> RateWindow:
+def _rate(c: sqlite3.Connection, scope: str, now: float) -> RateWindow:
+    sec = int(now)
+    c.execute("DELETE FROM aam_rate_buckets WHERE scope = ? AND sec <= ?", (scope, sec - 60))
     n, tokens, oldest = c.execute(
-        f"SELECT count(*), coalesce(sum(tokens), 0), min(created_at) FROM aam_reservations"
-        f" WHERE {column} = ? AND created_at > ? AND state <> 'released'",
-        (key, now - RATE_WINDOW_S)).fetchone()
-    retry = max(0.0, RATE_WINDOW_S - (now - oldest)) if oldest is not None else 0.0
+        "SELECT coalesce(sum(requests), 0), coalesce(sum(tokens), 0),"
+        " min(CASE WHEN requests > 0 THEN sec END) FROM aam_rate_buckets"
+        " WHERE scope = ? AND sec > ?", (scope, sec - 60)).fetchone()
+    retry = max(0.0, oldest + RATE_WINDOW_S - now) if oldest is not None else 0.0
     return RateWindow(int(n), int(tokens), retry)
+
+
+def _rate_add(c: sqlite3.Connection, scope: str, sec: int, requests: int, tokens: int) -> None:
+    c.execute("INSERT INTO aam_rate_buckets (scope, sec, requests, tokens) VALUES (?, ?, ?, ?)"
+              " ON CONFLICT (scope, sec) DO UPDATE SET requests = requests + excluded.requests,"
+              " tokens = tokens + excluded.tokens", (scope, sec, requests, tokens))
 
 
 def _statements(script: str) -> list[str]:

@@ -178,3 +178,14 @@ def test_audit_table_is_append_only(store: tuple[Ledger, str]) -> None:
             with psycopg.connect(url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(stmt)
     assert len(ledger.audit_rows(AuditFilter())) == 1
+
+
+def test_rate_window_counts_actual_tokens_once_settled(ledger: Ledger) -> None:
+    lim = Limits(workload_tpm=1000, route_tpm=1000)
+    a = ask(0, lim, route="m1", tokens=900)
+    assert ledger.reserve(a).reserved
+    assert not ledger.reserve(ask(0, lim, route="m1", tokens=200)).reserved
+    assert ledger.settle(a.decision_id, 300, 0).applied  # the call used far fewer tokens
+    b = ledger.reserve(ask(0, lim, route="m1", tokens=200))
+    assert b.reserved
+    assert (b.workload_rate.tokens, b.route_rate.tokens) == (300, 300)

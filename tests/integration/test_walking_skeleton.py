@@ -124,10 +124,11 @@ def test_health_and_reflection_are_served(stack: Stack) -> None:
     assert "grpc.health.v1.Health" in services
 
 
-def test_aam_up_then_authorize_from_another_process() -> None:
+def test_aam_up_then_authorize_from_another_process(tmp_path: Path) -> None:
     """The README's main job, driven as a user would: start, ask, Ctrl-C."""
     port = free_port()
-    proc = subprocess.Popen([AAM, "up", "--grpc-addr", f"127.0.0.1:{port}"], cwd=ROOT,
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path)}  # the embedded ledger lives here
+    proc = subprocess.Popen([AAM, "up", "--grpc-addr", f"127.0.0.1:{port}"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         banner = []
@@ -141,6 +142,7 @@ def test_aam_up_then_authorize_from_another_process() -> None:
         text = "".join(banner)
         assert f"127.0.0.1:{port} aam.v1.PolicyDecisionService" in text
         assert "aam authorize" in text
+        assert f"ledger     sqlite://{tmp_path}/aam/ledger.sqlite3 (embedded)" in text
         outcomes = {}
         for name, extra in {
             "model": ["--model", "reasoning-high"],

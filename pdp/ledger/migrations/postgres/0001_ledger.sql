@@ -14,11 +14,10 @@ CREATE TABLE aam_reservations (
     cost_micro     bigint,
     state          text NOT NULL CHECK (state IN ('reserved', 'settled', 'released', 'expired')),
     created_at     timestamptz NOT NULL,
+    rate_second    bigint NOT NULL,  -- the aam_rate_buckets second it was counted in
     expires_at     timestamptz NOT NULL,
     settled_at     timestamptz
 );
-CREATE INDEX aam_reservations_workload_time ON aam_reservations (workload, created_at);
-CREATE INDEX aam_reservations_route_time ON aam_reservations (route, created_at) WHERE route <> '';
 CREATE INDEX aam_reservations_open ON aam_reservations (workload, expires_at) WHERE state = 'reserved';
 
 CREATE TABLE aam_budget_windows (
@@ -27,6 +26,16 @@ CREATE TABLE aam_budget_windows (
     spent_micro    bigint NOT NULL DEFAULT 0,
     reserved_micro bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (workload, window_key)
+);
+
+-- Sliding one-minute rate windows in one-second buckets: a window is at most
+-- 60 rows however high the rate. scope is 'w:<workload>' or 'r:<model route>'.
+CREATE TABLE aam_rate_buckets (
+    scope    text NOT NULL,
+    sec      bigint NOT NULL,  -- unix time, whole seconds
+    requests bigint NOT NULL DEFAULT 0,
+    tokens   bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (scope, sec)
 );
 
 CREATE TABLE aam_audit (
@@ -53,24 +62,25 @@ CREATE TRIGGER aam_audit_no_truncate BEFORE TRUNCATE ON aam_audit
     FOR EACH STATEMENT EXECUTE FUNCTION aam_audit_immutable();
 REVOKE UPDATE, DELETE, TRUNCATE ON aam_audit FROM PUBLIC;
 
-CREATE FUNCTION aam_rate(p_column text, p_key text, p_now timestamptz)
+-- Requests and tokens of the last 60 s (this second and the 59 before) for one
+-- scope, and the seconds until the oldest of them leaves the window.
+CREATE FUNCTION aam_rate(p_scope text, p_second bigint, p_now timestamptz)
 RETURNS TABLE (requests bigint, tokens bigint, retry_after_s double precision)
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    IF p_column = 'workload' THEN
-        RETURN QUERY SELECT count(*), coalesce(sum(r.tokens), 0)::bigint,
-            coalesce(greatest(0, 60 - extract(epoch FROM p_now - min(r.created_at)))::float8, 0)
-        FROM aam_reservations r
-        WHERE r.workload = p_key AND r.created_at > p_now - interval '60 seconds'
-          AND r.state <> 'released';
-    ELSE
-        RETURN QUERY SELECT count(*), coalesce(sum(r.tokens), 0)::bigint,
-            coalesce(greatest(0, 60 - extract(epoch FROM p_now - min(r.created_at)))::float8, 0)
-        FROM aam_reservations r
-        WHERE r.route = p_key AND r.created_at > p_now - interval '60 seconds'
-          AND r.state <> 'released';
-    END IF;
-END $$;
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(sum(b.requests), 0)::bigint, coalesce(sum(b.tokens), 0)::bigint,
+           coalesce(greatest(0, min(b.sec) FILTER (WHERE b.requests > 0) + 60
+                                - extract(epoch FROM p_now))::float8, 0)
+    FROM aam_rate_buckets b WHERE b.scope = p_scope AND b.sec > p_second - 60
+$$;
+
+-- Count one admitted call (or, with negative deltas, take one back).
+CREATE FUNCTION aam_rate_add(p_scope text, p_second bigint, p_requests bigint, p_tokens bigint)
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO aam_rate_buckets AS b (scope, sec, requests, tokens)
+        VALUES (p_scope, p_second, p_requests, p_tokens)
+        ON CONFLICT (scope, sec) DO UPDATE
+        SET requests = b.requests + EXCLUDED.requests, tokens = b.tokens + EXCLUDED.tokens
+$$;
 
 -- Read budget and rate state and, when every limit allows, reserve: one round trip.
 -- Limits are NULL when the policy sets none. Returns the state before this reservation.
@@ -81,6 +91,7 @@ CREATE FUNCTION aam_reserve(
 ) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     v_now   timestamptz := clock_timestamp();
+    v_sec   bigint := floor(extract(epoch FROM v_now))::bigint;
     v_local timestamp := v_now AT TIME ZONE p_tz;
     v_day   text := 'd:' || to_char(v_local, 'YYYY-MM-DD');
     v_month text := 'm:' || to_char(v_local, 'YYYY-MM');
@@ -107,9 +118,11 @@ BEGIN
         FROM aam_budget_windows b WHERE b.workload = p_workload AND b.window_key = v_month;
     d_spent := coalesce(d_spent, 0); d_res := coalesce(d_res, 0);
     m_spent := coalesce(m_spent, 0); m_res := coalesce(m_res, 0);
-    SELECT * INTO w FROM aam_rate('workload', p_workload, v_now);
+    DELETE FROM aam_rate_buckets WHERE scope = 'w:' || p_workload AND sec <= v_sec - 60;
+    SELECT * INTO w FROM aam_rate('w:' || p_workload, v_sec, v_now);
     IF p_route <> '' THEN
-        SELECT * INTO r FROM aam_rate('route', p_route, v_now);
+        DELETE FROM aam_rate_buckets WHERE scope = 'r:' || p_route AND sec <= v_sec - 60;
+        SELECT * INTO r FROM aam_rate('r:' || p_route, v_sec, v_now);
     ELSE
         SELECT 0::bigint AS requests, 0::bigint AS tokens, 0::float8 AS retry_after_s INTO r;
     END IF;
@@ -125,9 +138,14 @@ BEGIN
             ON CONFLICT (workload, window_key)
             DO UPDATE SET reserved_micro = b.reserved_micro + EXCLUDED.reserved_micro;
         INSERT INTO aam_reservations (decision_id, workload, route, day_key, month_key,
-                                      reserved_micro, tokens, state, created_at, expires_at)
+                                      reserved_micro, tokens, state, created_at, rate_second,
+                                      expires_at)
             VALUES (p_decision_id, p_workload, p_route, v_day, v_month, p_cost, p_tokens,
-                    'reserved', v_now, v_now + p_ttl_s * interval '1 second');
+                    'reserved', v_now, v_sec, v_now + p_ttl_s * interval '1 second');
+        PERFORM aam_rate_add('w:' || p_workload, v_sec, 1, p_tokens);
+        IF p_route <> '' THEN
+            PERFORM aam_rate_add('r:' || p_route, v_sec, 1, p_tokens);
+        END IF;
     END IF;
     RETURN jsonb_build_object(
         'reserved', v_ok,
@@ -163,6 +181,9 @@ BEGIN
     UPDATE aam_reservations SET state = 'settled', cost_micro = p_cost, tokens = p_tokens,
                                 settled_at = clock_timestamp()
         WHERE decision_id = p_decision_id;
+    -- The rate window counts actual tokens from now on (a no-op once it has moved on).
+    UPDATE aam_rate_buckets SET tokens = tokens + (p_tokens - v.tokens)
+        WHERE sec = v.rate_second AND scope IN ('w:' || v.workload, 'r:' || v.route);
     RETURN 'applied';
 END $$;
 
@@ -189,6 +210,9 @@ BEGIN
         IF FOUND THEN
             UPDATE aam_budget_windows SET reserved_micro = reserved_micro - v.reserved_micro
                 WHERE workload = v.workload AND window_key IN (v.day_key, v.month_key);
+            -- A denied call does not count against the rate.
+            UPDATE aam_rate_buckets SET requests = requests - 1, tokens = tokens - v.tokens
+                WHERE sec = v.rate_second AND scope IN ('w:' || v.workload, 'r:' || v.route);
         END IF;
     END LOOP;
     PERFORM pg_advisory_xact_lock(3, 0);

@@ -12,11 +12,10 @@ CREATE TABLE aam_reservations (
     cost_micro     INTEGER,
     state          TEXT NOT NULL CHECK (state IN ('reserved', 'settled', 'released', 'expired')),
     created_at     REAL NOT NULL,  -- unix seconds
+    rate_second    INTEGER NOT NULL,
     expires_at     REAL NOT NULL,
     settled_at     REAL
 );
-CREATE INDEX aam_reservations_workload_time ON aam_reservations (workload, created_at);
-CREATE INDEX aam_reservations_route_time ON aam_reservations (route, created_at);
 CREATE INDEX aam_reservations_open ON aam_reservations (workload, state, expires_at);
 
 CREATE TABLE aam_budget_windows (
@@ -25,6 +24,14 @@ CREATE TABLE aam_budget_windows (
     spent_micro    INTEGER NOT NULL DEFAULT 0,
     reserved_micro INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (workload, window_key)
+);
+
+CREATE TABLE aam_rate_buckets (
+    scope    TEXT NOT NULL,
+    sec      INTEGER NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    tokens   INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (scope, sec)
 );
 
 CREATE TABLE aam_audit (
