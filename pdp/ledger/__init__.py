@@ -38,8 +38,11 @@ class Ledger(Protocol):
     def finish(self, entry: AuditEntry, release: bool) -> int:
         """Release the decision's reservation (a deny) and append its audit row durably."""
 
-    def settle(self, decision_id: str, tokens: int, cost_micro: int) -> Settlement:
-        """Settle a reservation with the actual cost; a repeat changes nothing."""
+    def settle(self, decision_id: str, tokens: int, cost_micro: int, owner: str = "") -> Settlement:
+        """Settle a reservation with the actual cost; a repeat changes nothing.
+
+        With ``owner``, only that workload's decisions are found (an agent may
+        settle its own usage; a gateway settles anyone's)."""
 
     def audit_rows(self, flt: AuditFilter) -> list[AuditRow]:
         """Audit rows in chain order, with the settled cost of each decision."""

@@ -163,5 +163,5 @@ class Gate:
         self.ledger.finish(entry, release=not allow and m.admission is not None
                            and m.admission.reserved)
 
-    def settle(self, decision_id: str, tokens: int, cost_usd: float) -> Settlement:
-        return self.ledger.settle(decision_id, tokens, usd_to_micro(cost_usd))
+    def settle(self, decision_id: str, tokens: int, cost_usd: float, owner: str = "") -> Settlement:
+        return self.ledger.settle(decision_id, tokens, usd_to_micro(cost_usd), owner)

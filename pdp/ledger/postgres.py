@@ -213,10 +213,10 @@ class PostgresLedger:
 
         return self._run("audit", run)
 
-    def settle(self, decision_id: str, tokens: int, cost_micro: int) -> Settlement:
+    def settle(self, decision_id: str, tokens: int, cost_micro: int, owner: str = "") -> Settlement:
         def run(conn: psycopg.Connection) -> Settlement:
-            row = conn.execute("SELECT aam_settle(%s, %s, %s)",
-                               (decision_id, tokens, cost_micro)).fetchone()
+            row = conn.execute("SELECT aam_settle(%s, %s, %s, %s)",
+                               (decision_id, tokens, cost_micro, owner)).fetchone()
             assert row is not None
             state = str(row[0])
             return Settlement(state == "applied", "settled" if state == "applied" else state)

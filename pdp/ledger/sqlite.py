@@ -167,12 +167,12 @@ class SqliteLedger:
 
         return self._tx("audit", run)
 
-    def settle(self, decision_id: str, tokens: int, cost_micro: int) -> Settlement:
+    def settle(self, decision_id: str, tokens: int, cost_micro: int, owner: str = "") -> Settlement:
         def run(c: sqlite3.Connection) -> Settlement:
             row = c.execute("SELECT workload, day_key, month_key, reserved_micro, state, route,"
                             " rate_second, tokens FROM aam_reservations WHERE decision_id = ?",
                             (decision_id,)).fetchone()
-            if row is None:
+            if row is None or (owner and row[0] != owner):
                 return Settlement(False, "unknown")
             workload, day_key, month_key, reserved, state, route, sec, estimated = row
             if state in ("settled", "released"):

@@ -82,6 +82,10 @@ def test_settle_is_idempotent_and_releases_the_rest(ledger: Ledger) -> None:
     state = ledger.reserve(ask(0, lim))
     assert (state.daily.spent_micro, state.daily.reserved_micro) == (20_000, 0)
     assert ledger.settle("no-such-decision", 1, 1).state == "unknown"
+    b = ask(1_000, lim)
+    ledger.reserve(b)
+    assert ledger.settle(b.decision_id, 1, 1, owner="spiffe://prod/agent/other").state == "unknown"
+    assert ledger.settle(b.decision_id, 1, 1, owner=W).applied
 
 
 def test_deny_releases_the_reservation_with_its_audit_row(ledger: Ledger) -> None:

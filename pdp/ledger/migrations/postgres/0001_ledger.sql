@@ -160,13 +160,14 @@ BEGIN
 END $$;
 
 -- Settle with the actual cost. Idempotent: only a 'reserved' or 'expired' row changes.
-CREATE FUNCTION aam_settle(p_decision_id text, p_tokens bigint, p_cost bigint)
+-- A non-empty p_owner finds only that workload's decisions.
+CREATE FUNCTION aam_settle(p_decision_id text, p_tokens bigint, p_cost bigint, p_owner text)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v aam_reservations%ROWTYPE;
 BEGIN
     SELECT * INTO v FROM aam_reservations WHERE decision_id = p_decision_id;
-    IF NOT FOUND THEN
+    IF NOT FOUND OR (p_owner <> '' AND v.workload <> p_owner) THEN
         RETURN 'unknown';
     END IF;
     PERFORM pg_advisory_xact_lock(1, hashtext(v.workload));
