@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TextIO
 
-from pdp.config import ConfigError, Settings
+from pdp.config import DEFAULT_SQLITE_LEDGER, ConfigError, Settings
 from pdp.ledger import AuditFilter, Ledger, LedgerError, open_ledger
 from pdp.ledger.chain import verify
 
@@ -38,13 +38,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _ledger_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML settings file (for ledger_url)")
-    p.add_argument("--ledger-url", help="postgresql://..., sqlite:///path (default: settings)")
+    p.add_argument("--ledger-url", help="postgresql://..., sqlite:///path (default: settings,"
+                                        " else the embedded ledger of aam up)")
 
 
 def _open(args: argparse.Namespace, stderr: TextIO) -> Ledger | None:
     try:
         settings = Settings.load(args.config, ledger_url=args.ledger_url)
-        ledger = open_ledger(settings.ledger_url, 1, settings.ledger_timeout_ms / 1000)
+        url = settings.ledger_url
+        if not url and DEFAULT_SQLITE_LEDGER.exists():  # what a local `aam up` wrote
+            url = f"sqlite://{DEFAULT_SQLITE_LEDGER}"
+        ledger = open_ledger(url, 1, settings.ledger_timeout_ms / 1000)
     except (ConfigError, LedgerError) as exc:
         print(f"aam: error: {exc}", file=stderr)
         return None
