@@ -39,3 +39,45 @@ def test_ledger_urls() -> None:
     assert open_ledger("") is None and open_ledger("off") is None
     with pytest.raises(LedgerError, match="unsupported ledger URL scheme 'redis'"):
         open_ledger("redis://x")
+
+
+POLICY = """
+apiVersion: access.envisionai.dev/v1
+kind: AgentPolicy
+metadata: {name: p}
+spec:
+  identity: {workload: spiffe://prod/agent/p}
+  models: {allow: [m]}
+  budget: {daily_usd: 5, monthly_usd: 50, per_request_usd: 0.5, timezone: TZ}
+  rate: {requests_per_minute: 60, tokens_per_minute: 100000}
+---
+apiVersion: access.envisionai.dev/v1
+kind: ModelRoute
+metadata: {name: m}
+spec:
+  targets: [{provider: p, model: x}]
+  rate: {requests_per_minute: 600}
+"""
+
+
+def test_budget_and_rate_limits_compile_into_the_data(tmp_path) -> None:
+    from compiler import compile_paths
+
+    (tmp_path / "p.yaml").write_text(POLICY.replace("TZ", "Europe/Berlin"))
+    data = json.loads(compile_paths([tmp_path]).files[DATA_PATH])
+    policy = data["policies"]["spiffe://prod/agent/p"]
+    assert policy["budget"] == {"daily_usd": 5, "monthly_usd": 50, "per_request_usd": 0.5,
+                                "timezone": "Europe/Berlin"}
+    assert policy["rate"] == {"requests_per_minute": 60, "tokens_per_minute": 100000}
+    assert data["routes"]["m"]["rate"] == {"requests_per_minute": 600}
+
+
+def test_unknown_budget_time_zone_is_a_located_error(tmp_path) -> None:
+    from compiler import CompileError, compile_paths
+
+    (tmp_path / "p.yaml").write_text(POLICY.replace("TZ", "Mars/Olympus"))
+    with pytest.raises(CompileError) as err:
+        compile_paths([tmp_path])
+    (diag,) = err.value.diagnostics
+    assert "unknown time zone 'Mars/Olympus'" in str(diag)
+    assert str(diag).startswith(f"{tmp_path / 'p.yaml'}:8:75: error:")
