@@ -19,7 +19,9 @@ from pdp.broker.metrics import BrokerCollector
 from pdp.bundles import BUNDLE_PATH, BundleStore, HttpServer
 from pdp.config import Settings, split_addr
 from pdp.engine import Engine
-from pdp.ledger import Ledger, open_ledger
+from pdp.identity import AuditHook, Refusal, log_refusal
+from pdp.identity import from_settings as identity_from_settings
+from pdp.ledger import Ledger, LedgerError, open_ledger
 from pdp.ledger.gate import CompiledView, Gate
 from pdp.metrics import METRICS_PATH, Metrics
 from pdp.opa import OpaClient, OpaProcess
@@ -47,10 +49,6 @@ class Stack:
 
     def compile(self) -> Bundle:
         return compile_paths([self.policies])
-
-    def _publish(self, bundle: Bundle) -> None:
-        self.view.update(bundle.files, DATA_PATH)
-        self.store.publish(bundle)
 
     def start(self) -> None:
         """Start everything or nothing: a failure stops what already started."""
@@ -83,7 +81,8 @@ class Stack:
         engine = Engine(OpaClient(opa_url, s.opa_timeout_ms / 1000), observers=[self.metrics.observe],
                         broker=self.broker, gate=gate)
         self.engine = engine
-        self.grpc = GrpcServer(s, PolicyDecisionServicer(engine, s))
+        identity = identity_from_settings(s, audit=self._refusal_hook(gate))
+        self.grpc = GrpcServer(s, PolicyDecisionServicer(engine, s, identity))
         self.grpc.start()
         if self.opa is not None:
             threading.Thread(target=self._supervise_opa, name="aam-opa-supervisor",
@@ -96,7 +95,23 @@ class Stack:
         """The broker sees a bundle first, so it stops issuing for removed grants before OPA does."""
         if self.broker is not None:
             self.broker.on_bundle(json.loads(bundle.files[DATA_PATH]))
+        self.view.update(bundle.files, DATA_PATH)  # ledger limits and prices
         self.store.publish(bundle)
+
+    @staticmethod
+    def _refusal_hook(gate: Gate | None) -> AuditHook:
+        """Identity refusals go to the log and, with a ledger, to the audit table."""
+        if gate is None:
+            return log_refusal
+
+        def hook(refusal: Refusal) -> None:
+            log_refusal(refusal)
+            try:
+                gate.record_refusal(refusal.caller, refusal.asserted, refusal.code, refusal.message)
+            except LedgerError:
+                log.error("identity refusal not audited: ledger unavailable")
+
+        return hook
 
     @property
     def opa_url(self) -> str:

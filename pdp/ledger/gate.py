@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -162,6 +163,17 @@ class Gate:
         entry = AuditEntry(ts, decision_id, fields["workload"], body["outcome"], canonical(body))
         self.ledger.finish(entry, release=not allow and m.admission is not None
                            and m.admission.reserved)
+
+    def record_refusal(self, caller: str, asserted: str, code: str, message: str) -> None:
+        """An identity refusal (no decision was made) as an audit row of its own."""
+        decision_id = uuid.uuid4().hex
+        workload = asserted or caller or "unknown"
+        ts = datetime.now(UTC).isoformat(timespec="microseconds")
+        body = {"ts": ts, "decision_id": decision_id, "workload": workload, "outcome": "deny",
+                "event": "identity_refused", "caller": caller, "asserted": asserted,
+                "reasons": [{"code": code, "message": message}]}
+        self.ledger.finish(AuditEntry(ts, decision_id, workload, "deny", canonical(body)),
+                           release=False)
 
     def settle(self, decision_id: str, tokens: int, cost_usd: float, owner: str = "") -> Settlement:
         return self.ledger.settle(decision_id, tokens, usd_to_micro(cost_usd), owner)
