@@ -159,36 +159,43 @@ class Engine:
             observe(req, decision, elapsed)
         return decision
 
-
     def _record(self, req: Request, decision: Decision, metered: Metered) -> Decision:
         """Audit durably before answering; an allow the ledger could not reserve is a deny."""
         assert self.gate is not None
         if decision.allow and metered.admission is not None and not metered.admission.reserved:
             decision = Decision(**{**decision.__dict__, "allow": False, "route": None, "reasons": (
                 Reason("budget_exhausted", "the ledger refused the reservation (limits changed)"),)})
-        fields = {
-            "workload": req.spiffe_id, "policy": decision.policy, "revision": decision.revision,
-            "action": {"model": req.model, "tool": req.tool, "action": req.action},
-            "reasons": [{"code": r.code, "message": r.message} for r in decision.reasons],
-            "params": req.params, "context": req.context,
-            "route": (decision.route or {}).get("alias", "") if decision.allow else "",
-            "lease_accessor": decision.credential.lease_accessor if decision.credential else "",
-        }
         try:
-            self.gate.finish(metered, decision.decision_id, fields, decision.allow)
+            self.gate.finish(metered, decision.decision_id, _audit_fields(req, decision),
+                             decision.allow)
         except LedgerError as exc:
-            return self._ledger_unavailable(req, decision.decision_id, exc)
+            return self._ledger_unavailable(req, decision.decision_id, exc, metered)
         return decision
 
-    def _ledger_unavailable(self, req: Request, decision_id: str, exc: Exception) -> Decision:
+    def _ledger_unavailable(self, req: Request, decision_id: str, exc: Exception,
+                            metered: Metered | None = None) -> Decision:
         log.error("ledger unavailable", extra={"fields": {
             "decision_id": decision_id, "workload": req.spiffe_id, "error": str(exc)}})
-        return Decision(
+        decision = Decision(
             allow=False,
             reasons=(Reason("ledger_unavailable",
                             "the ledger (budgets, rate limits, audit) is unavailable; try again"),),
             policy="", decision_id=decision_id, revision="", retry_after_s=1.0,
         )
+        if self.gate is not None:  # audit it, and release its reservation, once the ledger is back
+            self.gate.defer(metered, decision_id, _audit_fields(req, decision))
+        return decision
+
+
+def _audit_fields(req: Request, decision: Decision) -> dict[str, Any]:
+    return {
+        "workload": req.spiffe_id, "policy": decision.policy, "revision": decision.revision,
+        "action": {"model": req.model, "tool": req.tool, "action": req.action},
+        "reasons": [{"code": r.code, "message": r.message} for r in decision.reasons],
+        "params": req.params, "context": req.context,
+        "route": (decision.route or {}).get("alias", "") if decision.allow else "",
+        "lease_accessor": decision.credential.lease_accessor if decision.credential else "",
+    }
 
 
 def _from_result(result: Any, decision_id: str) -> Decision:

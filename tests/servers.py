@@ -13,6 +13,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -113,7 +114,10 @@ class Postgres:
     proc: subprocess.Popen | None = None
 
     def stop(self) -> None:
+        """Fast shutdown (SIGINT): clients are disconnected, the WAL is flushed."""
         if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)
             stop(self.proc)
             self.proc = None
 

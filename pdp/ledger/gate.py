@@ -11,16 +11,19 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pdp.ledger import Ledger
+from pdp.ledger import Ledger, LedgerError
 from pdp.ledger.chain import canonical
 from pdp.ledger.types import MICRO, Admission, Ask, AuditEntry, Limits, Settlement, usd_to_micro
 
 # Recorded when the policy does not say (or there is no policy).
 DEFAULT_RECORD = ("identity", "policy", "action", "outcome", "reasons")
+# Decisions answered ledger_unavailable, kept to audit once the ledger is back.
+BACKLOG = 10_000
 
 
 class CompiledView:
@@ -72,6 +75,8 @@ class Gate:
         self.view = view
         self.ttl_s = reservation_ttl_s
         self.default_tokens = default_tokens
+        self._backlog: deque[tuple[AuditEntry, bool]] = deque(maxlen=BACKLOG)
+        self._backlog_lock = threading.Lock()
 
     def estimate(self, model: str, tokens: int, cost_usd: float) -> tuple[int, int]:
         """(cost in micro-USD, tokens). The caller's cost wins; else the dearest target."""
@@ -146,23 +151,49 @@ class Gate:
             "reserved": a.reserved,
         }
 
-    def finish(self, m: Metered, decision_id: str, fields: dict[str, Any], allow: bool) -> None:
-        """Release a denied reservation and chain the audit row; durable on return."""
+    def _entry(self, m: Metered | None, decision_id: str, fields: dict[str, Any],
+               allow: bool) -> AuditEntry:
         ts = datetime.now(UTC).isoformat(timespec="microseconds")
         body = {"ts": ts, "decision_id": decision_id, "workload": fields["workload"],
                 "outcome": "allow" if allow else "deny", "revision": fields.get("revision", "")}
-        for item in m.record:
+        for item in (m.record if m is not None else DEFAULT_RECORD):
             if item == "identity":
                 body["identity"] = {"spiffe_id": fields["workload"]}
-            elif item == "cost":
+            elif item == "cost" and m is not None:
                 body["cost"] = {"estimate_usd": usd(m.cost_micro), "estimate_tokens": m.tokens}
             elif item in fields:
                 body[item] = fields[item]
         if fields.get("lease_accessor"):
             body["lease_accessor"] = fields["lease_accessor"]
-        entry = AuditEntry(ts, decision_id, fields["workload"], body["outcome"], canonical(body))
+        return AuditEntry(ts, decision_id, fields["workload"], body["outcome"], canonical(body))
+
+    def finish(self, m: Metered, decision_id: str, fields: dict[str, Any], allow: bool) -> None:
+        """Release a denied reservation and chain the audit row; durable on return."""
+        entry = self._entry(m, decision_id, fields, allow)
         self.ledger.finish(entry, release=not allow and m.admission is not None
                            and m.admission.reserved)
+        if self._backlog:
+            self._flush_backlog()
+
+    def defer(self, m: Metered | None, decision_id: str, fields: dict[str, Any]) -> None:
+        """A decision answered ``ledger_unavailable``: audit it (and release what it may have
+        reserved) after the next successful write. In memory and bounded: best effort."""
+        reserved = m is not None and m.admission is not None and m.admission.reserved
+        with self._backlog_lock:
+            self._backlog.append((self._entry(m, decision_id, fields, False), reserved))
+
+    def _flush_backlog(self) -> None:
+        while True:
+            with self._backlog_lock:
+                if not self._backlog:
+                    return
+                entry, release = self._backlog.popleft()
+            try:
+                self.ledger.finish(entry, release=release)  # idempotent per decision id
+            except LedgerError:
+                with self._backlog_lock:
+                    self._backlog.appendleft((entry, release))
+                return
 
     def record_refusal(self, caller: str, asserted: str, code: str, message: str) -> None:
         """An identity refusal (no decision was made) as an audit row of its own."""

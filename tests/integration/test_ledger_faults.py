@@ -41,14 +41,25 @@ def test_database_outage_denies_then_recovers_without_leaks(tmp_path: Path) -> N
     with run_postgres() as pg, running_stack(_policies(tmp_path), ledger_url=pg.dsn,
                                              ledger_timeout_ms=500) as stack:
         channel, pdp = stub(stack)
+        gate = stack.engine.gate if stack.engine else None
+        assert gate is not None
+        admit = gate.admit
+
+        def admit_then_database_goes_down(*args: object, **kwargs: object) -> object:
+            metered = admit(*args, **kwargs)  # type: ignore[arg-type]
+            pg.stop()  # after the reservation, before the audit row
+            return metered
+
         with channel:
             before = [_call(pdp) for _ in range(3)]
             assert all(r.decision == pdp_pb2.DECISION_ALLOW for r in before)
             assert _settle(pdp, before[0].decision_id) and _settle(pdp, before[1].decision_id)
 
-            pg.stop()
-            during = [_call(pdp) for _ in range(3)]
-            assert [[x.code for x in r.reasons] for r in during] == [["ledger_unavailable"]] * 3
+            gate.admit = admit_then_database_goes_down  # type: ignore[method-assign]
+            cut = _call(pdp)  # reserved, then the database went away mid-decision
+            gate.admit = admit  # type: ignore[method-assign]
+            during = [cut, *(_call(pdp) for _ in range(3))]
+            assert [[x.code for x in r.reasons] for r in during] == [["ledger_unavailable"]] * 4
             assert all(r.decision == pdp_pb2.DECISION_DENY for r in during)
             with pytest.raises(grpc.RpcError) as err:
                 _settle(pdp, before[2].decision_id)
@@ -62,6 +73,7 @@ def test_database_outage_denies_then_recovers_without_leaks(tmp_path: Path) -> N
                     after.append(r)
                     break
                 assert [x.code for x in r.reasons] == ["ledger_unavailable"]
+                during.append(r)
                 time.sleep(0.2)
             assert after, "the PDP did not reconnect to PostgreSQL"
             after += [_call(pdp) for _ in range(2)]
@@ -75,15 +87,18 @@ def test_database_outage_denies_then_recovers_without_leaks(tmp_path: Path) -> N
             spent, reserved = conn.execute(
                 "SELECT spent_micro, reserved_micro FROM aam_budget_windows"
                 " WHERE window_key LIKE 'd:%'").fetchone()
-            rows = conn.execute("SELECT decision_id, state FROM aam_reservations").fetchall()
+            rows = dict(conn.execute("SELECT decision_id, state FROM aam_reservations").fetchall())
+        # Each allowed call spent once; the call cut mid-decision was released, not leaked.
         assert (spent, reserved) == (10_000 * len(allowed), 0)
-        assert {d for d, _ in rows} == allowed and {s for _, s in rows} == {"settled"}
+        assert rows == {**dict.fromkeys(allowed, "settled"), cut.decision_id: "released"}
         ledger = open_ledger(pg.dsn)
         assert ledger is not None
         audit = ledger.audit_rows(AuditFilter())
         ledger.close()
-        assert {r.decision_id for r in audit} == allowed
-        assert verify(audit) == (len(allowed), [])
+        # Decisions answered during the outage are audited once the database is back.
+        assert {r.decision_id for r in audit} == allowed | {r.decision_id for r in during}
+        assert {r.outcome for r in audit if r.decision_id == cut.decision_id} == {"deny"}
+        assert verify(audit) == (len(audit), [])
 
 
 def test_every_decision_a_client_saw_survives_kill_9(postgres: Postgres, tmp_path: Path) -> None:
