@@ -4,7 +4,7 @@
 # and puts the state before that reservation in input.state.budget (amounts
 # in USD, whole micro-dollars); this file decides and explains. A policy with
 # a budget but no ledger state (ledger off or down) is denied: budgets fail
-# closed.
+# closed. The per-request cap is request_budget.rego's.
 package aam.authz
 
 budget_fields := {"daily": "daily_usd", "monthly": "monthly_usd"}
@@ -27,14 +27,6 @@ deny contains reason("budget_exhausted", msg) if {
 	msg := sprintf("spent %s of %s USD %s; this call may cost up to %s USD", [
 		usd(b.spent_usd + b.reserved_usd), usd(b.limit_usd), budget_period[w],
 		usd(input.estimate.cost_usd),
-	])
-}
-
-deny contains reason("budget_exhausted", msg) if {
-	limit := policy.budget.per_request_usd
-	input.estimate.cost_usd > limit
-	msg := sprintf("this call may cost up to %s USD, over the per-request limit of %s USD", [
-		usd(input.estimate.cost_usd), usd(limit),
 	])
 }
 
