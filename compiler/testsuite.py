@@ -102,6 +102,13 @@ def discover(paths: Sequence[Path]) -> list[Path]:
     return sorted(found)
 
 
+_ZERO_RATE = {"requests_last_minute": 0, "tokens_last_minute": 0, "retry_after_s": 0}
+FRESH_LEDGER: dict[str, Any] = {
+    "budget": {w: {"spent_usd": 0, "reserved_usd": 0, "resets_in_s": 0} for w in ("daily", "monthly")},
+    "rate": {**_ZERO_RATE, "route": dict(_ZERO_RATE)},
+}
+
+
 def _build_input(req: dict[str, Any], state: Any, now: str | None) -> dict[str, Any]:
     estimate = req.get("estimate", {})
     doc = Engine.build_input(Engine.__new__(Engine), Request(  # build_input does not use OPA
@@ -110,8 +117,8 @@ def _build_input(req: dict[str, Any], state: Any, now: str | None) -> dict[str, 
         estimated_tokens=estimate.get("tokens", 0), estimated_cost_usd=float(estimate.get("cost_usd", 0)),
     ))
     doc["identity"] = {**req.get("identity", {}), **doc["identity"]}
-    if state is not None:
-        doc["state"] = state
+    # Without a ``state`` a case runs against a fresh ledger: nothing spent, no recent calls.
+    doc["state"] = FRESH_LEDGER if state is None else state
     if now is not None:
         doc["now"] = now
     return doc

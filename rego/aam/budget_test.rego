@@ -76,3 +76,10 @@ test_budget_without_ledger_state_fails_closed if {
 	not d.allow
 	codes(d) == {"ledger_unavailable"}
 }
+
+test_hand_written_state_without_remaining if {
+	st := {"budget": {"daily": {"spent_usd": 74, "reserved_usd": 0.5}, "monthly": {"spent_usd": 0, "reserved_usd": 0}}}
+	d := authz.decision with input as req(1, st) with data.aam.compiled as fixture
+	codes(d) == {"budget_exhausted"}
+	startswith(d.reasons[0].message, "spent 74.50 of 75.00 USD today")
+}
