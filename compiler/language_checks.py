@@ -101,7 +101,10 @@ def _declared(schema: Any, path: tuple[str, ...]) -> Any:
 
 def _types(schema: dict[str, Any]) -> set[str]:
     t = schema.get("type")
-    return {t} if isinstance(t, str) else set(t) if isinstance(t, list) else set()
+    if isinstance(t, str):
+        return {t}
+    # A hostile inputSchema may hold anything in a type list (found by the fuzz test).
+    return {x for x in t if isinstance(x, str)} if isinstance(t, list) else set()
 
 
 def _constraint_param(p: AgentPolicy, g: ToolGrant, c: Constraint, tool: Tool) -> Iterator[Diagnostic]:
