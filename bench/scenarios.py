@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FileDescriptor
 
 from aam.v1 import pdp_pb2
+from compiler.testsuite import FRESH_LEDGER
 from pdp.engine import Engine
 from pdp.opa import DECISION_PATH, OpaClient
 from pdp.service import to_request
@@ -55,7 +56,8 @@ def opa_input(authorize_json: dict[str, Any]) -> dict[str, Any]:
     """The OPA input the PDP builds for this Authorize request (same code path)."""
     msg = json_format.ParseDict(authorize_json, pdp_pb2.AuthorizeRequest())
     engine = Engine(OpaClient("http://127.0.0.1:1", 1.0))
-    return engine.build_input(to_request(msg))
+    # The ledger's state as on a fresh ledger, so OPA evaluates the budget and rate rules too.
+    return {**engine.build_input(to_request(msg)), "state": FRESH_LEDGER}
 
 
 def authorize_pair(name: str, request: dict[str, Any], expect_allow: bool = True, stack: str = "") -> None:
@@ -69,8 +71,10 @@ def authorize_pair(name: str, request: dict[str, Any], expect_allow: bool = True
     )
 
 
+# Priced at 10 micro-USD so that a long run at saturation stays inside the example's 75 USD
+# daily budget (every call reserves its estimate in the ledger; the bench never settles).
 MODEL_CALL = {"identity": {"spiffe_id": WORKLOAD}, "model": "reasoning-high",
-              "request_id": "bench", "estimated_tokens": 1200, "estimated_cost_usd": 0.02}
+              "request_id": "bench", "estimated_tokens": 1200, "estimated_cost_usd": 0.00001}
 # "search" is in no ToolCredential scope: decided by the policy alone, no credential.
 TOOL_CALL = {"identity": {"spiffe_id": WORKLOAD}, "tool": "salesforce.accounts", "action": "search",
              "params": {"account_id": "001-bench", "fields": ["name", "owner"], "limit": 50},

@@ -45,13 +45,15 @@ class AamStack:
 
     def start(self, timeout_s: float = 120.0) -> AamStack:
         aam = Path(sys.executable).parent / "aam"
+        # A fresh embedded ledger per stack (aam up's default store), not the user's own.
+        ledger = f"sqlite://{self._tmp.name}/ledger.sqlite3"
         argv = [str(aam), "up", "--policies", str(self.policies), "--grpc-addr", self.grpc_addr,
-                "--no-watch"]
+                "--no-watch", "--ledger-url", ledger]
         if self.settings:
             conf = Path(self._tmp.name) / "pdp.toml"
             conf.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in {
                 "plaintext": True, "grpc_addr": self.grpc_addr, "policies": str(self.policies),
-                **self.settings}.items()))
+                "ledger_url": ledger, "ledger_migrate": True, **self.settings}.items()))
             argv = [str(aam), "serve", "--config", str(conf)]
         with open(self.out, "wb") as out, open(self.log, "wb") as err:
             self.proc = subprocess.Popen(

@@ -11,10 +11,7 @@ the retry cannot double-count.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, TypeVar
 
@@ -35,85 +32,12 @@ from pdp.ledger.types import (
     Settlement,
     Window,
 )
+from pdp.ledger.writer import AuditWriter, Pending
 
 log = logging.getLogger("aam.ledger")
 T = TypeVar("T")
 MIGRATION_LOCK = 4  # advisory lock class held while migrating
 STATEMENT_TIMEOUT_S = 10  # a hung database fails decisions instead of holding them
-MAX_BATCH = 256
-
-
-@dataclass
-class _Pending:
-    entry: AuditEntry
-    release: bool
-    done: threading.Event = field(default_factory=threading.Event)
-    seq: int = 0
-    error: LedgerError | None = None
-
-
-class _AuditWriter:
-    """Group commit: decisions waiting for their audit row share one transaction.
-
-    The chain is a single sequence, so appends serialise on one lock; batching
-    the rows that arrive while a commit is in flight pays that lock and the WAL
-    flush once per batch instead of once per decision. ``submit`` returns only
-    after the batch holding the row has committed (or raises): no decision is
-    answered before its audit row is durable.
-    """
-
-    def __init__(self, write: Callable[[list[_Pending]], list[int]], wait_s: float) -> None:
-        self.write = write
-        self.wait_s = wait_s
-        self.queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._loop, name="aam-audit-writer", daemon=True)
-        self.thread.start()
-
-    def submit(self, entry: AuditEntry, release: bool) -> int:
-        pending = _Pending(entry, release)
-        self.queue.put(pending)
-        if not pending.done.wait(self.wait_s):
-            raise LedgerUnavailable("ledger audit: no commit in time")
-        if pending.error is not None:
-            raise pending.error
-        return pending.seq
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join(timeout=self.wait_s)
-
-    def _loop(self) -> None:
-        while True:
-            first = self.queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    nxt = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            try:
-                seqs = self.write(batch)
-                for p, seq in zip(batch, seqs, strict=True):
-                    p.seq = seq
-            except LedgerError as exc:
-                for p in batch:
-                    p.error = exc
-            except Exception:
-                log.exception("audit writer failed")
-                for p in batch:
-                    p.error = LedgerError("ledger audit: internal error")
-            for p in batch:
-                p.done.set()
-            if stop:
-                return
-
 
 class PostgresLedger:
     def __init__(self, conninfo: str, pool_size: int = 8, timeout_s: float = 2.0) -> None:
@@ -125,7 +49,7 @@ class PostgresLedger:
             open=False, name="aam-ledger", reconnect_timeout=3600,
         )
         self.pool.open(wait=False)
-        self.writer = _AuditWriter(self._finish_many, wait_s=timeout_s + STATEMENT_TIMEOUT_S + 5)
+        self.writer = AuditWriter(self._finish_many, wait_s=timeout_s + STATEMENT_TIMEOUT_S + 5)
 
     def close(self) -> None:
         self.writer.close()
@@ -200,7 +124,7 @@ class PostgresLedger:
         """Hand the row to the audit writer and wait until its batch has committed."""
         return self.writer.submit(entry, release)
 
-    def _finish_many(self, batch: list[_Pending]) -> list[int]:
+    def _finish_many(self, batch: list[Pending]) -> list[int]:
         def run(conn: psycopg.Connection) -> list[int]:
             row = conn.execute(
                 "SELECT aam_finish_many(%s, %s, %s, %s, %s, %s)",

@@ -31,6 +31,7 @@ from pdp.ledger.types import (
     Settlement,
     Window,
 )
+from pdp.ledger.writer import AuditWriter, Pending
 
 T = TypeVar("T")
 RATE_WINDOW_S = 60.0
@@ -49,14 +50,22 @@ class SqliteLedger:
             self.conn.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
             raise LedgerUnavailable(f"ledger: cannot open {path}: {exc}") from None
+        self.writer = AuditWriter(self._finish_many, wait_s=timeout_s + 30)
 
     def close(self) -> None:
+        self.writer.close()
         with self._lock:
             self.conn.close()
 
-    def _tx(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _tx(self, what: str, fn: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
+        """One BEGIN IMMEDIATE transaction; ``durable`` fsyncs the WAL at commit.
+
+        A reservation commits without its own fsync: the audit commit that follows
+        it (before the PDP answers) syncs the WAL, and with it the reservation.
+        """
         with self._lock:
             try:
+                self.conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 self.conn.execute("BEGIN IMMEDIATE")
                 try:
                     out = fn(self.conn)
@@ -138,34 +147,42 @@ class SqliteLedger:
                 workload_rate=w, route_rate=r,
             )
 
-        return self._tx("reserve", run)
+        return self._tx("reserve", run, durable=False)
 
     def finish(self, entry: AuditEntry, release: bool) -> int:
-        def run(c: sqlite3.Connection) -> int:
-            if release:
-                row = c.execute("UPDATE aam_reservations SET state = 'released' WHERE decision_id = ?"
-                                " AND state = 'reserved' RETURNING workload, day_key, month_key,"
-                                " reserved_micro, route, rate_second, tokens",
-                                (entry.decision_id,)).fetchone()
-                if row:
-                    c.execute("UPDATE aam_budget_windows SET reserved_micro = reserved_micro - ?"
-                              " WHERE workload = ? AND window_key IN (?, ?)",
-                              (row[3], row[0], row[1], row[2]))
-                    c.execute("UPDATE aam_rate_buckets SET requests = requests - 1, tokens = tokens - ?"
-                              " WHERE sec = ? AND scope IN (?, ?)",
-                              (row[6], row[5], "w:" + row[0], "r:" + row[4]))
-            seen = c.execute("SELECT seq FROM aam_audit WHERE decision_id = ?",
-                             (entry.decision_id,)).fetchone()
-            if seen:
-                return int(seen[0])
-            last = c.execute("SELECT seq, hash FROM aam_audit ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
-            c.execute("INSERT INTO aam_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                      (seq, entry.ts, entry.decision_id, entry.workload, entry.outcome, entry.body,
-                       prev, row_hash(prev, seq, entry.body)))
-            return seq
+        """Hand the row to the audit writer and wait until its batch has committed."""
+        return self.writer.submit(entry, release)
+
+    def _finish_many(self, batch: list[Pending]) -> list[int]:
+        def run(c: sqlite3.Connection) -> list[int]:
+            return [self._finish_one(c, p.entry, p.release) for p in batch]
 
         return self._tx("audit", run)
+
+    @staticmethod
+    def _finish_one(c: sqlite3.Connection, entry: AuditEntry, release: bool) -> int:
+        if release:
+            row = c.execute("UPDATE aam_reservations SET state = 'released' WHERE decision_id = ?"
+                            " AND state = 'reserved' RETURNING workload, day_key, month_key,"
+                            " reserved_micro, route, rate_second, tokens",
+                            (entry.decision_id,)).fetchone()
+            if row:
+                c.execute("UPDATE aam_budget_windows SET reserved_micro = reserved_micro - ?"
+                          " WHERE workload = ? AND window_key IN (?, ?)",
+                          (row[3], row[0], row[1], row[2]))
+                c.execute("UPDATE aam_rate_buckets SET requests = requests - 1, tokens = tokens - ?"
+                          " WHERE sec = ? AND scope IN (?, ?)",
+                          (row[6], row[5], "w:" + row[0], "r:" + row[4]))
+        seen = c.execute("SELECT seq FROM aam_audit WHERE decision_id = ?",
+                         (entry.decision_id,)).fetchone()
+        if seen:
+            return int(seen[0])
+        last = c.execute("SELECT seq, hash FROM aam_audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+        c.execute("INSERT INTO aam_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                  (seq, entry.ts, entry.decision_id, entry.workload, entry.outcome, entry.body,
+                   prev, row_hash(prev, seq, entry.body)))
+        return seq
 
     def settle(self, decision_id: str, tokens: int, cost_micro: int, owner: str = "") -> Settlement:
         def run(c: sqlite3.Connection) -> Settlement:
