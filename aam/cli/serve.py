@@ -8,8 +8,11 @@ import signal
 from pathlib import Path
 from typing import TextIO
 
-from compiler import CompileError
-from pdp import logs
+import hvac
+import requests
+
+from compiler import CompileError, compile_paths
+from pdp import devvault, logs
 from pdp.config import DEFAULT_SQLITE_LEDGER, ConfigError, Settings, split_addr
 from pdp.ledger import LedgerError
 from pdp.stack import Stack
@@ -23,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="republish the bundle when a policy file changes (default on)")
     up.add_argument("--ledger-url", default=f"sqlite://{DEFAULT_SQLITE_LEDGER}",
                     help="ledger store (default: embedded SQLite; postgresql://... or off)")
+    up.add_argument("--vault", action=argparse.BooleanOptionalAction, default=True,
+                    help="start an OpenBao dev server for the credential broker when the bao "
+                         "binary is available (default on)")
     up.set_defaults(func=run_up)
 
     sv = sub.add_parser("serve", help="run the PDP from a settings file and AAM_* env")
@@ -49,15 +55,33 @@ def run_up(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         if not _is_loopback(args.grpc_addr):
             raise ConfigError("aam up serves plaintext gRPC and binds loopback only; "
                               "use aam serve with TLS for other addresses")
-        settings = Settings.load(
-            env={}, grpc_addr=args.grpc_addr, plaintext=True, watch=args.watch,
-            policies=str(args.policies) if args.policies else None,
-            ledger_url=args.ledger_url, ledger_migrate=True,
-        )
+        base = dict(grpc_addr=args.grpc_addr, plaintext=True, watch=args.watch,
+                    policies=str(args.policies) if args.policies else None,
+                    ledger_url=args.ledger_url, ledger_migrate=True)
+        settings = Settings.load(env={}, **base)
     except ConfigError as exc:
         print(f"aam up: error: {exc}", file=stderr)
         return 2
-    return _serve(settings, stdout, stderr, banner=True)
+    dev = None
+    bao = devvault.find_bao() if args.vault else None
+    if bao:
+        try:
+            dev = devvault.start(bao, compile_paths([Path(settings.policies)]))
+        except CompileError as exc:
+            for d in exc.diagnostics:
+                print(d, file=stderr)
+            return 1
+        except (RuntimeError, OSError, hvac.exceptions.VaultError, requests.RequestException) as exc:
+            print(f"aam up: error: cannot start the OpenBao dev server: {exc}", file=stderr)
+            return 1
+        settings = Settings.load(env={}, **base, **dev.settings())
+        print(f"vault      {dev.addr} (OpenBao dev server, {dev.seeded} demo secret(s) seeded)",
+              file=stdout)
+    try:
+        return _serve(settings, stdout, stderr, banner=True)
+    finally:
+        if dev is not None:
+            dev.stop()
 
 
 def run_serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:

@@ -143,6 +143,7 @@ def test_aam_up_then_authorize_from_another_process(tmp_path: Path) -> None:
         assert f"127.0.0.1:{port} aam.v1.PolicyDecisionService" in text
         assert "aam authorize" in text
         assert f"ledger     sqlite://{tmp_path}/aam/ledger.sqlite3 (embedded)" in text
+        assert "OpenBao dev server, 1 demo secret(s) seeded" in text
         outcomes = {}
         for name, extra in {
             "model": ["--model", "reasoning-high"],
@@ -159,10 +160,14 @@ def test_aam_up_then_authorize_from_another_process(tmp_path: Path) -> None:
         outcomes["unknown"] = (r.returncode, r.stdout)
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(20)
+        _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert outcomes["model"][0] == 0 and outcomes["model"][1].startswith("ALLOW")
-    assert outcomes["read"][0] == 3 and "credential_unavailable" in outcomes["read"][1]
+    # aam up runs an OpenBao dev server, so the brokered read is allowed with its
+    # credential, which goes to the gateway and is never printed.
+    assert outcomes["read"][0] == 0 and outcomes["read"][1].startswith("ALLOW")
+    assert "credential header authorization (value withheld)" in outcomes["read"][1]
+    assert "demo-" not in outcomes["read"][1] + stderr
     assert outcomes["export"][0] == 3 and "action_denied" in outcomes["export"][1]
     assert "spec.tools[0].deny" in outcomes["export"][1]
     assert outcomes["bad-model"][0] == 3 and "model_not_allowed" in outcomes["bad-model"][1]
