@@ -88,7 +88,7 @@ def main() -> None:
         bundle = Path(tmp) / "bundle.tar.gz"
         bundle.write_bytes(compile_paths([ROOT / "examples"]).to_tar_gz())
         opa = subprocess.Popen(
-            [Settings.load(env={}).opa_path(), "run", "--server", "--disable-telemetry",
+            [Settings.load(env={}).opa_path(), "run", "--server", "--skip-version-check",
              "--addr", f"127.0.0.1:{port}", "--log-level", "error", "--bundle", str(bundle)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

@@ -33,6 +33,7 @@ class BundleStore:
     def __init__(self) -> None:
         self._current: Published | None = None
         self._changed = threading.Condition()
+        self._closed = False
 
     def publish(self, bundle: Bundle) -> Published:
         pub = Published(bundle.revision, f'"{bundle.revision}"', bundle.to_tar_gz())
@@ -48,8 +49,15 @@ class BundleStore:
     def wait_for_change(self, etag: str | None, timeout_s: float) -> Published | None:
         with self._changed:
             self._changed.wait_for(
-                lambda: self._current is not None and self._current.etag != etag, timeout_s)
+                lambda: self._closed or (self._current is not None and self._current.etag != etag),
+                timeout_s)
             return self._current
+
+    def close(self) -> None:
+        """Answer every held long poll now, so OPA can shut down without waiting them out."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
 
 
 Route = Callable[[BaseHTTPRequestHandler], None]

@@ -41,12 +41,16 @@ class OpaClient:
         self.host, self.port = host.strip("[]"), int(port)
         self.timeout_s = timeout_s
         self._local = threading.local()
+        self._all: set[Http1Connection] = set()
+        self._all_lock = threading.Lock()
 
     def _conn(self) -> Http1Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = Http1Connection(self.host, self.port, self.timeout_s)
             self._local.conn = conn
+            with self._all_lock:
+                self._all.add(conn)
         return conn
 
     def _drop(self) -> None:
@@ -54,6 +58,19 @@ class OpaClient:
         if conn is not None:
             conn.close()
             self._local.conn = None
+            with self._all_lock:
+                self._all.discard(conn)
+
+    def close(self) -> None:
+        """Close every thread's keep-alive connection (call once no query is running).
+
+        OPA's graceful shutdown waits for open client connections, so a stack
+        that stops OPA closes these first.
+        """
+        with self._all_lock:
+            conns, self._all = self._all, set()
+        for conn in conns:
+            conn.close()
 
     def query(self, path: str, input_doc: dict[str, Any]) -> Any:
         """POST input to a Data API path and return ``result`` (raise if undefined)."""
@@ -136,7 +153,7 @@ class OpaProcess:
         cfg.write_text(self.config())
         log = open(self.workdir / "opa.log", "wb")  # noqa: SIM115 - lives as long as OPA
         self.proc = subprocess.Popen(
-            [self.binary, "run", "--server", "--disable-telemetry",
+            [self.binary, "run", "--server", "--skip-version-check", "--shutdown-grace-period", "2",
              "--addr", f"{self.host}:{self.port}", "--config-file", str(cfg),
              "--log-level", "error", "--log-format", "json"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -190,6 +190,9 @@ class Stack:
         if self.grpc:
             self.grpc.stop(self.settings.shutdown_grace_s)
             self.grpc = None
+        self.store.close()  # release OPA's long poll, or its shutdown waits it out
+        if self.engine:
+            self.engine.opa.close()  # and our keep-alive connections
         if self.opa:
             self.opa.stop()
             self.opa = None

@@ -86,7 +86,7 @@ def run_opa(*args: str) -> Iterator[Opa]:
         log = Path(tmp) / "opa.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [binary, "run", "--server", "--disable-telemetry", "--addr", f"127.0.0.1:{port}",
+                [binary, "run", "--server", "--skip-version-check", "--addr", f"127.0.0.1:{port}",
                  "--log-level", "error", *args],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
