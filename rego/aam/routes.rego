@@ -190,11 +190,32 @@ planned_route := {
 	},
 }
 
+# Targets that only the budget left out: the route could serve the call
+# were there money left, so the deny is budget_exhausted, not a routing one.
+priced_out contains i if {
+	some [i, 5, _, _] in exclusion
+	not ruled_out[i]
+}
+
+ruled_out contains i if {
+	some [i, p, _, _] in exclusion
+	p < 5
+}
+
+exclusion_summary := concat("; ", [sprintf("%s/%s@%s: %s", [t.provider, t.model, object.get(t, "region", ""), t.message]) |
+	some t in excluded_targets
+])
+
 deny contains reason("no_eligible_route", msg) if {
 	route_def
 	count(chain) == 0
-	why := [sprintf("%s/%s@%s: %s", [t.provider, t.model, object.get(t, "region", ""), t.message]) |
-		some t in excluded_targets
-	]
-	msg := sprintf("no target of model route %q is eligible (%s)", [input.model, concat("; ", why)])
+	count(priced_out) == 0
+	msg := sprintf("no target of model route %q is eligible (%s)", [input.model, exclusion_summary])
+}
+
+deny contains reason("budget_exhausted", msg) if {
+	route_def
+	count(chain) == 0
+	count(priced_out) > 0
+	msg := sprintf("no target of model route %q fits the budget (%s)", [input.model, exclusion_summary])
 }

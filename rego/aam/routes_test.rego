@@ -14,9 +14,12 @@ route(extra) := object.union({"alias": "m", "allow_fallbacks": true, "sort": "or
 
 data_with(r, pol) := {
 	"revision": "r",
-	"policies": {wl: object.union({"name": "p", "models": {"m": true}, "tools": {
-		"crm.pii": {"rule": "spec.tools[0]", "actions": {"read": true}, "deny": {}, "conditions": {"rule": "spec.tools[0].conditions", "model_region": ["eu-*"]}},
-	}}, pol)},
+	"policies": {wl: object.union(
+		{"name": "p", "models": {"m": true}, "tools": {
+			"crm.pii": {"rule": "spec.tools[0]", "actions": {"read": true}, "deny": {}, "conditions": {"rule": "spec.tools[0].conditions", "model_region": ["eu-*"]}},
+		}},
+		pol,
+	)},
 	"routes": {"m": r},
 }
 
@@ -137,7 +140,14 @@ test_budget_leaving_no_target_denies if {
 	state := {"budget": {"daily": {"remaining_usd": 0.01}}}
 	d := decide(route({}), {}, {"estimate": {"tokens": 10000, "cost_usd": 0}, "state": state})
 	not d.allow
-	"no_eligible_route" in {r.code | some r in d.reasons}
+	{r.code | some r in d.reasons} == {"budget_exhausted"}
+	contains(d.reasons[0].message, "fits the budget")
+}
+
+test_budget_and_rules_together_leaving_no_target_is_a_routing_deny if {
+	state := {"budget": {"daily": {"remaining_usd": 0.01}}}
+	d := decide(route({"regions": ["eu-*"]}), {"model_regions": ["us-*"]}, {"estimate": {"tokens": 10000, "cost_usd": 0}, "state": state})
+	{r.code | some r in d.reasons} == {"no_eligible_route"}
 }
 
 test_caller_cost_without_tokens_prices_every_target if {
@@ -163,4 +173,13 @@ test_pii_tool_needs_eu_model if {
 	contains(us.reasons[0].message, "model_region")
 	none := decide(route({}), {}, {"model": "", "tool": "crm.pii", "action": "read"})
 	not none.allow
+}
+
+test_explanation_names_order_and_exclusions if {
+	e := authz.explanation with input as ask({}) with data.aam.compiled as data_with(route({"regions": ["us-*"]}), {})
+	{"rule": "route.target[1]", "source": "anthropic/claude @ us-east-1 (ModelRoute m)"} in e.matched
+	{"rule": "route.target[2]", "source": "openai/gpt @ us-east-1 (ModelRoute m)"} in e.matched
+	some m in e.matched
+	m.rule == "route.excluded.region"
+	startswith(m.source, "bedrock/claude-eu @ eu-central-1: region \"eu-central-1\" is outside")
 }
