@@ -86,6 +86,8 @@ def _route(r: pdp_pb2.ModelRoute) -> list[str]:
              f" sort {r.sort or 'order'})"]
     for i, t in enumerate(r.targets, 1):
         lines.append(f"    {i}. {_target(t)}  est ${t.estimated_cost_usd:.6g}")
+    for x in r.excluded:
+        lines.append(f"    excluded {_target(x.target)}  [{x.reason}] {x.message}")
     if r.HasField("limits"):
         lim = r.limits
         parts = [f"reserve ${lim.reserve_usd:.6g}"]
@@ -96,8 +98,6 @@ def _route(r: pdp_pb2.ModelRoute) -> list[str]:
         if lim.tokens_per_minute:
             parts.append(f"{lim.tokens_per_minute} tokens/min")
         lines.append("  limits    " + ", ".join(parts))
-    for x in r.excluded:
-        lines.append(f"    excluded {_target(x.target)}  [{x.reason}] {x.message}")
     return lines
 
 
