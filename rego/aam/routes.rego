@@ -219,3 +219,13 @@ deny contains reason("budget_exhausted", msg) if {
 	count(priced_out) > 0
 	msg := sprintf("no target of model route %q fits the budget (%s)", [input.model, exclusion_summary])
 }
+
+# What one call costs for the budget rules (budget.rego, the ledger's
+# reservation): the routed chain's reservation price; with nothing left, the
+# cheapest target the budget priced out; for anything else the caller's estimate.
+call_cost_usd := reserve_usd if {
+	route_def
+	count(chain) > 0
+} else := min([target_cost(route_def.targets[i]) | some i in priced_out]) if {
+	count(priced_out) > 0
+} else := estimate_cost

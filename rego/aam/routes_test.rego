@@ -183,3 +183,13 @@ test_explanation_names_order_and_exclusions if {
 	m.rule == "route.excluded.region"
 	startswith(m.source, "bedrock/claude-eu @ eu-central-1: region \"eu-central-1\" is outside")
 }
+
+test_call_cost_follows_the_chain if {
+	state := {"budget": {"daily": {"remaining_usd": 0.16}}}
+	inp := ask({"estimate": {"tokens": 10000, "cost_usd": 0.165}, "state": state})
+	authz.call_cost_usd == 0.15 with input as inp with data.aam.compiled as data_with(route({}), {})
+	low := ask({"estimate": {"tokens": 10000, "cost_usd": 0.165}, "state": {"budget": {"daily": {"remaining_usd": 0.01}}}})
+	authz.call_cost_usd == 0.1 with input as low with data.aam.compiled as data_with(route({}), {})
+	tool := ask({"model": "", "tool": "crm.pii", "action": "read", "estimate": {"tokens": 0, "cost_usd": 0.5}})
+	authz.call_cost_usd == 0.5 with input as tool with data.aam.compiled as data_with(route({}), {})
+}
