@@ -12,11 +12,16 @@
 #   price           - dearer than the route's max_price
 #   context_window  - the estimated tokens do not fit
 #   budget          - its estimated cost exceeds the per-request cap or what
-#                     is left of the daily/monthly budget (input.state.budget)
+#                     is left of the policy's daily/monthly budget (the
+#                     ledger's input.state.budget, before this call)
 # The rest are ordered as written, or cheapest first with sort: price; with
 # allow_fallbacks: false only the first remains. None left: no_eligible_route.
 # reserve_usd prices the call at the dearest target left in the chain: the
-# one figure the ledger reserves and budget rules compare (one place).
+# one figure the ledger reserves and budget.rego compares (call_cost_usd).
+# The PDP asks for it before reserving (no state: the budget windows do not
+# narrow the chain yet), so when the budget is not binding the reservation is
+# exactly this chain's price; when it is, the ledger refuses, the chain
+# narrows to what fits, and the PDP reserves reserve_usd of that chain.
 package aam.authz
 
 route_def := compiled.routes[input.model] if {
@@ -32,14 +37,14 @@ default estimate_cost := 0
 
 estimate_cost := input.estimate.cost_usd if is_number(input.estimate.cost_usd)
 
-# The cost of one call on target t: tokens at the target's dearer price (a
-# completion may be all output), or the caller's whole-call estimate when it
-# sends no token count.
 price(t, side) := object.get(t, sprintf("%s_price_per_mtok", [side]), 0)
 
-target_cost(t) := (estimate_tokens * max([price(t, "input"), price(t, "output")])) / 1000000 if {
-	estimate_tokens > 0
-} else := estimate_cost
+# The cost of one call on target t: the caller's whole-call estimate when it
+# sends one (as the ledger prices it), else the estimated tokens at the
+# target's dearer price (a completion may be all output).
+target_cost(t) := estimate_cost if {
+	estimate_cost > 0
+} else := (estimate_tokens * max([price(t, "input"), price(t, "output")])) / 1000000
 
 region_ok(patterns, region) if {
 	region != ""
@@ -78,10 +83,11 @@ budget_caps contains ["the per-request cap (spec.budget.per_request_usd)", cap] 
 	cap := policy.budget.per_request_usd
 }
 
-budget_caps contains [sprintf("the %s budget left", [w]), b.remaining_usd] if {
+budget_caps contains [sprintf("the %s budget left", [w]), remaining(b, limit)] if {
 	route_def
-	some w, b in input.state.budget
-	is_number(b.remaining_usd)
+	some w, field in budget_fields
+	limit := policy.budget[field]
+	b := input.state.budget[w]
 }
 
 # [target index, priority, code, message]
@@ -213,10 +219,18 @@ deny contains reason("no_eligible_route", msg) if {
 	msg := sprintf("no target of model route %q is eligible (%s)", [input.model, exclusion_summary])
 }
 
+# Said once: when a budget window (budget.rego, with its retry_after) or the
+# caller's own estimate over the per-request cap (request_budget.rego) is
+# what priced the targets out, that rule's reason says it.
+budget_said_elsewhere if count(budget_exceeded) > 0
+
+budget_said_elsewhere if estimate_cost > policy.budget.per_request_usd
+
 deny contains reason("budget_exhausted", msg) if {
 	route_def
 	count(chain) == 0
 	count(priced_out) > 0
+	not budget_said_elsewhere
 	msg := sprintf("no target of model route %q fits the budget (%s)", [input.model, exclusion_summary])
 }
 

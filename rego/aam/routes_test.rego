@@ -23,6 +23,9 @@ data_with(r, pol) := {
 	"routes": {"m": r},
 }
 
+# A ledger budget window with this much left of a $10 limit.
+win(left) := {"spent_usd": 10 - left, "reserved_usd": 0, "remaining_usd": left, "resets_in_s": 60}
+
 ask(extra) := object.union({"identity": {"spiffe_id": wl}, "model": "m", "tool": "", "action": "", "context": {}, "estimate": {"tokens": 0, "cost_usd": 0}}, extra)
 
 decide(r, pol, extra) := d if {
@@ -121,7 +124,7 @@ test_first_reason_wins if {
 
 # 10,000 tokens: anthropic $0.15, openai $0.10, bedrock $0.165.
 test_budget_skips_targets_and_prices_reservation if {
-	state := {"budget": {"daily": {"remaining_usd": 0.16}, "monthly": {"remaining_usd": 5}}}
+	state := {"budget": {"daily": win(0.16), "monthly": win(5)}}
 	d := decide(route({}), {"budget": {"daily_usd": 10}}, {"estimate": {"tokens": 10000, "cost_usd": 0}, "state": state})
 	d.allow
 	providers(d) == ["anthropic", "openai"]
@@ -137,16 +140,24 @@ test_per_request_cap_skips_targets if {
 }
 
 test_budget_leaving_no_target_denies if {
-	state := {"budget": {"daily": {"remaining_usd": 0.01}}}
-	d := decide(route({}), {}, {"estimate": {"tokens": 10000, "cost_usd": 0}, "state": state})
+	state := {"budget": {"daily": {"spent_usd": 9.99, "reserved_usd": 0, "remaining_usd": 0.01, "resets_in_s": 60}}}
+	d := decide(route({}), {"budget": {"daily_usd": 10}}, {"estimate": {"tokens": 10000, "cost_usd": 0}, "state": state})
 	not d.allow
+	{r.code | some r in d.reasons} == {"budget_exhausted"}
+	count(d.reasons) == 1
+	startswith(d.reasons[0].message, "spent 9.99 of 10.00 USD today; this call may cost up to 0.10 USD")
+	d.retry_after_s == 60
+}
+
+test_per_request_cap_leaving_no_target_names_the_route if {
+	d := decide(route({}), {"budget": {"per_request_usd": 0.01}}, {"estimate": {"tokens": 10000, "cost_usd": 0}})
 	{r.code | some r in d.reasons} == {"budget_exhausted"}
 	contains(d.reasons[0].message, "fits the budget")
 }
 
 test_budget_and_rules_together_leaving_no_target_is_a_routing_deny if {
-	state := {"budget": {"daily": {"remaining_usd": 0.01}}}
-	d := decide(route({"regions": ["eu-*"]}), {"model_regions": ["us-*"]}, {"estimate": {"tokens": 10000, "cost_usd": 0}, "state": state})
+	state := {"budget": {"daily": win(0.01)}}
+	d := decide(route({"regions": ["eu-*"]}), {"model_regions": ["us-*"], "budget": {"daily_usd": 10}}, {"estimate": {"tokens": 10000, "cost_usd": 0}, "state": state})
 	{r.code | some r in d.reasons} == {"no_eligible_route"}
 }
 
@@ -185,11 +196,16 @@ test_explanation_names_order_and_exclusions if {
 }
 
 test_call_cost_follows_the_chain if {
-	state := {"budget": {"daily": {"remaining_usd": 0.16}}}
-	inp := ask({"estimate": {"tokens": 10000, "cost_usd": 0.165}, "state": state})
-	authz.call_cost_usd == 0.15 with input as inp with data.aam.compiled as data_with(route({}), {})
-	low := ask({"estimate": {"tokens": 10000, "cost_usd": 0.165}, "state": {"budget": {"daily": {"remaining_usd": 0.01}}}})
-	authz.call_cost_usd == 0.1 with input as low with data.aam.compiled as data_with(route({}), {})
+	pol := data_with(route({}), {"budget": {"daily_usd": 10}})
+	inp := ask({"estimate": {"tokens": 10000, "cost_usd": 0}, "state": {"budget": {"daily": win(0.16)}}})
+	authz.call_cost_usd == 0.15 with input as inp with data.aam.compiled as pol
+	low := ask({"estimate": {"tokens": 10000, "cost_usd": 0}, "state": {"budget": {"daily": win(0.01)}}})
+	authz.call_cost_usd == 0.1 with input as low with data.aam.compiled as pol
 	tool := ask({"model": "", "tool": "crm.pii", "action": "read", "estimate": {"tokens": 0, "cost_usd": 0.5}})
-	authz.call_cost_usd == 0.5 with input as tool with data.aam.compiled as data_with(route({}), {})
+	authz.call_cost_usd == 0.5 with input as tool with data.aam.compiled as pol
+}
+
+test_caller_cost_wins_over_token_pricing if {
+	d := decide(route({}), {}, {"estimate": {"tokens": 10000, "cost_usd": 0.02}})
+	d.route.limits.reserve_usd == 0.02
 }

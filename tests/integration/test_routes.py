@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
 
 from aam.cli.main import run
 from aam.v1 import pdp_pb2
 from pdp.stack import Stack
-from tests.integration.pdp import EXAMPLES, request, running_stack, stub
+from tests.integration.pdp import EXAMPLES, FINANCE, request, running_stack, stub
 
 ROUTER = "spiffe://prod/agent/router"
 EU_ROUTER = "spiffe://prod/agent/eu-router"
@@ -212,3 +213,24 @@ def test_authorize_explain_prints_order_and_exclusions(examples: Stack) -> None:
     assert reasons == {"azure/gpt-5": "[data_collection]", "openai/gpt-5": "[provider]",
                        "anthropic/claude-sonnet-4-5": "[region]"}
     assert "limits    reserve $0.033, budget left $1, 600 req/min, 2000000 tokens/min".strip() in lines
+
+
+def test_ledger_budget_skips_targets_and_reserves_the_chain_price(examples: Stack) -> None:
+    """75 USD a day, 74.20 spent: 60k tokens cost anthropic 0.90, openai 0.60, bedrock 0.99.
+    The ledger refuses the quote (0.99), the chain narrows to openai, and 0.60 is reserved."""
+    channel, pdp = stub(examples)
+    with channel:
+        spent = pdp.Authorize(request(FINANCE, model="summarization", estimated_cost_usd=74.20), timeout=5)
+        assert pdp.RecordUsage(pdp_pb2.RecordUsageRequest(decision_id=spent.decision_id, tokens=1,
+                                                          cost_usd=74.20), timeout=5).applied
+        resp = pdp.Authorize(request(FINANCE, model="reasoning-high", estimated_tokens=60_000,
+                                     explain=True), timeout=5)
+        assert chain(resp) == ["openai"]
+        assert excluded(resp) == {"anthropic": "budget", "bedrock": "budget"}
+        assert resp.route.limits.reserve_usd == pytest.approx(0.60)
+        assert resp.route.limits.budget_left_usd == pytest.approx(0.80)
+        after = pdp.Authorize(request(FINANCE, model="summarization", estimated_tokens=1000,
+                                      explain=True), timeout=5)
+    state = json_format.MessageToDict(after.explanation)["input"]["state"]["budget"]["daily"]
+    assert state["reserved_usd"] == pytest.approx(0.60)  # what the chain costs, not 0.99
+    assert state["spent_usd"] == pytest.approx(74.20)
