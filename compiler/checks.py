@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from compiler import language_checks, spiffe, toolcredential
+from compiler import language_checks, route_checks, spiffe, toolcredential
 from compiler.errors import Diagnostic
 from compiler.model import PolicySet
 from compiler.source import Document
@@ -93,6 +93,7 @@ CHECKS: tuple[Check, ...] = (
     tool_grants,
     *toolcredential.CHECKS,
     *language_checks.CHECKS,
+    *route_checks.CHECKS,
 )
 
 

@@ -9,7 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from compiler import toolcredential
-from compiler.model import AgentPolicy, Conditions, Constraint, ModelRoute, PolicySet, ToolGrant
+from compiler.model import (
+    AgentPolicy,
+    Conditions,
+    Constraint,
+    ModelRoute,
+    PolicySet,
+    RouteTarget,
+    ToolGrant,
+)
 
 _WEEKDAYS = {"mon": "Monday", "tue": "Tuesday", "wed": "Wednesday", "thu": "Thursday",
              "fri": "Friday", "sat": "Saturday", "sun": "Sunday"}
@@ -42,6 +50,8 @@ def _conditions(g: ToolGrant, cond: Conditions) -> dict[str, Any]:
         out["environments"] = dict.fromkeys(sorted(cond.environments), True)
     if cond.context:
         out["context"] = {k: list(v) for k, v in sorted(cond.context.items())}
+    if cond.model_region:
+        out["model_region"] = sorted(cond.model_region)
     return out
 
 
@@ -71,25 +81,43 @@ def _policy(p: AgentPolicy) -> dict[str, Any]:
         out["budget"] = {"timezone": "UTC", **p.budget}
     if p.rate:
         out["rate"] = dict(sorted(p.rate.items()))
+    if p.model_regions:
+        out["model_regions"] = sorted(p.model_regions)
+    return out
+
+
+def _target(t: RouteTarget) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "provider": t.provider,
+        "model": t.model,
+        "region": t.region,
+        "input_price_per_mtok": t.input_price_per_mtok,
+        "output_price_per_mtok": t.output_price_per_mtok,
+        "data_retention": t.data_retention,
+    }
+    if t.context_window is not None:
+        out["context_window"] = t.context_window
     return out
 
 
 def _route(r: ModelRoute) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "alias": r.name,
         "allow_fallbacks": r.allow_fallbacks,
-        "targets": [
-            {
-                "provider": t.provider,
-                "model": t.model,
-                "region": t.region,
-                "input_price_per_mtok": t.input_price_per_mtok,
-                "output_price_per_mtok": t.output_price_per_mtok,
-            }
-            for t in r.targets
-        ],
-        **({"rate": dict(sorted(r.rate.items()))} if r.rate else {}),
+        "sort": r.sort,
+        "data_collection": r.data_collection,
+        "targets": [_target(t) for t in r.targets],
     }
+    if r.rate:
+        out["rate"] = dict(sorted(r.rate.items()))
+    if r.only or r.ignore:
+        out["providers"] = {k: dict.fromkeys(sorted(v), True)
+                            for k, v in (("only", r.only), ("ignore", r.ignore)) if v}
+    if r.regions:
+        out["regions"] = sorted(r.regions)
+    if r.max_price:
+        out["max_price"] = dict(sorted(r.max_price.items()))
+    return out
 
 
 def generate(ps: PolicySet) -> dict[str, Any]:

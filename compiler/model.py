@@ -42,6 +42,7 @@ class Conditions:
     time_window: TimeWindow | None = None
     environments: tuple[str, ...] = ()
     context: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    model_region: tuple[str, ...] = ()  # globs the conversation's model region must match
 
     @classmethod
     def from_spec(cls, raw: dict[str, Any] | None) -> Conditions | None:
@@ -53,6 +54,7 @@ class Conditions:
                                    tw.get("timezone", "UTC")) if tw else None,
             environments=tuple(raw.get("environments", ())),
             context={k: tuple(v) for k, v in raw.get("context", {}).items()},
+            model_region=tuple(raw.get("model_region", ())),
         )
 
 
@@ -82,6 +84,7 @@ class AgentPolicy:
     doc: Document
     budget: dict[str, Any] = field(default_factory=dict)  # spec.budget as written
     rate: dict[str, int] = field(default_factory=dict)  # spec.rate as written
+    model_regions: tuple[str, ...] = ()  # spec.models.regions: data residency
 
     @classmethod
     def from_doc(cls, doc: Document) -> AgentPolicy:
@@ -113,6 +116,7 @@ class AgentPolicy:
             doc=doc,
             budget=dict(spec.get("budget", {})),
             rate=dict(spec.get("rate", {})),
+            model_regions=tuple(spec.get("models", {}).get("regions", ())),
         )
 
 
@@ -123,15 +127,25 @@ class RouteTarget:
     region: str
     input_price_per_mtok: float
     output_price_per_mtok: float
+    context_window: int | None = None
+    data_retention: bool = False
 
 
 @dataclass(frozen=True)
 class ModelRoute:
+    """A model alias: targets in order plus the rules that narrow them per request."""
+
     name: str
     targets: tuple[RouteTarget, ...]
     allow_fallbacks: bool
     doc: Document
     rate: dict[str, int] = field(default_factory=dict)
+    sort: str = "order"  # "order" | "price"
+    only: tuple[str, ...] = ()  # providers.only
+    ignore: tuple[str, ...] = ()  # providers.ignore
+    regions: tuple[str, ...] = ()  # data residency globs, e.g. eu-*
+    max_price: dict[str, float] = field(default_factory=dict)  # input_per_mtok, output_per_mtok
+    data_collection: str = "allow"  # "deny" excludes data_retention targets
 
     @classmethod
     def from_doc(cls, doc: Document) -> ModelRoute:
@@ -143,11 +157,19 @@ class ModelRoute:
                 region=t.get("region", ""),
                 input_price_per_mtok=float(t.get("input_price_per_mtok", 0)),
                 output_price_per_mtok=float(t.get("output_price_per_mtok", 0)),
+                context_window=t.get("context_window"),
+                data_retention=t.get("data_retention", False),
             )
             for t in spec["targets"]
         )
+        providers = spec.get("providers", {})
         return cls(doc.value["metadata"]["name"], targets, spec.get("allow_fallbacks", True), doc,
-                   rate=dict(spec.get("rate", {})))
+                   rate=dict(spec.get("rate", {})), sort=spec.get("sort", "order"),
+                   only=tuple(providers.get("only", ())),
+                   ignore=tuple(providers.get("ignore", ())),
+                   regions=tuple(spec.get("regions", ())),
+                   max_price={k: float(v) for k, v in spec.get("max_price", {}).items()},
+                   data_collection=spec.get("data_collection", "allow"))
 
 
 @dataclass(frozen=True)

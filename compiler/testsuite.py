@@ -45,6 +45,7 @@ class Expect:
     decision: str
     reasons: tuple[str, ...] | None = None
     policy: str | None = None
+    route: tuple[str, ...] | None = None  # "provider/model@region" in the order to try
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,8 @@ def load_suite(path: Path) -> Suite:
         seen.add(c["name"])
         e = c["expect"]
         reasons = tuple(sorted(e["reasons"])) if "reasons" in e else None
-        expect = Expect(e["decision"], reasons, e.get("policy"))
+        route = tuple(e["route"]) if "route" in e else None
+        expect = Expect(e["decision"], reasons, e.get("policy"), route)
         cases.append(Case(v["name"], c["name"], f"{doc.file}:{line}:{col}",
                           _build_input(c["request"], c.get("state"), c.get("now")), expect))
     if errors:
@@ -189,7 +191,8 @@ def opa_with_bundle(binary: str, bundle: bytes, timeout_s: float = 20.0) -> Iter
                 proc.wait()
 
 
-def _diff(case: Case, decision: str, reasons: tuple[tuple[str, str], ...], policy: str) -> tuple[str, ...]:
+def _diff(case: Case, decision: str, reasons: tuple[tuple[str, str], ...], policy: str,
+          route: tuple[str, ...] = ()) -> tuple[str, ...]:
     out: list[str] = []
     exp = case.expect
     if decision != exp.decision:
@@ -202,7 +205,17 @@ def _diff(case: Case, decision: str, reasons: tuple[tuple[str, str], ...], polic
             out.extend(f"  + {code}: {msg}  (unexpected)" for code, msg in reasons if code not in exp.reasons)
     if exp.policy is not None and policy != exp.policy:
         out.append(f"policy    expected {exp.policy!r}, got {policy!r}")
+    if exp.route is not None and route != exp.route:
+        out.append(f"route     expected [{', '.join(exp.route)}], got [{', '.join(route)}]")
     return tuple(out)
+
+
+def _route(result: dict[str, Any]) -> tuple[str, ...]:
+    """The allowed chain as "provider/model@region" strings."""
+    route = result.get("route") if result.get("allow") is True else None
+    targets = route.get("targets") if isinstance(route, dict) else None
+    return tuple(f"{t.get('provider')}/{t.get('model')}@{t.get('region', '')}"
+                 for t in targets or () if isinstance(t, dict))
 
 
 def run_case(client: OpaClient, case: Case) -> Outcome:
@@ -219,7 +232,7 @@ def run_case(client: OpaClient, case: Case) -> Outcome:
     decision = "ALLOW" if result.get("allow") is True and not reasons else "DENY"
     policy = str(result.get("policy", ""))
     return Outcome(case, decision, reasons, policy, time.perf_counter() - start,
-                   _diff(case, decision, reasons, policy))
+                   _diff(case, decision, reasons, policy, _route(result)))
 
 
 def run(paths: Sequence[Path], opa_binary: str, name_filter: str | None = None) -> list[Outcome]:

@@ -11,12 +11,15 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from pdp.ledger import LedgerError
 from pdp.ledger.gate import Gate, Metered
 from pdp.opa import DECISION_PATH, EXPLAIN_PATH, EngineUnavailable, OpaClient
+
+# The price routes.rego gives a model call's chain (see Engine._quote).
+QUOTE_PATH = "/v1/data/aam/authz/reserve_usd"
 
 log = logging.getLogger("aam.decision")
 
@@ -98,7 +101,9 @@ class Engine:
             "estimate": {"tokens": req.estimated_tokens, "cost_usd": req.estimated_cost_usd},
         }
         if metered is not None and self.gate is not None:
-            doc["estimate"] = {"tokens": metered.tokens, "cost_usd": metered.cost_micro / 1e6}
+            # Tokens as the ledger counted them; the cost stays the caller's, since
+            # routes.rego prices each target itself (call_cost_usd).
+            doc["estimate"] = {"tokens": metered.tokens, "cost_usd": req.estimated_cost_usd}
             doc["state"] = self.gate.state(metered, req.spiffe_id)
         return doc
 
@@ -116,10 +121,16 @@ class Engine:
         started = time.perf_counter()
         decision_id = new_decision_id()
         metered = None
+        quote_error: EngineUnavailable | None = None
         if self.gate is not None:
+            quote = None
+            try:
+                quote = self._quote(req)
+            except EngineUnavailable as exc:
+                quote_error = exc  # answered engine_unavailable below, and audited
             try:  # reserve before deciding: one ledger round trip
                 metered = self.gate.admit(decision_id, req.spiffe_id, req.model,
-                                          req.estimated_tokens, req.estimated_cost_usd)
+                                          req.estimated_tokens, req.estimated_cost_usd, quote)
             except LedgerError as exc:
                 decision = self._ledger_unavailable(req, decision_id, exc)
                 for observe in self.observers:
@@ -128,6 +139,8 @@ class Engine:
         input_doc = self.build_input(req, metered)
         matched: Any = None
         try:
+            if quote_error is not None:
+                raise quote_error
             result, matched = self._query(input_doc, req.explain)
             decision = _from_result(result, decision_id)
         except EngineUnavailable as exc:
@@ -162,6 +175,10 @@ class Engine:
     def _record(self, req: Request, decision: Decision, metered: Metered) -> Decision:
         """Audit durably before answering; an allow the ledger could not reserve is a deny."""
         assert self.gate is not None
+        try:
+            metered = self._reprice(req, decision, metered)
+        except LedgerError as exc:
+            return self._ledger_unavailable(req, decision.decision_id, exc, metered)
         if decision.allow and metered.admission is not None and not metered.admission.reserved:
             decision = Decision(**{**decision.__dict__, "allow": False, "route": None, "reasons": (
                 Reason("budget_exhausted", "the ledger refused the reservation (limits changed)"),)})
@@ -171,6 +188,32 @@ class Engine:
         except LedgerError as exc:
             return self._ledger_unavailable(req, decision.decision_id, exc, metered)
         return decision
+
+    def _quote(self, req: Request) -> float | None:
+        """What the ledger reserves for a model call: routes.rego's price of the chain
+        (``reserve_usd``), asked before the budget state is known. One pricing rule for
+        route selection and reservation. None for a tool call (the caller's cost)."""
+        if not req.model or req.estimated_cost_usd > 0 or self.gate is None:
+            return None  # a caller's whole-call estimate prices every target alike
+        tokens = req.estimated_tokens if req.estimated_tokens > 0 else self.gate.default_tokens
+        value = self.opa.query(QUOTE_PATH, self.build_input(replace(req, estimated_tokens=tokens)))
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise EngineUnavailable("policy returned a malformed route price")
+        return float(value)
+
+    def _reprice(self, req: Request, decision: Decision, metered: Metered) -> Metered:
+        """The ledger refused the quote (the budget could not cover the dearest target),
+        but routes.rego found a cheaper chain that fits: reserve that chain's price."""
+        a = metered.admission
+        if not (decision.allow and decision.route and a is not None and not a.reserved):
+            return metered
+        assert self.gate is not None
+        limits = decision.route.get("limits") or {}
+        price = limits.get("reserve_usd") if isinstance(limits, dict) else None
+        if isinstance(price, bool) or not isinstance(price, int | float):
+            return metered
+        return self.gate.admit(decision.decision_id, req.spiffe_id, req.model, metered.tokens,
+                               req.estimated_cost_usd, float(price))
 
     def _ledger_unavailable(self, req: Request, decision_id: str, exc: Exception,
                             metered: Metered | None = None) -> Decision:

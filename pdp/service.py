@@ -12,6 +12,7 @@ import grpc
 from google.protobuf import struct_pb2
 
 from aam.v1 import pdp_pb2, pdp_pb2_grpc
+from pdp import routes
 from pdp.config import Settings
 from pdp.engine import Decision, Engine, Request
 from pdp.errors import InvalidRequest, NotFound, ServiceError, Unavailable, Unimplemented
@@ -90,15 +91,7 @@ def to_response(d: Decision, request_id: str) -> pdp_pb2.AuthorizeResponse:
         request_id=request_id,
     )
     if d.allow and d.route:
-        resp.route.alias = str(d.route.get("alias", ""))
-        resp.route.allow_fallbacks = bool(d.route.get("allow_fallbacks", False))
-        for t in d.route.get("targets", ()):
-            resp.route.targets.add(
-                provider=t.get("provider", ""), model=t.get("model", ""),
-                region=t.get("region", ""),
-                input_price_per_mtok=float(t.get("input_price_per_mtok", 0)),
-                output_price_per_mtok=float(t.get("output_price_per_mtok", 0)),
-            )
+        routes.fill(resp.route, d.route, explain=d.explanation is not None)
     if d.allow and d.credential is not None:
         resp.credential.header = d.credential.header
         resp.credential.value = d.credential.value

@@ -67,16 +67,38 @@ def render(resp: pdp_pb2.AuthorizeResponse) -> str:
     for r in resp.reasons:
         lines.append(f"  reason    {r.code}: {r.message}")
     if resp.HasField("route"):
-        lines.append(f"  route     {resp.route.alias}"
-                     f" (fallbacks {'allowed' if resp.route.allow_fallbacks else 'off'})")
-        for i, t in enumerate(resp.route.targets, 1):
-            lines.append(f"    {i}. {t.provider}/{t.model} @ {t.region or 'any'}"
-                         f"  in ${t.input_price_per_mtok:g}/Mtok out ${t.output_price_per_mtok:g}/Mtok")
+        lines.extend(_route(resp.route))
     if resp.HasField("credential"):
         lines.append(f"  credential header {resp.credential.header} (value withheld)")
     if resp.HasField("explanation"):
         lines.extend(_explanation(json_format.MessageToDict(resp.explanation)))
     return "\n".join(lines)
+
+
+def _target(t: pdp_pb2.RouteTarget) -> str:
+    return (f"{t.provider}/{t.model} @ {t.region or 'any'}"
+            f"  in ${t.input_price_per_mtok:g}/Mtok out ${t.output_price_per_mtok:g}/Mtok")
+
+
+def _route(r: pdp_pb2.ModelRoute) -> list[str]:
+    """The chain in the order to try, its limits, and (with --explain) what was left out."""
+    lines = [f"  route     {r.alias} (fallbacks {'allowed' if r.allow_fallbacks else 'off'},"
+             f" sort {r.sort or 'order'})"]
+    for i, t in enumerate(r.targets, 1):
+        lines.append(f"    {i}. {_target(t)}  est ${t.estimated_cost_usd:.6g}")
+    for x in r.excluded:
+        lines.append(f"    excluded {_target(x.target)}  [{x.reason}] {x.message}")
+    if r.HasField("limits"):
+        lim = r.limits
+        parts = [f"reserve ${lim.reserve_usd:.6g}"]
+        if lim.HasField("budget_left_usd"):
+            parts.append(f"budget left ${lim.budget_left_usd:.6g}")
+        if lim.requests_per_minute:
+            parts.append(f"{lim.requests_per_minute} req/min")
+        if lim.tokens_per_minute:
+            parts.append(f"{lim.tokens_per_minute} tokens/min")
+        lines.append("  limits    " + ", ".join(parts))
+    return lines
 
 
 def _explanation(doc: dict[str, Any]) -> list[str]:

@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x61\x61m/v1/pdp.proto\x12\x06\x61\x61m.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x08Identity\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x10\n\x08jwt_svid\x18\x02 \x01(\t\"\x91\x02\n\x10\x41uthorizeRequest\x12\"\n\x08identity\x18\x01 \x01(\x0b\x32\x10.aam.v1.Identity\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\'\n\x06params\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07\x63ontext\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x18\n\x10\x65stimated_tokens\x18\x08 \x01(\x03\x12\x1a\n\x12\x65stimated_cost_usd\x18\t \x01(\x01\x12\x0f\n\x07\x65xplain\x18\n \x01(\x08\"\'\n\x06Reason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"{\n\x0bRouteTarget\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x1c\n\x14input_price_per_mtok\x18\x04 \x01(\x01\x12\x1d\n\x15output_price_per_mtok\x18\x05 \x01(\x01\"Z\n\nModelRoute\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12$\n\x07targets\x18\x02 \x03(\x0b\x32\x13.aam.v1.RouteTarget\x12\x17\n\x0f\x61llow_fallbacks\x18\x03 \x01(\x08\"x\n\x0f\x43redentialGrant\x12\x0e\n\x06header\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0elease_accessor\x18\x04 \x01(\t\"\xd8\x02\n\x11\x41uthorizeResponse\x12\"\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x10.aam.v1.Decision\x12\x1f\n\x07reasons\x18\x02 \x03(\x0b\x32\x0e.aam.v1.Reason\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x04 \x01(\t\x12\x17\n\x0f\x62undle_revision\x18\x05 \x01(\t\x12!\n\x05route\x18\x06 \x01(\x0b\x32\x12.aam.v1.ModelRoute\x12+\n\ncredential\x18\x07 \x01(\x0b\x32\x17.aam.v1.CredentialGrant\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12,\n\x0b\x65xplanation\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\x0bretry_after\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\"K\n\x12RecordUsageRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x03 \x01(\x01\"&\n\x13RecordUsageResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x32\xa1\x01\n\x15PolicyDecisionService\x12@\n\tAuthorize\x12\x18.aam.v1.AuthorizeRequest\x1a\x19.aam.v1.AuthorizeResponse\x12\x46\n\x0bRecordUsage\x12\x1a.aam.v1.RecordUsageRequest\x1a\x1b.aam.v1.RecordUsageResponseB=Z;github.com/envisionai/agent-access-manager/gen/aam/v1;aamv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x61\x61m/v1/pdp.proto\x12\x06\x61\x61m.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x08Identity\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x10\n\x08jwt_svid\x18\x02 \x01(\t\"\x91\x02\n\x10\x41uthorizeRequest\x12\"\n\x08identity\x18\x01 \x01(\x0b\x32\x10.aam.v1.Identity\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\'\n\x06params\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07\x63ontext\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x18\n\x10\x65stimated_tokens\x18\x08 \x01(\x03\x12\x1a\n\x12\x65stimated_cost_usd\x18\t \x01(\x01\x12\x0f\n\x07\x65xplain\x18\n \x01(\x08\"\'\n\x06Reason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xc7\x01\n\x0bRouteTarget\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x1c\n\x14input_price_per_mtok\x18\x04 \x01(\x01\x12\x1d\n\x15output_price_per_mtok\x18\x05 \x01(\x01\x12\x16\n\x0e\x63ontext_window\x18\x06 \x01(\x03\x12\x16\n\x0e\x64\x61ta_retention\x18\x07 \x01(\x08\x12\x1a\n\x12\x65stimated_cost_usd\x18\x08 \x01(\x01\"\x8c\x01\n\x0bRouteLimits\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\x03\x12\x19\n\x11tokens_per_minute\x18\x02 \x01(\x03\x12\x13\n\x0breserve_usd\x18\x03 \x01(\x01\x12\x1c\n\x0f\x62udget_left_usd\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x12\n\x10_budget_left_usd\"V\n\x0e\x45xcludedTarget\x12#\n\x06target\x18\x01 \x01(\x0b\x32\x13.aam.v1.RouteTarget\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xb7\x01\n\nModelRoute\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12$\n\x07targets\x18\x02 \x03(\x0b\x32\x13.aam.v1.RouteTarget\x12\x17\n\x0f\x61llow_fallbacks\x18\x03 \x01(\x08\x12\x0c\n\x04sort\x18\x04 \x01(\t\x12#\n\x06limits\x18\x05 \x01(\x0b\x32\x13.aam.v1.RouteLimits\x12(\n\x08\x65xcluded\x18\x06 \x03(\x0b\x32\x16.aam.v1.ExcludedTarget\"x\n\x0f\x43redentialGrant\x12\x0e\n\x06header\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0elease_accessor\x18\x04 \x01(\t\"\xd8\x02\n\x11\x41uthorizeResponse\x12\"\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x10.aam.v1.Decision\x12\x1f\n\x07reasons\x18\x02 \x03(\x0b\x32\x0e.aam.v1.Reason\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x04 \x01(\t\x12\x17\n\x0f\x62undle_revision\x18\x05 \x01(\t\x12!\n\x05route\x18\x06 \x01(\x0b\x32\x12.aam.v1.ModelRoute\x12+\n\ncredential\x18\x07 \x01(\x0b\x32\x17.aam.v1.CredentialGrant\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12,\n\x0b\x65xplanation\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\x0bretry_after\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\"K\n\x12RecordUsageRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x03 \x01(\x01\"&\n\x13RecordUsageResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x32\xa1\x01\n\x15PolicyDecisionService\x12@\n\tAuthorize\x12\x18.aam.v1.AuthorizeRequest\x1a\x19.aam.v1.AuthorizeResponse\x12\x46\n\x0bRecordUsage\x12\x1a.aam.v1.RecordUsageRequest\x1a\x1b.aam.v1.RecordUsageResponseB=Z;github.com/envisionai/agent-access-manager/gen/aam/v1;aamv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,26 +35,30 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aam.v1.pdp_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z;github.com/envisionai/agent-access-manager/gen/aam/v1;aamv1'
-  _globals['_DECISION']._serialized_start=1292
-  _globals['_DECISION']._serialized_end=1367
+  _globals['_DECISION']._serialized_start=1694
+  _globals['_DECISION']._serialized_end=1769
   _globals['_IDENTITY']._serialized_start=123
   _globals['_IDENTITY']._serialized_end=170
   _globals['_AUTHORIZEREQUEST']._serialized_start=173
   _globals['_AUTHORIZEREQUEST']._serialized_end=446
   _globals['_REASON']._serialized_start=448
   _globals['_REASON']._serialized_end=487
-  _globals['_ROUTETARGET']._serialized_start=489
-  _globals['_ROUTETARGET']._serialized_end=612
-  _globals['_MODELROUTE']._serialized_start=614
-  _globals['_MODELROUTE']._serialized_end=704
-  _globals['_CREDENTIALGRANT']._serialized_start=706
-  _globals['_CREDENTIALGRANT']._serialized_end=826
-  _globals['_AUTHORIZERESPONSE']._serialized_start=829
-  _globals['_AUTHORIZERESPONSE']._serialized_end=1173
-  _globals['_RECORDUSAGEREQUEST']._serialized_start=1175
-  _globals['_RECORDUSAGEREQUEST']._serialized_end=1250
-  _globals['_RECORDUSAGERESPONSE']._serialized_start=1252
-  _globals['_RECORDUSAGERESPONSE']._serialized_end=1290
-  _globals['_POLICYDECISIONSERVICE']._serialized_start=1370
-  _globals['_POLICYDECISIONSERVICE']._serialized_end=1531
+  _globals['_ROUTETARGET']._serialized_start=490
+  _globals['_ROUTETARGET']._serialized_end=689
+  _globals['_ROUTELIMITS']._serialized_start=692
+  _globals['_ROUTELIMITS']._serialized_end=832
+  _globals['_EXCLUDEDTARGET']._serialized_start=834
+  _globals['_EXCLUDEDTARGET']._serialized_end=920
+  _globals['_MODELROUTE']._serialized_start=923
+  _globals['_MODELROUTE']._serialized_end=1106
+  _globals['_CREDENTIALGRANT']._serialized_start=1108
+  _globals['_CREDENTIALGRANT']._serialized_end=1228
+  _globals['_AUTHORIZERESPONSE']._serialized_start=1231
+  _globals['_AUTHORIZERESPONSE']._serialized_end=1575
+  _globals['_RECORDUSAGEREQUEST']._serialized_start=1577
+  _globals['_RECORDUSAGEREQUEST']._serialized_end=1652
+  _globals['_RECORDUSAGERESPONSE']._serialized_start=1654
+  _globals['_RECORDUSAGERESPONSE']._serialized_end=1692
+  _globals['_POLICYDECISIONSERVICE']._serialized_start=1772
+  _globals['_POLICYDECISIONSERVICE']._serialized_end=1933
 # @@protoc_insertion_point(module_scope)

@@ -62,28 +62,62 @@ class Reason(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RouteTarget(_message.Message):
-    __slots__ = ("provider", "model", "region", "input_price_per_mtok", "output_price_per_mtok")
+    __slots__ = ("provider", "model", "region", "input_price_per_mtok", "output_price_per_mtok", "context_window", "data_retention", "estimated_cost_usd")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     INPUT_PRICE_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PRICE_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    DATA_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_COST_USD_FIELD_NUMBER: _ClassVar[int]
     provider: str
     model: str
     region: str
     input_price_per_mtok: float
     output_price_per_mtok: float
-    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., region: _Optional[str] = ..., input_price_per_mtok: _Optional[float] = ..., output_price_per_mtok: _Optional[float] = ...) -> None: ...
+    context_window: int
+    data_retention: bool
+    estimated_cost_usd: float
+    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., region: _Optional[str] = ..., input_price_per_mtok: _Optional[float] = ..., output_price_per_mtok: _Optional[float] = ..., context_window: _Optional[int] = ..., data_retention: _Optional[bool] = ..., estimated_cost_usd: _Optional[float] = ...) -> None: ...
+
+class RouteLimits(_message.Message):
+    __slots__ = ("requests_per_minute", "tokens_per_minute", "reserve_usd", "budget_left_usd")
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    RESERVE_USD_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_LEFT_USD_FIELD_NUMBER: _ClassVar[int]
+    requests_per_minute: int
+    tokens_per_minute: int
+    reserve_usd: float
+    budget_left_usd: float
+    def __init__(self, requests_per_minute: _Optional[int] = ..., tokens_per_minute: _Optional[int] = ..., reserve_usd: _Optional[float] = ..., budget_left_usd: _Optional[float] = ...) -> None: ...
+
+class ExcludedTarget(_message.Message):
+    __slots__ = ("target", "reason", "message")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    target: RouteTarget
+    reason: str
+    message: str
+    def __init__(self, target: _Optional[_Union[RouteTarget, _Mapping]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ModelRoute(_message.Message):
-    __slots__ = ("alias", "targets", "allow_fallbacks")
+    __slots__ = ("alias", "targets", "allow_fallbacks", "sort", "limits", "excluded")
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     ALLOW_FALLBACKS_FIELD_NUMBER: _ClassVar[int]
+    SORT_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_FIELD_NUMBER: _ClassVar[int]
     alias: str
     targets: _containers.RepeatedCompositeFieldContainer[RouteTarget]
     allow_fallbacks: bool
-    def __init__(self, alias: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[RouteTarget, _Mapping]]] = ..., allow_fallbacks: _Optional[bool] = ...) -> None: ...
+    sort: str
+    limits: RouteLimits
+    excluded: _containers.RepeatedCompositeFieldContainer[ExcludedTarget]
+    def __init__(self, alias: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[RouteTarget, _Mapping]]] = ..., allow_fallbacks: _Optional[bool] = ..., sort: _Optional[str] = ..., limits: _Optional[_Union[RouteLimits, _Mapping]] = ..., excluded: _Optional[_Iterable[_Union[ExcludedTarget, _Mapping]]] = ...) -> None: ...
 
 class CredentialGrant(_message.Message):
     __slots__ = ("header", "value", "expires_at", "lease_accessor")

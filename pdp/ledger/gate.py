@@ -1,7 +1,7 @@
 """The engine's side of the ledger: price the request, reserve, describe state, audit.
 
 :class:`Gate` turns a request into an :class:`Ask` (limits from the compiled
-policy and route, cost from the route's most expensive eligible target), gives
+policy and route, cost as routes.rego prices the route's chain), gives
 OPA the resulting ``input.state``, and after OPA has decided releases a denied
 decision's reservation and appends its audit row in one step.
 """
@@ -78,27 +78,21 @@ class Gate:
         self._backlog: deque[tuple[AuditEntry, bool]] = deque(maxlen=BACKLOG)
         self._backlog_lock = threading.Lock()
 
-    def estimate(self, model: str, tokens: int, cost_usd: float) -> tuple[int, int]:
-        """(cost in micro-USD, tokens). The caller's cost wins; else the dearest target."""
-        route = self.view.route(model)
+    def estimate(self, model: str, tokens: int, cost_usd: float,
+                 quote_usd: float | None = None) -> tuple[int, int]:
+        """(cost in micro-USD, tokens). A model call costs ``quote_usd``, the price
+        routes.rego gives its chain (the one pricing rule); else the caller's cost."""
         if model and tokens <= 0:
             tokens = self.default_tokens
-        if cost_usd > 0:
-            return usd_to_micro(cost_usd), tokens
-        if route is None:
-            return 0, tokens
-        targets = route.get("targets") or []
-        if not route.get("allow_fallbacks", False):
-            targets = targets[:1]
-        per_mtok = max((max(float(t.get("input_price_per_mtok", 0)),
-                            float(t.get("output_price_per_mtok", 0))) for t in targets), default=0.0)
-        return usd_to_micro(tokens * per_mtok / MICRO), tokens
+        if quote_usd is not None:
+            return usd_to_micro(quote_usd), tokens
+        return usd_to_micro(cost_usd) if cost_usd > 0 else 0, tokens
 
     def admit(self, decision_id: str, workload: str, model: str, tokens: int,
-              cost_usd: float) -> Metered:
+              cost_usd: float, quote_usd: float | None = None) -> Metered:
         """Reserve before OPA decides. Raises LedgerError when the store fails."""
         policy = self.view.policy(workload)
-        cost, tokens = self.estimate(model, tokens, cost_usd)
+        cost, tokens = self.estimate(model, tokens, cost_usd, quote_usd)
         if policy is None:
             return Metered(None, DEFAULT_RECORD, model, cost, tokens)
         budget, rate = policy.get("budget") or {}, policy.get("rate") or {}

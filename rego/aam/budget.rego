@@ -4,7 +4,8 @@
 # and puts the state before that reservation in input.state.budget (amounts
 # in USD, whole micro-dollars); this file decides and explains. A policy with
 # a budget but no ledger state (ledger off or down) is denied: budgets fail
-# closed. The per-request cap is request_budget.rego's.
+# closed. The per-request cap is request_budget.rego's. A routed model call
+# costs its chain's reservation price (call_cost_usd, routes.rego).
 package aam.authz
 
 budget_fields := {"daily": "daily_usd", "monthly": "monthly_usd"}
@@ -22,7 +23,7 @@ budget_exceeded contains w if {
 	some w, field in budget_fields
 	limit := policy.budget[field]
 	b := input.state.budget[w]
-	input.estimate.cost_usd > remaining(b, limit)
+	call_cost_usd > remaining(b, limit)
 }
 
 deny contains reason("budget_exhausted", msg) if {
@@ -30,7 +31,7 @@ deny contains reason("budget_exhausted", msg) if {
 	b := input.state.budget[w]
 	msg := sprintf("spent %s of %s USD %s; this call may cost up to %s USD", [
 		usd(b.spent_usd + b.reserved_usd), usd(policy.budget[budget_fields[w]]), budget_period[w],
-		usd(input.estimate.cost_usd),
+		usd(call_cost_usd),
 	])
 }
 

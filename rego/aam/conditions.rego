@@ -75,3 +75,18 @@ deny contains reason("condition_not_met", msg) if {
 		[input.tool, attribute, allowed, policy.name, conditions.rule],
 	)
 }
+
+# Joint model/tool policy: a tool (e.g. one that reads PII) only while the
+# conversation's model runs in a region matching conditions.model_region.
+# The gateway reports the region of the route target it used in
+# context.model_region; absent or outside the patterns is a deny.
+deny contains reason("condition_not_met", msg) if {
+	tool_requested
+	patterns := conditions.model_region
+	region := object.get(input.context, "model_region", "")
+	not region_ok(patterns, region)
+	msg := sprintf(
+		"tool %q may be used only while the conversation's model runs in %v, not %q (policy %q, %s.model_region)",
+		[input.tool, patterns, region, policy.name, conditions.rule],
+	)
+}

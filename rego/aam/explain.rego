@@ -22,6 +22,14 @@ matched contains match("models.route", sprintf("ModelRoute %s", [input.model])) 
 	route != null
 }
 
+matched contains match(sprintf("route.target[%d]", [n + 1]), sprintf("%s/%s @ %s (ModelRoute %s)", [t.provider, t.model, object.get(t, "region", ""), input.model])) if {
+	some n, t in route.targets
+}
+
+matched contains match(sprintf("route.excluded.%s", [t.reason]), sprintf("%s/%s @ %s: %s (ModelRoute %s)", [t.provider, t.model, object.get(t, "region", ""), t.message, input.model])) if {
+	some t in route.excluded
+}
+
 matched contains match("tools.grant", sprintf("AgentPolicy %s %s", [policy.name, grant.rule])) if {
 	tool_requested
 	grant

@@ -9,7 +9,7 @@ rules(e) := {m.rule | some m in e.matched}
 test_model_allow_explained if {
 	e := authz.explanation with input as req({"model": "m1"}) with data.aam.compiled as fixture
 	e.decision.allow
-	rules(e) == {"identity.policy", "models.allow", "models.route"}
+	rules(e) == {"identity.policy", "models.allow", "models.route", "route.target[1]"}
 }
 
 test_tool_read_explained_with_grant_source if {

@@ -44,7 +44,7 @@ fixture := {
 			},
 		},
 	}},
-	"routes": {"m1": {"alias": "m1", "allow_fallbacks": true, "targets": []}},
+	"routes": {"m1": {"alias": "m1", "allow_fallbacks": true, "targets": [{"provider": "p", "model": "x", "region": "eu-west-1"}]}},
 }
 
 base := {"identity": {"spiffe_id": "spiffe://prod/agent/b"}, "model": "", "tool": "", "action": ""}

@@ -10,7 +10,5 @@ deny contains reason("model_not_allowed", msg) if {
 
 default route := null
 
-route := compiled.routes[input.model] if {
-	model_requested
-	policy.models[input.model]
-}
+# The targets to try and the limits that apply (routes.rego).
+route := planned_route if route_def

@@ -11,8 +11,8 @@ fixture := {
 		"rate": {"requests_per_minute": 10, "tokens_per_minute": 5000},
 	}},
 	"routes": {
-		"m1": {"alias": "m1", "allow_fallbacks": true, "targets": [], "rate": {"requests_per_minute": 100, "tokens_per_minute": 100000}},
-		"m2": {"alias": "m2", "allow_fallbacks": true, "targets": []},
+		"m1": {"alias": "m1", "allow_fallbacks": true, "targets": [{"provider": "p", "model": "x"}], "rate": {"requests_per_minute": 100, "tokens_per_minute": 100000}},
+		"m2": {"alias": "m2", "allow_fallbacks": true, "targets": [{"provider": "p", "model": "x"}]},
 	},
 }
 

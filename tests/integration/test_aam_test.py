@@ -44,7 +44,7 @@ cases:
 def test_example_suites_pass() -> None:
     code, out, err = aam(str(EXAMPLES))
     assert code == 0, out + err
-    assert out.rstrip().endswith("14 passed, 0 failed")
+    assert out.rstrip().endswith("21 passed, 0 failed")
 
 
 def test_failures_show_a_readable_diff_and_exit_1(tmp_path: Path) -> None:
@@ -119,3 +119,17 @@ def test_policy_compile_errors_stop_the_run(tmp_path: Path) -> None:
     code, _, err = aam(str(root))
     assert code == 1
     assert f"{root / 'broken.yaml'}:2:7: error: unknown kind 'Nope'" in err
+
+
+def test_a_route_expectation_shows_the_order_it_got(tmp_path: Path) -> None:
+    root = workspace(tmp_path, """\
+name: routes
+cases:
+  - name: wrong order
+    request: {workload: spiffe://prod/agent/finance-analyst, model: summarization}
+    expect: {decision: ALLOW, route: [anthropic/claude-haiku-4-5@us-east-1]}
+""")
+    code, out, _ = aam(str(root))
+    assert code == 1
+    assert out.splitlines()[1] == ("      route     expected [anthropic/claude-haiku-4-5@us-east-1], got"
+                                   " [openai/gpt-5-mini@us-east-1, anthropic/claude-haiku-4-5@us-east-1]")

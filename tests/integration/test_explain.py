@@ -44,7 +44,9 @@ def test_explain_comes_from_the_same_revision_as_the_decision(stack: Stack) -> N
     doc = json_format.MessageToDict(resp.explanation)
     assert resp.decision == pdp_pb2.DECISION_ALLOW
     assert doc["revision"] == resp.bundle_revision
-    assert [m["rule"] for m in doc["matched"]] == ["identity.policy", "models.allow", "models.route"]
+    assert [m["rule"] for m in doc["matched"]] == ["identity.policy", "models.allow", "models.route",
+                                                   "route.target[1]", "route.target[2]",
+                                                   "route.target[3]"]
 
 
 def test_without_explain_there_is_no_explanation(stack: Stack) -> None:

@@ -31,12 +31,12 @@ def test_budget_is_reserved_settled_and_explained(stack: Stack) -> None:
         assert pdp.RecordUsage(usage(first.decision_id, 74.20), timeout=5).applied
         assert not pdp.RecordUsage(usage(first.decision_id, 74.20), timeout=5).applied
 
-        # 100k tokens priced at the dearest fallback target (16.50 USD/Mtok): 1.65 USD.
+        # 100k tokens: even the cheapest target (gpt-5, 10 USD/Mtok) needs 1.00 USD.
         second = pdp.Authorize(request(model="reasoning-high", estimated_tokens=100_000), timeout=5)
         assert second.decision == pdp_pb2.DECISION_DENY
         assert [r.code for r in second.reasons] == ["budget_exhausted"]
         assert second.reasons[0].message == (
-            "spent 74.20 of 75.00 USD today; this call may cost up to 1.65 USD")
+            "spent 74.20 of 75.00 USD today; this call may cost up to 1.00 USD")
         assert 0 < second.retry_after.ToSeconds() <= 86_400
 
         # A smaller call still fits: 40k tokens cost up to 0.66 USD of the 0.80 left.

@@ -27,11 +27,11 @@ def _gate(fallbacks: bool) -> Gate:
     return Gate(ledger=None, view=view, reservation_ttl_s=60, default_tokens=1000)  # type: ignore[arg-type]
 
 
-def test_estimate_prices_the_dearest_target_the_route_may_use() -> None:
-    assert _gate(True).estimate("m", 100_000, 0) == (1_000_000, 100_000)
-    assert _gate(False).estimate("m", 100_000, 0) == (200_000, 100_000)
-    assert _gate(True).estimate("m", 0, 0) == (10_000, 1000)  # default tokens
-    assert _gate(True).estimate("m", 10, 0.5) == (500_000, 10)  # the caller's cost wins
+def test_estimate_takes_the_route_price_rego_quoted() -> None:
+    assert _gate(True).estimate("m", 100_000, 0, quote_usd=0.2) == (200_000, 100_000)
+    assert _gate(True).estimate("m", 0, 0, quote_usd=0.01) == (10_000, 1000)  # default tokens
+    assert _gate(True).estimate("m", 10, 0.5) == (500_000, 10)  # no quote: the caller's cost
+    assert _gate(True).estimate("m", 10, 0) == (0, 10)
     assert _gate(True).estimate("", 0, 0) == (0, 0)  # a tool call
 
 
