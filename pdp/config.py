@@ -56,6 +56,12 @@ class Settings:
     max_workers: int = 16
     # Largest serialized params + context accepted in one request.
     max_request_bytes: int = 64 * 1024
+    # Envoy ext_authz (envoy.service.auth.v3.Authorization): "" serves it on
+    # grpc_addr beside Authorize; "host:port" gives it a listener of its own.
+    extauthz_addr: str = ""
+    # TOML file mapping HTTP requests to decisions (README "Envoy ext_authz");
+    # "" uses the built-in defaults.
+    extauthz_mapping: str = ""
     # Seconds in-flight calls get to finish on shutdown.
     shutdown_grace_s: float = 5.0
     log_level: str = "info"
@@ -138,6 +144,8 @@ class Settings:
     def validate(self) -> None:
         for name in ("grpc_addr", "opa_addr", "http_addr"):
             split_addr(getattr(self, name), name)
+        if self.extauthz_addr:
+            split_addr(self.extauthz_addr, "extauthz_addr")
         if self.opa_timeout_ms <= 0:
             raise ConfigError("opa_timeout_ms must be positive")
         if self.max_workers <= 0:

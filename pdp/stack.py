@@ -19,6 +19,7 @@ from pdp.broker.metrics import BrokerCollector
 from pdp.bundles import BUNDLE_PATH, BundleStore, HttpServer
 from pdp.config import Settings, split_addr
 from pdp.engine import Engine
+from pdp.extauthz import ExtAuthzServer, register
 from pdp.identity import AuditHook, Refusal, log_refusal
 from pdp.identity import from_settings as identity_from_settings
 from pdp.ledger import Ledger, LedgerError, open_ledger
@@ -41,6 +42,7 @@ class Stack:
         self.opa: OpaProcess | None = None
         self.grpc: GrpcServer | None = None
         self.engine: Engine | None = None
+        self.extauthz: ExtAuthzServer | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.broker: Broker | None = None
@@ -83,6 +85,11 @@ class Stack:
         self.engine = engine
         identity = identity_from_settings(s, audit=self._refusal_hook(gate))
         self.grpc = GrpcServer(s, PolicyDecisionServicer(engine, s, identity))
+        if s.extauthz_addr:
+            self.extauthz = ExtAuthzServer(s, engine)
+            self.extauthz.start()
+        else:
+            register(self.grpc.server, engine, s)
         self.grpc.start()
         if self.opa is not None:
             threading.Thread(target=self._supervise_opa, name="aam-opa-supervisor",
@@ -187,6 +194,9 @@ class Stack:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.extauthz:
+            self.extauthz.stop(self.settings.shutdown_grace_s)
+            self.extauthz = None
         if self.grpc:
             self.grpc.stop(self.settings.shutdown_grace_s)
             self.grpc = None

@@ -1,0 +1,208 @@
+"""Envoy ext_authz v3 (``envoy.service.auth.v3.Authorization/Check``): protos <-> engine.
+
+Envoy's request becomes an :class:`~pdp.httpmap.HttpRequest`, the mapping makes it
+an engine request, and the decision goes back as an ``OkHttpResponse`` (credential
+injected, the agent's own credentials stripped, decision id and model route as
+headers and dynamic metadata) or a ``DeniedHttpResponse`` with a JSON body
+``{decision_id, reasons}``. Types come from ``xds-protos``, never hand copies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from concurrent import futures
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
+
+from pdp.config import ConfigError, Settings
+from pdp.engine import Decision, Engine, Reason, Request, new_decision_id
+from pdp.errors import InvalidRequest
+from pdp.httpmap import HttpMapping, HttpRequest, MappingError, to_request
+from pdp.service import guarded
+from pdp.validate import MAX_REQUEST_ID, validate
+
+log = logging.getLogger("aam.extauthz")
+
+SERVICE_NAME = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+# Denies that mean "try again later" rather than "not allowed".
+THROTTLED = frozenset({"budget_exhausted", "rate_limited"})
+DEFAULT_RETRY_AFTER_S = 60
+# Infrastructure failures: the agent gets a fixed sentence, never the internal detail.
+INTERNAL = {
+    "engine_unavailable": "the policy engine is unavailable; the request is denied",
+    "ledger_unavailable": "the usage ledger is unavailable; the request is denied",
+    "credential_unavailable": "no credential could be issued for this call; the request is denied",
+}
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
+    def __init__(self, engine: Engine, settings: Settings, mapping: HttpMapping | None = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.mapping = mapping if mapping is not None else HttpMapping.load(settings.extauthz_mapping)
+
+    @guarded
+    def Check(
+        self, request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext
+    ) -> external_auth_pb2.CheckResponse:
+        http = from_check_request(request)
+        req: Request | None = None
+        try:
+            req = to_request(self.mapping, http)
+            size = len(http.body) + sum(len(k) + len(v) for k, v in http.context_extensions.items())
+            validate(req, size, self.settings.max_request_bytes)
+        except (MappingError, InvalidRequest) as exc:
+            code = exc.code if isinstance(exc, MappingError) else "invalid_request"
+            decision = Decision(allow=False, reasons=(Reason(code, str(exc)),), policy="",
+                                decision_id=new_decision_id(), revision="")
+            log.info("decision", extra={"fields": {
+                "decision_id": decision.decision_id, "request_id": http.request_id,
+                "allow": False, "reasons": [code], "method": http.method,
+                "path": http.path.split("?", 1)[0][:200]}})
+            return to_check_response(self.mapping, decision, req)
+        return to_check_response(self.mapping, self.engine.decide(req), req)
+
+
+def from_check_request(msg: external_auth_pb2.CheckRequest) -> HttpRequest:
+    attrs = msg.attributes
+    h = attrs.request.http
+    if h.headers:
+        headers = {k.lower(): v for k, v in h.headers.items()}
+    else:  # encode_raw_headers: the same headers as a HeaderMap of bytes
+        headers = {}
+        for hv in h.header_map.headers:
+            value = hv.raw_value.decode("utf-8", "replace") if hv.raw_value else hv.value
+            key = hv.key.lower()
+            headers[key] = f"{headers[key]},{value}" if key in headers else value
+    return HttpRequest(
+        method=h.method.upper(),
+        path=h.path or headers.get(":path", ""),
+        headers=headers,
+        body=h.raw_body or h.body.encode(),
+        principal=attrs.source.principal,
+        certificate=attrs.source.certificate,
+        context_extensions=dict(attrs.context_extensions),
+        request_id=h.id[:MAX_REQUEST_ID],
+        partial_body=headers.get("x-envoy-auth-partial-body") == "true",
+    )
+
+
+def to_check_response(
+    m: HttpMapping, d: Decision, req: Request | None
+) -> external_auth_pb2.CheckResponse:
+    metadata = _metadata(d, req)
+    if d.allow:
+        return _allow(m, d, metadata)
+    return _deny(m, d, metadata)
+
+
+def _allow(m: HttpMapping, d: Decision, metadata: struct_pb2.Struct) -> external_auth_pb2.CheckResponse:
+    set_headers: dict[str, str] = {m.decision_header: d.decision_id}
+    route = d.route or {}
+    targets = [t for t in route.get("targets", ()) if isinstance(t, dict)]
+    if route:
+        p = m.route_header_prefix
+        set_headers[p + "alias"] = str(route.get("alias", ""))
+        if targets:
+            first = targets[0]
+            for key in ("provider", "model", "region"):
+                set_headers[p + key] = str(first.get(key, ""))
+        if m.fallback_chain_header and route.get("allow_fallbacks") and len(targets) > 1:
+            set_headers[m.fallback_chain_header] = ",".join(
+                f"{t.get('provider', '')}:{t.get('model', '')}" for t in targets)
+    if d.credential is not None:
+        set_headers[d.credential.header.lower()] = d.credential.value
+    # The agent's credentials, and any header it sent that only the PDP may set.
+    owned = {*m.strip_headers, m.decision_header, m.fallback_chain_header,
+             *(m.route_header_prefix + k for k in ("alias", "provider", "model", "region"))}
+    remove = sorted(h for h in owned if h and h not in set_headers)
+    ok = external_auth_pb2.OkHttpResponse(
+        headers=[_header(k, v) for k, v in set_headers.items()],
+        headers_to_remove=remove,
+        response_headers_to_add=[_header(m.decision_header, d.decision_id)],
+    )
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.OK), ok_response=ok, dynamic_metadata=metadata)
+
+
+def _deny(m: HttpMapping, d: Decision, metadata: struct_pb2.Struct) -> external_auth_pb2.CheckResponse:
+    codes = {r.code for r in d.reasons}
+    throttled = bool(codes & THROTTLED)
+    reasons = [{"code": r.code, "message": INTERNAL.get(r.code, r.message)} for r in d.reasons]
+    headers = [_header("content-type", "application/json"), _header(m.decision_header, d.decision_id)]
+    if throttled:
+        retry = d.retry_after_s if d.retry_after_s is not None else DEFAULT_RETRY_AFTER_S
+        headers.append(_header("retry-after", str(max(1, math.ceil(retry)))))
+    denied = external_auth_pb2.DeniedHttpResponse(
+        status=http_status_pb2.HttpStatus(
+            code=http_status_pb2.TooManyRequests if throttled else http_status_pb2.Forbidden),
+        headers=headers,
+        body=json.dumps({"decision_id": d.decision_id, "reasons": reasons}, separators=(",", ":")),
+    )
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(
+            code=code_pb2.RESOURCE_EXHAUSTED if throttled else code_pb2.PERMISSION_DENIED),
+        denied_response=denied, dynamic_metadata=metadata)
+
+
+def _metadata(d: Decision, req: Request | None) -> struct_pb2.Struct:
+    """What Envoy's access log and later filters may see: never the credential."""
+    md: dict[str, Any] = {
+        "decision_id": d.decision_id, "allow": d.allow, "policy": d.policy,
+        "revision": d.revision, "reasons": [r.code for r in d.reasons],
+    }
+    if req is not None:
+        md.update(workload=req.spiffe_id, model=req.model, tool=req.tool, action=req.action)
+    if d.allow and d.route:
+        targets = [t for t in d.route.get("targets", ()) if isinstance(t, dict)]
+        md["route"] = {
+            "alias": str(d.route.get("alias", "")),
+            "allow_fallbacks": bool(d.route.get("allow_fallbacks", False)),
+            "targets": [{k: str(t.get(k, "")) for k in ("provider", "model", "region")}
+                        for t in targets],
+        }
+    s = struct_pb2.Struct()
+    s.update(md)
+    return s
+
+
+def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE)
+
+
+def register(server: grpc.Server, engine: Engine, settings: Settings) -> AuthorizationServicer:
+    servicer = AuthorizationServicer(engine, settings)
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)
+    return servicer
+
+
+class ExtAuthzServer:
+    """Check on its own listener (``extauthz_addr``), e.g. to keep Envoy off the admin API."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        if not settings.plaintext:
+            raise ConfigError("TLS is required unless plaintext = true is set explicitly")
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.max_workers,
+                                       thread_name_prefix="aam-extauthz"),
+            options=[("grpc.so_reuseport", 0)])
+        register(self.server, engine, settings)
+        self.port = self.server.add_insecure_port(settings.extauthz_addr)
+        if self.port == 0:
+            raise ConfigError(f"cannot listen on {settings.extauthz_addr} (address in use?)")
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self, grace_s: float) -> None:
+        self.server.stop(grace_s).wait()

@@ -1,0 +1,286 @@
+"""How an HTTP request seen by Envoy becomes a decision request, in one place.
+
+Envoy's ext_authz tells us the method, path, headers, body and the peer; this
+module turns them into an engine :class:`~pdp.engine.Request` (who, which model
+or tool, which action, which params) and says which headers the gateway sets
+and strips. It knows nothing of protobuf: :mod:`pdp.extauthz` translates the
+wire messages. The defaults are documented in README ("Envoy ext_authz") and
+can be replaced by a TOML file named by the ``extauthz_mapping`` setting.
+
+Anything the mapping cannot read with certainty is a :class:`MappingError`,
+which the gateway turns into a deny: unknown routes, unreadable bodies, a
+workload identity that is missing or ambiguous.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tomllib
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from pdp.config import ConfigError
+from pdp.engine import Request
+
+
+class MappingError(Exception):
+    """The request cannot be mapped; ``code`` is the reason code the agent sees."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class ToolRoute:
+    """A route rule: method + path template (+ required headers) -> tool resource/action.
+
+    ``path`` is a template whose ``{resource}`` and ``{action}`` segments are
+    taken from the request path (a segment matches no ``/``); ``resource`` and
+    ``action`` give fixed values instead. With ``mcp = true`` the body is an MCP
+    JSON-RPC ``tools/call``: the action is ``params.name`` and the params are
+    ``params.arguments``; otherwise the params are the JSON object body.
+    """
+
+    path: str
+    method: str = "POST"
+    resource: str = ""
+    action: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    mcp: bool = False
+    pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pattern", _template(self.path))
+        object.__setattr__(self, "headers", {k.lower(): v for k, v in self.headers.items()})
+        names = set(self.pattern.groupindex)
+        if not (self.resource or "resource" in names):
+            raise ConfigError(f"tool route {self.path!r}: needs {{resource}} in path or resource =")
+        if not (self.mcp or self.action or "action" in names):
+            raise ConfigError(f"tool route {self.path!r}: needs {{action}} in path, action = or mcp")
+
+    def match(self, method: str, path: str, headers: Mapping[str, str]) -> dict[str, str] | None:
+        if self.method and method != self.method:
+            return None
+        m = self.pattern.fullmatch(path)
+        if m is None or any(headers.get(k) != v for k, v in self.headers.items()):
+            return None
+        return {k: urllib.parse.unquote(v) for k, v in m.groupdict().items()}
+
+
+@dataclass(frozen=True)
+class HttpMapping:
+    # POST to these paths is a model call: JSON body "model", "max_tokens".
+    model_paths: tuple[str, ...] = ("/v1/chat/completions",)
+    # First matching rule wins.
+    tool_routes: tuple[ToolRoute, ...] = (
+        ToolRoute("/tools/{resource}/{action}"),
+        ToolRoute("/mcp/{resource}", mcp=True),
+    )
+    # Take the workload from x-forwarded-client-cert (only behind a trusted proxy
+    # that sanitizes it); otherwise only the TLS peer Envoy saw counts.
+    trust_xfcc: bool = False
+    # Refuse a source.principal that Envoy did not send the certificate for.
+    require_peer_certificate: bool = True
+    # The agent's own credentials, never forwarded upstream.
+    strip_headers: tuple[str, ...] = ("authorization", "proxy-authorization", "x-api-key")
+    decision_header: str = "x-aam-decision-id"
+    # Model route headers: <prefix>alias, <prefix>provider, <prefix>model, <prefix>region.
+    route_header_prefix: str = "x-aam-route-"
+    # Envoy AI Gateway's fallback chain, "provider:model,provider:model"; "" = not sent.
+    fallback_chain_header: str = "x-ai-eg-fallback-chain"
+    # Bytes of prompt per estimated token, for the cost estimate of a model call.
+    prompt_bytes_per_token: int = 4
+
+    @classmethod
+    def load(cls, path: str) -> HttpMapping:
+        """Defaults, or a TOML file (keys as the fields, [[tool_routes]] tables)."""
+        if not path:
+            return cls()
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"extauthz_mapping {path}: {exc}") from None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"extauthz_mapping {path}: unknown key(s): {', '.join(unknown)}")
+        values: dict[str, Any] = {}
+        for k, v in raw.items():
+            if k == "tool_routes":
+                try:
+                    values[k] = tuple(ToolRoute(**r) for r in v)
+                except TypeError as exc:
+                    raise ConfigError(f"extauthz_mapping {path}: tool_routes: {exc}") from None
+            elif isinstance(v, list):
+                values[k] = tuple(str(x).lower() if k == "strip_headers" else str(x) for x in v)
+            else:
+                values[k] = v
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """What Envoy tells us about one request; headers have lower-case names."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes
+    principal: str = ""
+    certificate: str = ""  # URL-encoded PEM, as Envoy sends it
+    context_extensions: Mapping[str, str] = field(default_factory=dict)
+    request_id: str = ""
+    partial_body: bool = False
+
+
+def to_request(m: HttpMapping, http: HttpRequest) -> Request:
+    workload = workload_of(m, http)
+    path = http.path.split("?", 1)[0]
+    context = dict(http.context_extensions)
+    if http.method == "POST" and path in m.model_paths:
+        body = _json_body(http)
+        model = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(model, str) or not model:
+            raise MappingError("invalid_request", "model call without a \"model\" string in the body")
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 0))
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+            raise MappingError("invalid_request", "\"max_tokens\" must be a non-negative integer")
+        prompt = math.ceil(len(http.body) / max(1, m.prompt_bytes_per_token))
+        return Request(spiffe_id=workload, model=model, context=context,
+                       request_id=http.request_id, estimated_tokens=max_tokens + prompt)
+    for route in m.tool_routes:
+        found = route.match(http.method, path, http.headers)
+        if found is None:
+            continue
+        resource = route.resource or found.get("resource", "")
+        if route.mcp:
+            action, params = _mcp_call(http)
+        else:
+            action = route.action or found.get("action", "")
+            params = _params(http)
+        return Request(spiffe_id=workload, tool=resource, action=action, params=params,
+                       context=context, request_id=http.request_id)
+    raise MappingError("route_not_mapped",
+                       f"{http.method} {path[:200]} is neither a model call nor a mapped tool route")
+
+
+# --- identity ----------------------------------------------------------------
+
+def workload_of(m: HttpMapping, http: HttpRequest) -> str:
+    """The caller's SPIFFE ID, from the TLS peer Envoy verified (or a trusted XFCC)."""
+    if http.principal:
+        if http.certificate:
+            uris = uri_sans(urllib.parse.unquote(http.certificate))
+            if len(uris) != 1:
+                raise MappingError("unauthenticated",
+                                   f"peer certificate must carry exactly one URI SAN, has {len(uris)}")
+            if uris[0] != http.principal:
+                raise MappingError("unauthenticated", "peer certificate does not match the principal")
+        elif m.require_peer_certificate:
+            raise MappingError("unauthenticated", "no peer certificate to check the principal against")
+        return http.principal
+    if m.trust_xfcc and "x-forwarded-client-cert" in http.headers:
+        return _xfcc_uri(http.headers["x-forwarded-client-cert"])
+    raise MappingError("unauthenticated", "no workload identity (mTLS client certificate required)")
+
+
+def uri_sans(pem: str) -> list[str]:
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        raise MappingError("unauthenticated", "peer certificate is not a valid PEM certificate") from None
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return list(ext.value.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def _xfcc_uri(value: str) -> str:
+    """The one URI of a single-element XFCC header; anything else is ambiguous."""
+    elements = _split_quoted(value, ",")
+    if len(elements) != 1:
+        raise MappingError("unauthenticated", "x-forwarded-client-cert must name exactly one client")
+    uris = []
+    for pair in _split_quoted(elements[0], ";"):
+        key, sep, val = pair.partition("=")
+        if sep and key.strip().lower() == "uri":
+            uris.append(val.strip().strip('"'))
+    if len(uris) != 1 or not uris[0]:
+        raise MappingError("unauthenticated", "x-forwarded-client-cert must carry exactly one URI")
+    return uris[0]
+
+
+def _split_quoted(s: str, sep: str) -> list[str]:
+    out, cur, quoted = [], [], False
+    for ch in s:
+        if ch == '"':
+            quoted = not quoted
+        if ch == sep and not quoted:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    return [p for p in (x.strip() for x in out) if p]
+
+
+# --- bodies ------------------------------------------------------------------
+
+def _json_body(http: HttpRequest) -> Any:
+    if http.partial_body:
+        raise MappingError("invalid_request", "request body was truncated before authorization")
+    if not http.body:
+        return None
+    try:
+        return json.loads(http.body)
+    except (ValueError, RecursionError):
+        raise MappingError("invalid_request", "request body is not valid JSON") from None
+
+
+def _params(http: HttpRequest) -> dict[str, Any]:
+    body = _json_body(http)
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise MappingError("invalid_request", "tool call body must be a JSON object")
+    return body
+
+
+def _mcp_call(http: HttpRequest) -> tuple[str, dict[str, Any]]:
+    body = _json_body(http)
+    if not isinstance(body, dict) or body.get("jsonrpc") != "2.0":
+        raise MappingError("invalid_request", "MCP body must be one JSON-RPC 2.0 request object")
+    if body.get("method") != "tools/call":
+        raise MappingError("route_not_mapped", "only MCP tools/call requests are authorized here")
+    params = body.get("params")
+    name = params.get("name") if isinstance(params, dict) else None
+    if not isinstance(name, str) or not name:
+        raise MappingError("invalid_request", "MCP tools/call without params.name")
+    arguments = params.get("arguments", {})  # type: ignore[union-attr]
+    if not isinstance(arguments, dict):
+        raise MappingError("invalid_request", "MCP params.arguments must be an object")
+    return name, arguments
+
+
+def _template(path: str) -> re.Pattern[str]:
+    if not path.startswith("/"):
+        raise ConfigError(f"tool route path must start with '/': {path!r}")
+    out, pos = [], 0
+    for m in re.finditer(r"\{(resource|action)\}", path):
+        out.append(re.escape(path[pos:m.start()]))
+        out.append(f"(?P<{m.group(1)}>[^/]+)")
+        pos = m.end()
+    out.append(re.escape(path[pos:]))
+    try:
+        return re.compile("".join(out))
+    except re.error as exc:
+        raise ConfigError(f"tool route path {path!r}: {exc}") from None
