@@ -38,6 +38,21 @@ class MappingError(Exception):
         super().__init__(message)
 
 
+def _template(path: str) -> re.Pattern[str]:
+    if not path.startswith("/"):
+        raise ConfigError(f"tool route path must start with '/': {path!r}")
+    out, pos = [], 0
+    for m in re.finditer(r"\{(resource|action)\}", path):
+        out.append(re.escape(path[pos:m.start()]))
+        out.append(f"(?P<{m.group(1)}>[^/]+)")
+        pos = m.end()
+    out.append(re.escape(path[pos:]))
+    try:
+        return re.compile("".join(out))
+    except re.error as exc:
+        raise ConfigError(f"tool route path {path!r}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class ToolRoute:
     """A route rule: method + path template (+ required headers) -> tool resource/action.
@@ -269,18 +284,3 @@ def _mcp_call(http: HttpRequest) -> tuple[str, dict[str, Any]]:
     if not isinstance(arguments, dict):
         raise MappingError("invalid_request", "MCP params.arguments must be an object")
     return name, arguments
-
-
-def _template(path: str) -> re.Pattern[str]:
-    if not path.startswith("/"):
-        raise ConfigError(f"tool route path must start with '/': {path!r}")
-    out, pos = [], 0
-    for m in re.finditer(r"\{(resource|action)\}", path):
-        out.append(re.escape(path[pos:m.start()]))
-        out.append(f"(?P<{m.group(1)}>[^/]+)")
-        pos = m.end()
-    out.append(re.escape(path[pos:]))
-    try:
-        return re.compile("".join(out))
-    except re.error as exc:
-        raise ConfigError(f"tool route path {path!r}: {exc}") from None
