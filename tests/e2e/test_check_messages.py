@@ -1,0 +1,256 @@
+"""Envoy's own CheckRequest messages (xds-protos) against the PDP's Authorization service."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
+from google.protobuf import json_format
+from google.rpc import code_pb2
+
+from pdp.config import Settings
+from pdp.engine import Decision, Engine, Reason, Request
+from pdp.extauthz import register
+from pdp.opa import OpaClient, free_port
+from pdp.stack import Stack
+from tests.e2e.conftest import FINANCE, FakeBroker, Pki
+
+pytestmark = pytest.mark.integration
+Attrs = attribute_context_pb2.AttributeContext
+
+
+def pem(svid_cert: Any) -> str:
+    """As Envoy sends include_peer_certificate: the URL-encoded PEM."""
+    return urllib.parse.quote(svid_cert.read_text(), safe="")
+
+
+def check_request(*, principal: str = FINANCE, certificate: str = "", method: str = "POST",
+                  path: str = "/tools/salesforce.accounts/read", body: Any = None,
+                  headers: dict[str, str] | None = None,
+                  context_extensions: dict[str, str] | None = None,
+                  raw_headers: bool = False) -> external_auth_pb2.CheckRequest:
+    raw = json.dumps(body).encode() if body is not None else b""
+    hdrs = {":method": method, ":path": path, "content-type": "application/json",
+            **(headers or {})}
+    http = Attrs.HttpRequest(id="req-1", method=method, path=path, host="gw", raw_body=raw,
+                             size=len(raw))
+    if raw_headers:
+        http.header_map.headers.extend(
+            base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in hdrs.items())
+    else:
+        http.headers.update(hdrs)
+    return external_auth_pb2.CheckRequest(attributes=Attrs(
+        source=Attrs.Peer(principal=principal, certificate=certificate),
+        request=Attrs.Request(http=http),
+        context_extensions=context_extensions or {}))
+
+
+@dataclass
+class Recording:
+    """Wraps the real engine and keeps the requests it was asked about."""
+
+    engine: Engine
+    seen: list[Request] = field(default_factory=list)
+
+    def decide(self, req: Request) -> Decision:
+        self.seen.append(req)
+        return self.engine.decide(req)
+
+
+def serve(engine: Any) -> tuple[grpc.Server, external_auth_pb2_grpc.AuthorizationStub]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    register(server, engine, Settings.load(env={}))
+    port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    return server, external_auth_pb2_grpc.AuthorizationStub(channel)
+
+
+@pytest.fixture(scope="module")
+def recording(stack: Stack) -> Iterator[tuple[Recording, external_auth_pb2_grpc.AuthorizationStub]]:
+    rec = Recording(Engine(OpaClient(stack.opa_url, 1.0), FakeBroker()))
+    server, check = serve(rec)
+    yield rec, check
+    server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def check(stack: Stack) -> Iterator[external_auth_pb2_grpc.AuthorizationStub]:
+    """The Stack's own gRPC listener: Check is served beside Authorize."""
+    with grpc.insecure_channel(stack.settings.grpc_addr) as channel:
+        yield external_auth_pb2_grpc.AuthorizationStub(channel)
+
+
+def headers_of(options: Any) -> dict[str, str]:
+    return {h.header.key: h.header.value for h in options}
+
+
+def test_allow_injects_credential_strips_agent_headers_and_sets_metadata(
+        check: external_auth_pb2_grpc.AuthorizationStub, pki: Pki) -> None:
+    resp = check.Check(check_request(
+        certificate=pem(pki.finance.cert), body={"account": "001"},
+        headers={"authorization": "Bearer agent", "x-api-key": "agent"}))
+    assert resp.status.code == code_pb2.OK
+    assert resp.WhichOneof("http_response") == "ok_response"
+    ok = resp.ok_response
+    set_ = headers_of(ok.headers)
+    assert set_["authorization"] == "Bearer brokered-salesforce.accounts-read"
+    assert all(h.append_action == base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+               for h in ok.headers)
+    assert {"x-api-key", "proxy-authorization"} <= set(ok.headers_to_remove)
+    assert "authorization" not in ok.headers_to_remove
+    decision_id = set_["x-aam-decision-id"]
+    assert headers_of(ok.response_headers_to_add) == {"x-aam-decision-id": decision_id}
+    md = json_format.MessageToDict(resp.dynamic_metadata)
+    assert md["decision_id"] == decision_id
+    assert (md["workload"], md["tool"], md["action"], md["allow"]) == \
+        (FINANCE, "salesforce.accounts", "read", True)
+    assert md["policy"] == "finance-analyst-readonly"
+    assert "brokered" not in resp.dynamic_metadata.SerializeToString().decode("latin-1")
+
+
+def test_model_allow_exposes_route_as_headers_and_metadata(
+        check: external_auth_pb2_grpc.AuthorizationStub, pki: Pki) -> None:
+    resp = check.Check(check_request(
+        certificate=pem(pki.finance.cert), path="/v1/chat/completions?x=1",
+        body={"model": "summarization", "max_tokens": 10}))
+    assert resp.WhichOneof("http_response") == "ok_response", resp
+    set_ = headers_of(resp.ok_response.headers)
+    assert (set_["x-aam-route-alias"], set_["x-aam-route-provider"], set_["x-aam-route-model"]) == \
+        ("summarization", "openai", "gpt-5-mini")
+    assert set_["x-ai-eg-fallback-chain"] == "openai:gpt-5-mini,anthropic:claude-haiku-4-5"
+    route = json_format.MessageToDict(resp.dynamic_metadata)["route"]
+    assert route["alias"] == "summarization" and route["allow_fallbacks"] is True
+    assert [t["provider"] for t in route["targets"]] == ["openai", "anthropic"]
+    assert "authorization" in resp.ok_response.headers_to_remove
+
+
+def test_deny_is_403_with_json_reasons(check: external_auth_pb2_grpc.AuthorizationStub,
+                                       pki: Pki) -> None:
+    resp = check.Check(check_request(certificate=pem(pki.finance.cert),
+                                     path="/tools/salesforce.accounts/delete"))
+    assert resp.status.code == code_pb2.PERMISSION_DENIED
+    denied = resp.denied_response
+    assert denied.status.code == 403
+    body = json.loads(denied.body)
+    assert [r["code"] for r in body["reasons"]] == ["action_denied"]
+    hdrs = headers_of(denied.headers)
+    assert hdrs["content-type"] == "application/json"
+    assert hdrs["x-aam-decision-id"] == body["decision_id"]
+    assert "retry-after" not in hdrs
+
+
+@pytest.mark.parametrize(("case", "kwargs"), [
+    ("principal without certificate", {}),
+    ("principal differs from certificate", {"principal": "spiffe://prod/agent/other"}),
+    ("two URI SANs", {"principal": "spiffe://prod/agent/stranger", "two": True}),
+    ("no identity at all", {"principal": ""}),
+    ("certificate is not PEM", {"certificate": "garbage"}),
+])
+def test_identity_problems_are_unauthenticated(
+        check: external_auth_pb2_grpc.AuthorizationStub, pki: Pki, case: str,
+        kwargs: dict[str, Any]) -> None:
+    kwargs = dict(kwargs)
+    if case != "principal without certificate" and "certificate" not in kwargs:
+        kwargs["certificate"] = pem((pki.two_uris if kwargs.pop("two", False) else pki.finance).cert)
+    resp = check.Check(check_request(**kwargs))
+    assert resp.denied_response.status.code == 403, case
+    assert [r["code"] for r in json.loads(resp.denied_response.body)["reasons"]] == ["unauthenticated"]
+
+
+@pytest.mark.parametrize(("body", "path", "code"), [
+    ("not json", "/tools/salesforce.accounts/read", "invalid_request"),
+    ([1, 2], "/tools/salesforce.accounts/read", "invalid_request"),
+    ({"max_tokens": 5}, "/v1/chat/completions", "invalid_request"),
+    ({"jsonrpc": "2.0", "method": "tools/list"}, "/mcp/salesforce.accounts", "route_not_mapped"),
+    ({}, "/tools/salesforce.accounts/Not An Action", "invalid_request"),
+    ({}, "/nowhere", "route_not_mapped"),
+])
+def test_malformed_or_unmapped_requests_are_denied(
+        check: external_auth_pb2_grpc.AuthorizationStub, pki: Pki, body: Any, path: str,
+        code: str) -> None:
+    req = check_request(certificate=pem(pki.finance.cert), path=path.replace(" ", "%20"))
+    req.attributes.request.http.raw_body = body.encode() if isinstance(body, str) \
+        else json.dumps(body).encode()
+    resp = check.Check(req)
+    assert resp.denied_response.status.code == 403
+    assert [r["code"] for r in json.loads(resp.denied_response.body)["reasons"]] == [code]
+
+
+def test_context_extensions_and_estimate_reach_the_engine(
+        recording: tuple[Recording, external_auth_pb2_grpc.AuthorizationStub], pki: Pki) -> None:
+    rec, check = recording
+    body = {"model": "reasoning-high", "max_tokens": 100, "messages": ["x" * 400]}
+    resp = check.Check(check_request(
+        certificate=pem(pki.finance.cert), path="/v1/chat/completions", body=body,
+        context_extensions={"surface": "model-gateway", "env": "prod"}, raw_headers=True))
+    assert resp.WhichOneof("http_response") == "ok_response"
+    req = rec.seen[-1]
+    assert req.context == {"surface": "model-gateway", "env": "prod"}
+    assert req.model == "reasoning-high" and req.request_id == "req-1"
+    assert req.estimated_tokens >= 100 + 400 // 4
+
+
+class Throttling:
+    def __init__(self, code: str, retry_after_s: float | None) -> None:
+        self.code, self.retry_after_s = code, retry_after_s
+
+    def decide(self, req: Request) -> Decision:
+        return Decision(allow=False, reasons=(Reason(self.code, "over budget"),),
+                        policy="p", decision_id="d-1", revision="r",
+                        retry_after_s=self.retry_after_s)
+
+
+@pytest.mark.parametrize(("code", "retry", "header"), [
+    ("budget_exhausted", 41.2, "42"), ("rate_limited", None, "60")])
+def test_budget_and_rate_denials_are_429_with_retry_after(pki: Pki, code: str,
+                                                          retry: float | None, header: str) -> None:
+    server, check = serve(Throttling(code, retry))
+    try:
+        resp = check.Check(check_request(certificate=pem(pki.finance.cert),
+                                         path="/v1/chat/completions",
+                                         body={"model": "reasoning-high", "max_tokens": 10}))
+    finally:
+        server.stop(0)
+    assert resp.status.code == code_pb2.RESOURCE_EXHAUSTED
+    assert resp.denied_response.status.code == 429
+    assert headers_of(resp.denied_response.headers)["retry-after"] == header
+    assert json.loads(resp.denied_response.body) == {
+        "decision_id": "d-1", "reasons": [{"code": code, "message": "over budget"}]}
+
+
+def test_engine_failure_is_a_deny_without_internal_detail(pki: Pki) -> None:
+    dead = Engine(OpaClient(f"http://127.0.0.1:{free_port()}", 0.2))
+    server, check = serve(dead)
+    try:
+        resp = check.Check(check_request(certificate=pem(pki.finance.cert)))
+    finally:
+        server.stop(0)
+    assert resp.denied_response.status.code == 403
+    (reason,) = json.loads(resp.denied_response.body)["reasons"]
+    assert reason["code"] == "engine_unavailable"
+    assert "127.0.0.1" not in reason["message"] and "refused" not in reason["message"].lower()
+
+
+def test_broker_failure_denies_credential_unavailable(pki: Pki, stack: Stack) -> None:
+    class Broken:
+        def issue(self, req: Request, decision: Decision) -> None:
+            raise RuntimeError("vault said no: s.secret-token")
+
+    server, check = serve(Engine(OpaClient(stack.opa_url, 1.0), Broken()))
+    try:
+        resp = check.Check(check_request(certificate=pem(pki.finance.cert)))
+    finally:
+        server.stop(0)
+    assert resp.denied_response.status.code == 403
+    (reason,) = json.loads(resp.denied_response.body)["reasons"]
+    assert reason["code"] == "credential_unavailable"
+    assert "secret" not in resp.SerializeToString().decode("latin-1")

@@ -1,0 +1,177 @@
+"""The PDP behind the real Envoy: what reaches the upstream, and what never does."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.e2e.conftest import FINANCE, Pki, Svid, pdp_port, pdp_stack
+from tests.e2e.envoy import Envoy, run_envoy
+from tests.e2e.upstream import RecordingUpstream
+
+pytestmark = pytest.mark.integration
+
+
+def client(pki: Pki, svid: Svid | None) -> requests.Session:
+    s = requests.Session()
+    s.trust_env = False  # no proxies, and REQUESTS_CA_BUNDLE must not replace our bundle
+    s.verify = str(pki.domain.bundle)
+    if svid is not None:
+        s.cert = (str(svid.cert), str(svid.key))
+    return s
+
+
+@pytest.fixture()
+def finance(pki: Pki) -> Iterator[requests.Session]:
+    with client(pki, pki.finance) as s:
+        yield s
+
+
+def denial(resp: requests.Response) -> tuple[str, list[str]]:
+    body = resp.json()
+    assert set(body) == {"decision_id", "reasons"}
+    assert resp.headers["x-aam-decision-id"] == body["decision_id"]
+    return body["decision_id"], [r["code"] for r in body["reasons"]]
+
+
+def test_allowed_tool_call_reaches_upstream_with_brokered_credential_only(
+        envoy: Envoy, upstream: RecordingUpstream, finance: requests.Session) -> None:
+    path = "/tools/salesforce.accounts/read"
+    resp = finance.post(envoy.url + path, json={"account": "001"}, headers={
+        "authorization": "Bearer agent-own-key", "x-api-key": "agent-api-key",
+        "x-aam-route-provider": "spoofed"})
+    assert resp.status_code == 200, resp.text
+    (got,) = upstream.find(path)
+    assert got.headers["authorization"] == "Bearer brokered-salesforce.accounts-read"
+    assert "x-api-key" not in got.headers
+    assert "x-aam-route-provider" not in got.headers
+    assert got.headers["x-aam-decision-id"] == resp.headers["x-aam-decision-id"]
+    assert json.loads(got.body) == {"account": "001"}
+    assert "brokered" not in resp.text and "brokered" not in str(resp.headers)
+
+
+def test_denied_tool_call_gets_403_reasons_and_never_reaches_upstream(
+        envoy: Envoy, upstream: RecordingUpstream, finance: requests.Session) -> None:
+    path = "/tools/salesforce.accounts/export"
+    resp = finance.post(envoy.url + path, json={"account": "001"})
+    assert resp.status_code == 403
+    _, codes = denial(resp)
+    assert codes == ["action_denied"]
+    assert upstream.find(path) == []
+
+
+def test_model_call_carries_route_and_fallback_chain(
+        envoy: Envoy, upstream: RecordingUpstream, finance: requests.Session) -> None:
+    resp = finance.post(envoy.url + "/v1/chat/completions", json={
+        "model": "reasoning-high", "max_tokens": 64,
+        "messages": [{"role": "user", "content": "hello"}]})
+    assert resp.status_code == 200, resp.text
+    got = upstream.find("/v1/chat/completions")[-1]
+    assert got.headers["x-aam-route-alias"] == "reasoning-high"
+    assert (got.headers["x-aam-route-provider"], got.headers["x-aam-route-model"]) == \
+        ("anthropic", "claude-sonnet-4-5")
+    assert got.headers["x-ai-eg-fallback-chain"] == \
+        "anthropic:claude-sonnet-4-5,openai:gpt-5,bedrock:anthropic.claude-sonnet-4-5"
+
+
+def test_model_not_allowed_is_403(envoy: Envoy, finance: requests.Session) -> None:
+    resp = finance.post(envoy.url + "/v1/chat/completions", json={"model": "gpt-unlisted"})
+    assert resp.status_code == 403
+    assert denial(resp)[1] == ["model_not_allowed"]
+
+
+def test_mcp_tools_call_is_authorized_per_tool(
+        envoy: Envoy, upstream: RecordingUpstream, finance: requests.Session) -> None:
+    def call(name: str) -> requests.Response:
+        return finance.post(envoy.url + "/mcp/salesforce.accounts", json={
+            "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": name, "arguments": {"query": "acme"}}})
+
+    before = len(upstream.find("/mcp/salesforce.accounts"))
+    assert call("search").status_code == 200
+    got = upstream.find("/mcp/salesforce.accounts")
+    assert len(got) == before + 1
+    assert got[-1].headers["authorization"] == "Bearer brokered-salesforce.accounts-search"
+    resp = call("delete")
+    assert resp.status_code == 403
+    assert denial(resp)[1] == ["action_denied"]
+    assert len(upstream.find("/mcp/salesforce.accounts")) == before + 1
+
+
+def test_unmapped_route_and_unknown_workload_are_denied(
+        envoy: Envoy, upstream: RecordingUpstream, pki: Pki, finance: requests.Session) -> None:
+    resp = finance.get(envoy.url + "/admin/everything")
+    assert resp.status_code == 403
+    assert denial(resp)[1] == ["route_not_mapped"]
+    with client(pki, pki.stranger) as s:
+        resp = s.post(envoy.url + "/tools/salesforce.accounts/search", json={})
+    assert resp.status_code == 403
+    assert denial(resp)[1] == ["no_policy"]
+    assert upstream.find("/admin/everything") == []
+
+
+def test_svid_with_two_uri_sans_is_refused_though_envoy_accepts_it(
+        envoy: Envoy, upstream: RecordingUpstream, pki: Pki) -> None:
+    path = "/tools/salesforce.accounts/search?two"
+    with client(pki, pki.two_uris) as s:
+        resp = s.post(envoy.url + path, json={})
+    assert resp.status_code == 403
+    assert denial(resp)[1] == ["unauthenticated"]
+    assert upstream.find(path) == []
+
+
+@pytest.mark.parametrize("who", ["none", "foreign"])
+def test_listener_requires_an_svid_of_the_trust_domain(
+        envoy: Envoy, upstream: RecordingUpstream, pki: Pki, who: str) -> None:
+    path = f"/tools/salesforce.accounts/read?{who}"
+    with client(pki, None if who == "none" else pki.foreign) as s, \
+            pytest.raises(requests.exceptions.ConnectionError):
+        s.post(envoy.url + path, json={})
+    assert upstream.find(path) == []
+
+
+def test_agent_cannot_claim_an_identity_by_header(
+        envoy: Envoy, upstream: RecordingUpstream, pki: Pki) -> None:
+    path = "/tools/salesforce.accounts/read?xfcc"
+    with client(pki, pki.stranger) as s:
+        resp = s.post(envoy.url + path, json={},
+                      headers={"x-forwarded-client-cert": f"URI={FINANCE}"})
+    assert resp.status_code == 403
+    assert denial(resp)[1] == ["no_policy"]
+    assert upstream.find(path) == []
+
+
+def test_pdp_down_means_envoy_denies(pki: Pki, upstream: RecordingUpstream) -> None:
+    with pdp_stack() as stack, \
+            run_envoy(pdp_port=pdp_port(stack), upstream_port=upstream.port, tls=pki.tls) as envoy, \
+            client(pki, pki.finance) as s:
+        assert s.post(envoy.url + "/tools/salesforce.accounts/read?up", json={}).status_code == 200
+        stack.stop()
+        resp = s.post(envoy.url + "/tools/salesforce.accounts/read?down", json={})
+        assert resp.status_code == 403
+        assert "Traceback" not in resp.text
+    assert upstream.find("/tools/salesforce.accounts/read?down") == []
+
+
+def test_plaintext_listener_behind_trusted_proxy_takes_xfcc(
+        tmp_path: Path, upstream: RecordingUpstream) -> None:
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text("trust_xfcc = true\n")
+    with pdp_stack(extauthz_mapping=str(mapping), extauthz_addr="127.0.0.1:0") as stack:
+        port = stack.extauthz.port if stack.extauthz else 0
+        with run_envoy(pdp_port=port, upstream_port=upstream.port, tls=None) as envoy, \
+                requests.Session() as s:
+            s.trust_env = False
+            path = "/tools/salesforce.accounts/read?plain"
+            ok = s.post(envoy.url + path, json={},
+                        headers={"x-forwarded-client-cert": f"By=spiffe://prod/gw;URI={FINANCE}"})
+            assert ok.status_code == 200, ok.text
+            missing = s.post(envoy.url + path + "-anon", json={})
+            assert missing.status_code == 403
+            assert denial(missing)[1] == ["unauthenticated"]
+    assert len(upstream.find(path)) == 1
+    assert upstream.find(path + "-anon") == []
