@@ -121,6 +121,9 @@ def _serve(settings: Settings, stdout: TextIO, stderr: TextIO, banner: bool) -> 
     print(f"ledger     {_ledger_label(settings.ledger_url)}", file=stdout)
     print(f"grpc       {settings.grpc_addr} aam.v1.PolicyDecisionService"
           f"{' (plaintext, loopback)' if settings.plaintext else ' (mTLS)'}", file=stdout)
+    extauthz_addr = (f"{split_addr(settings.extauthz_addr)[0]}:{stack.extauthz.port}"
+                     if stack.extauthz else settings.grpc_addr)
+    print(f"ext_authz  {extauthz_addr} envoy.service.auth.v3.Authorization (Envoy)", file=stdout)
     if banner:
         print("\ntry, from another shell:\n"
               f"  aam authorize --addr {settings.grpc_addr} "
