@@ -14,6 +14,7 @@ workload identity that is missing or ambiguous.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -207,7 +208,9 @@ def workload_of(m: HttpMapping, http: HttpRequest) -> str:
     raise MappingError("unauthenticated", "no workload identity (mTLS client certificate required)")
 
 
-def uri_sans(pem: str) -> list[str]:
+@functools.lru_cache(maxsize=1024)
+def uri_sans(pem: str) -> tuple[str, ...]:
+    """URI SANs of a PEM certificate; cached, since a workload presents the same one each call."""
     try:
         cert = x509.load_pem_x509_certificate(pem.encode())
     except ValueError:
@@ -215,8 +218,8 @@ def uri_sans(pem: str) -> list[str]:
     try:
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
-        return []
-    return list(ext.value.get_values_for_type(x509.UniformResourceIdentifier))
+        return ()
+    return tuple(ext.value.get_values_for_type(x509.UniformResourceIdentifier))
 
 
 def _xfcc_uri(value: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import urllib.parse
 from collections.abc import Iterator
-from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,12 +15,11 @@ from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, exte
 from google.protobuf import json_format
 from google.rpc import code_pb2
 
-from pdp.config import Settings
-from pdp.engine import Decision, Engine, Reason, Request
-from pdp.extauthz import register
+from pdp.engine import Decision, Engine, Request
 from pdp.opa import OpaClient, free_port
 from pdp.stack import Stack
-from tests.e2e.conftest import FINANCE, FakeBroker, Pki
+from tests.e2e.conftest import FINANCE, Pki
+from tests.e2e.pdp import FakeBroker, Throttling, serve
 
 pytestmark = pytest.mark.integration
 Attrs = attribute_context_pb2.AttributeContext
@@ -65,19 +63,10 @@ class Recording:
         return self.engine.decide(req)
 
 
-def serve(engine: Any) -> tuple[grpc.Server, external_auth_pb2_grpc.AuthorizationStub]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    register(server, engine, Settings.load(env={}))
-    port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    return server, external_auth_pb2_grpc.AuthorizationStub(channel)
-
-
 @pytest.fixture(scope="module")
 def recording(stack: Stack) -> Iterator[tuple[Recording, external_auth_pb2_grpc.AuthorizationStub]]:
     rec = Recording(Engine(OpaClient(stack.opa_url, 1.0), FakeBroker()))
-    server, check = serve(rec)
+    server, check, _ = serve(rec)
     yield rec, check
     server.stop(0)
 
@@ -199,21 +188,11 @@ def test_context_extensions_and_estimate_reach_the_engine(
     assert req.estimated_tokens >= 100 + 400 // 4
 
 
-class Throttling:
-    def __init__(self, code: str, retry_after_s: float | None) -> None:
-        self.code, self.retry_after_s = code, retry_after_s
-
-    def decide(self, req: Request) -> Decision:
-        return Decision(allow=False, reasons=(Reason(self.code, "over budget"),),
-                        policy="p", decision_id="d-1", revision="r",
-                        retry_after_s=self.retry_after_s)
-
-
 @pytest.mark.parametrize(("code", "retry", "header"), [
     ("budget_exhausted", 41.2, "42"), ("rate_limited", None, "60")])
 def test_budget_and_rate_denials_are_429_with_retry_after(pki: Pki, code: str,
                                                           retry: float | None, header: str) -> None:
-    server, check = serve(Throttling(code, retry))
+    server, check, _ = serve(Throttling(code, retry))
     try:
         resp = check.Check(check_request(certificate=pem(pki.finance.cert),
                                          path="/v1/chat/completions",
@@ -229,7 +208,7 @@ def test_budget_and_rate_denials_are_429_with_retry_after(pki: Pki, code: str,
 
 def test_engine_failure_is_a_deny_without_internal_detail(pki: Pki) -> None:
     dead = Engine(OpaClient(f"http://127.0.0.1:{free_port()}", 0.2))
-    server, check = serve(dead)
+    server, check, _ = serve(dead)
     try:
         resp = check.Check(check_request(certificate=pem(pki.finance.cert)))
     finally:
@@ -245,7 +224,7 @@ def test_broker_failure_denies_credential_unavailable(pki: Pki, stack: Stack) ->
         def issue(self, req: Request, decision: Decision) -> None:
             raise RuntimeError("vault said no: s.secret-token")
 
-    server, check = serve(Engine(OpaClient(stack.opa_url, 1.0), Broken()))
+    server, check, _ = serve(Engine(OpaClient(stack.opa_url, 1.0), Broken()))
     try:
         resp = check.Check(check_request(certificate=pem(pki.finance.cert)))
     finally:

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.conftest import FINANCE, Pki, Svid, pdp_port, pdp_stack
+from tests.e2e.conftest import FINANCE, Pki, Svid
 from tests.e2e.envoy import Envoy, run_envoy
+from tests.e2e.pdp import Throttling, pdp_port, pdp_stack, serve
 from tests.e2e.upstream import RecordingUpstream
 
 pytestmark = pytest.mark.integration
@@ -175,3 +176,21 @@ def test_plaintext_listener_behind_trusted_proxy_takes_xfcc(
             assert denial(missing)[1] == ["unauthenticated"]
     assert len(upstream.find(path)) == 1
     assert upstream.find(path + "-anon") == []
+
+
+def test_throttled_model_call_is_429_with_retry_after_through_envoy(
+        pki: Pki, upstream: RecordingUpstream) -> None:
+    """Until the ledger decides budgets, a stand-in engine says budget_exhausted: this
+    checks what Envoy makes of the PDP's 429 (status, retry-after, body)."""
+    server, _, port = serve(Throttling("budget_exhausted", 30.0))
+    try:
+        with run_envoy(pdp_port=port, upstream_port=upstream.port, tls=pki.tls) as envoy, \
+                client(pki, pki.finance) as s:
+            path = "/v1/chat/completions?throttled"
+            resp = s.post(envoy.url + path, json={"model": "reasoning-high", "max_tokens": 10})
+    finally:
+        server.stop(0)
+    assert resp.status_code == 429
+    assert resp.headers["retry-after"] == "30"
+    assert denial(resp) == ("d-1", ["budget_exhausted"])
+    assert upstream.find(path) == []

@@ -1,0 +1,70 @@
+"""PDPs for the end-to-end tests: the full stack, or just Check over a chosen engine."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+
+from pdp.config import Settings, split_addr
+from pdp.engine import Credential, Decision, Reason, Request
+from pdp.extauthz import register
+from pdp.opa import free_port
+from pdp.stack import Stack
+from tests.integration.pdp import EXAMPLES
+from tests.servers import opa_binary
+
+
+class FakeBroker:
+    """Stands in for the Vault broker: a recognisable credential per tool and action."""
+
+    header = "authorization"
+
+    def issue(self, req: Request, decision: Decision) -> Credential | None:
+        return Credential(header=self.header, value=f"Bearer brokered-{req.tool}-{req.action}",
+                          expires_at=time.time() + 60)
+
+
+@contextlib.contextmanager
+def pdp_stack(**overrides: Any) -> Iterator[Stack]:
+    settings = Settings.load(
+        env={}, grpc_addr=f"127.0.0.1:{free_port()}", plaintext=True, policies=str(EXAMPLES),
+        opa_binary=opa_binary(), shutdown_grace_s=0.5, **overrides)
+    stack = Stack(settings, broker=FakeBroker())
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def pdp_port(stack: Stack) -> int:
+    addr = stack.settings.extauthz_addr or stack.settings.grpc_addr
+    return split_addr(addr)[1]
+
+
+def serve(engine: Any) -> tuple[grpc.Server, external_auth_pb2_grpc.AuthorizationStub, int]:
+    """Only the Authorization service, over an engine of the test's choosing."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    register(server, engine, Settings.load(env={}))
+    port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    return server, external_auth_pb2_grpc.AuthorizationStub(channel), port
+
+
+class Throttling:
+    """An engine that always denies for budget or rate (the ledger decides these in production)."""
+
+    def __init__(self, code: str, retry_after_s: float | None) -> None:
+        self.code, self.retry_after_s = code, retry_after_s
+
+    def decide(self, req: Request) -> Decision:
+        return Decision(allow=False, reasons=(Reason(self.code, "over budget"),),
+                        policy="p", decision_id="d-1", revision="r",
+                        retry_after_s=self.retry_after_s)
