@@ -88,7 +88,8 @@ class ToolRoute:
         m = self.pattern.fullmatch(path)
         if m is None or any(headers.get(k) != v for k, v in self.headers.items()):
             return None
-        return {k: urllib.parse.unquote(v) for k, v in m.groupdict().items()}
+        found = {k: urllib.parse.unquote(v) for k, v in m.groupdict().items()}
+        return None if any("/" in v for v in found.values()) else found
 
 
 @dataclass(frozen=True)

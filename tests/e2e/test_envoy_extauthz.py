@@ -115,6 +115,21 @@ def test_unmapped_route_and_unknown_workload_are_denied(
     assert upstream.find("/admin/everything") == []
 
 
+@pytest.mark.parametrize(("path", "status"), [
+    ("/tools//salesforce.accounts/export", 403),  # merged slashes: export is denied
+    ("/tools/salesforce.accounts%2Fexport/read", 400),  # escaped slash: Envoy rejects
+])
+def test_paths_are_normalized_before_the_pdp_sees_them(
+        envoy: Envoy, upstream: RecordingUpstream, finance: requests.Session, path: str,
+        status: int) -> None:
+    before = len(upstream.received)
+    resp = finance.post(envoy.url + path, json={})
+    assert resp.status_code == status
+    if status == 403:
+        assert denial(resp)[1] == ["action_denied"]
+    assert len(upstream.received) == before
+
+
 def test_svid_with_two_uri_sans_is_refused_though_envoy_accepts_it(
         envoy: Envoy, upstream: RecordingUpstream, pki: Pki) -> None:
     path = "/tools/salesforce.accounts/search?two"

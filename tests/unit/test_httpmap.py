@@ -56,6 +56,7 @@ def test_tool_route_takes_resource_action_and_params() -> None:
     assert to_request(LAX, http("/tools/a%2Eb/read")).tool == "a.b"
     assert code_of(LAX, http("/tools/r/read", method="GET")) == "route_not_mapped"
     assert code_of(LAX, http("/tools/r/read/extra")) == "route_not_mapped"
+    assert code_of(LAX, http("/tools/a%2Fb/read")) == "route_not_mapped"
     assert code_of(LAX, http("/tools/r/read", [1])) == "invalid_request"
 
 
