@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -44,8 +45,9 @@ CASES = {
 class BenchBroker:
     """A constant credential: measures injection, not Vault."""
 
-    def issue(self, req: Request, decision: Decision) -> Credential | None:
-        return Credential(header="authorization", value="Bearer bench", expires_at=time.time() + 60)
+    def attach(self, req: Request, decision: Decision) -> Decision:
+        return dataclasses.replace(decision, credential=Credential(
+            header="authorization", value="Bearer bench", expires_at=time.time() + 60))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -25,9 +26,10 @@ class FakeBroker:
 
     header = "authorization"
 
-    def issue(self, req: Request, decision: Decision) -> Credential | None:
-        return Credential(header=self.header, value=f"Bearer brokered-{req.tool}-{req.action}",
-                          expires_at=time.time() + 60)
+    def attach(self, req: Request, decision: Decision) -> Decision:
+        return dataclasses.replace(decision, credential=Credential(
+            header=self.header, value=f"Bearer brokered-{req.tool}-{req.action}",
+            expires_at=time.time() + 60))
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.parse
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, exte
 from google.protobuf import json_format
 from google.rpc import code_pb2
 
-from pdp.engine import Decision, Engine, Request
+from pdp.engine import Decision, Engine, Reason, Request
 from pdp.opa import OpaClient, free_port
 from pdp.stack import Stack
 from tests.e2e.conftest import FINANCE, Pki
@@ -219,12 +220,13 @@ def test_engine_failure_is_a_deny_without_internal_detail(pki: Pki) -> None:
     assert "127.0.0.1" not in reason["message"] and "refused" not in reason["message"].lower()
 
 
-def test_broker_failure_denies_credential_unavailable(pki: Pki, stack: Stack) -> None:
-    class Broken:
-        def issue(self, req: Request, decision: Decision) -> None:
-            raise RuntimeError("vault said no: s.secret-token")
+def test_broker_denial_reaches_the_agent_without_its_detail(pki: Pki, stack: Stack) -> None:
+    class Refusing:
+        def attach(self, req: Request, decision: Decision) -> Decision:
+            return dataclasses.replace(decision, allow=False, reasons=(Reason(
+                "credential_unavailable", "vault said no: s.secret-token"),))
 
-    server, check, _ = serve(Engine(OpaClient(stack.opa_url, 1.0), Broken()))
+    server, check, _ = serve(Engine(OpaClient(stack.opa_url, 1.0), Refusing()))
     try:
         resp = check.Check(check_request(certificate=pem(pki.finance.cert)))
     finally:
