@@ -35,9 +35,10 @@ class Tls:
 
 
 def render(*, listen_port: int, admin_port: int, pdp_port: int, upstream_port: int,
-           tls: Tls | None, ext_authz: bool = True) -> dict[str, Any]:
+           tls: Tls | None, ext_authz: bool = True, pdp_tls: PdpTls | None = None) -> dict[str, Any]:
     """The shipped config with our addresses. ``tls=None``: a plaintext listener that
-    forwards the caller's x-forwarded-client-cert (for a PDP that trusts it)."""
+    forwards the caller's x-forwarded-client-cert (for a PDP that trusts it).
+    ``pdp_tls=None``: plaintext HTTP/2 to a PDP on loopback."""
     conf = copy.deepcopy(yaml.safe_load(TEMPLATE.read_text()))
     conf["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=admin_port)
     res = conf["static_resources"]
@@ -62,12 +63,36 @@ def render(*, listen_port: int, admin_port: int, pdp_port: int, upstream_port: i
             for route in vh["routes"]:
                 route.pop("typed_per_filter_config", None)
     for cluster in res["clusters"]:
+        if cluster["name"] == "aam_pdp":
+            _pdp_tls(cluster, pdp_tls)
         port = {"aam_pdp": pdp_port, "upstream": upstream_port}[cluster["name"]]
         for ep in cluster["load_assignment"]["endpoints"]:
             for lb in ep["lb_endpoints"]:
                 lb["endpoint"]["address"]["socket_address"].update(
                     address="127.0.0.1", port_value=port)
     return conf
+
+
+@dataclass(frozen=True)
+class PdpTls:
+    """Envoy's client SVID towards the PDP, and the PDP's expected SPIFFE ID."""
+
+    cert: Path
+    key: Path
+    bundle: Path
+    pdp_id: str
+
+
+def _pdp_tls(cluster: dict[str, Any], pdp_tls: PdpTls | None) -> None:
+    if pdp_tls is None:
+        del cluster["transport_socket"]
+        return
+    ctx = cluster["transport_socket"]["typed_config"]["common_tls_context"]
+    ctx["tls_certificates"] = [{"certificate_chain": {"filename": str(pdp_tls.cert)},
+                                "private_key": {"filename": str(pdp_tls.key)}}]
+    ctx["validation_context"]["trusted_ca"] = {"filename": str(pdp_tls.bundle)}
+    ctx["validation_context"]["match_typed_subject_alt_names"][0]["matcher"] = {
+        "exact": pdp_tls.pdp_id}
 
 
 @dataclass
@@ -86,11 +111,12 @@ class Envoy:
 
 @contextlib.contextmanager
 def run_envoy(*, pdp_port: int, upstream_port: int, tls: Tls | None,
-              ext_authz: bool = True, concurrency: int = 1) -> Iterator[Envoy]:
+              ext_authz: bool = True, concurrency: int = 1,
+              pdp_tls: PdpTls | None = None) -> Iterator[Envoy]:
     binary = require_binary("envoy", str(VENV_BIN / "envoy"))
     port, admin = free_port(), free_port()
     conf = render(listen_port=port, admin_port=admin, pdp_port=pdp_port,
-                  upstream_port=upstream_port, tls=tls, ext_authz=ext_authz)
+                  upstream_port=upstream_port, tls=tls, ext_authz=ext_authz, pdp_tls=pdp_tls)
     with tempfile.TemporaryDirectory(prefix="aam-test-envoy-") as tmp:
         path = Path(tmp) / "envoy.yaml"
         path.write_text(yaml.safe_dump(conf, sort_keys=False))

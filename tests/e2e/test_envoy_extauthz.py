@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
+from pdp.opa import free_port
 from tests.e2e.conftest import FINANCE, Pki, Svid
-from tests.e2e.envoy import Envoy, run_envoy
+from tests.e2e.envoy import Envoy, PdpTls, render, run_envoy
 from tests.e2e.pdp import Throttling, pdp_port, pdp_stack, serve
 from tests.e2e.upstream import RecordingUpstream
+from tests.servers import VENV_BIN
 
 pytestmark = pytest.mark.integration
 
@@ -209,3 +213,21 @@ def test_throttled_model_call_is_429_with_retry_after_through_envoy(
     assert resp.headers["retry-after"] == "30"
     assert denial(resp) == ("d-1", ["budget_exhausted"])
     assert upstream.find(path) == []
+
+
+def test_shipped_config_with_mtls_to_the_pdp_validates(pki: Pki, tmp_path: Path) -> None:
+    """Envoy's own validation of deploy/envoy/envoy.yaml with every TLS part in place."""
+    pdp_tls = PdpTls(pki.envoy.cert, pki.envoy.key, pki.domain.bundle, "spiffe://prod/aam/pdp")
+    conf = render(listen_port=free_port(), admin_port=free_port(), pdp_port=free_port(),
+                  upstream_port=free_port(), tls=pki.tls, pdp_tls=pdp_tls)
+    path = tmp_path / "envoy.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    out = subprocess.run([str(VENV_BIN / "envoy"), "--mode", "validate", "-c", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    broken = tmp_path / "broken.yaml"
+    conf["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]["bogus"] = 1
+    broken.write_text(yaml.safe_dump(conf))
+    out = subprocess.run([str(VENV_BIN / "envoy"), "--mode", "validate", "-c", str(broken)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
