@@ -22,9 +22,10 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
+from pdp import identity as identities
 from pdp.config import ConfigError, Settings
 from pdp.engine import Decision, Engine, Reason, Request, new_decision_id
-from pdp.errors import InvalidRequest
+from pdp.errors import InvalidRequest, PermissionDenied
 from pdp.httpmap import HttpMapping, HttpRequest, MappingError, to_request
 from pdp.service import guarded
 from pdp.validate import MAX_REQUEST_ID, validate
@@ -45,15 +46,23 @@ _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
-    def __init__(self, engine: Engine, settings: Settings, mapping: HttpMapping | None = None) -> None:
+    def __init__(self, engine: Engine, settings: Settings, mapping: HttpMapping | None = None,
+                 identity: identities.Identity | None = None) -> None:
         self.engine = engine
         self.settings = settings
         self.mapping = mapping if mapping is not None else HttpMapping.load(settings.extauthz_mapping)
+        self.identity = identity or identities.from_settings(settings)
 
     @guarded
     def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
+        # Check names any workload and answers with its credential: over mTLS only a
+        # trusted gateway (Envoy's SVID in trusted_gateways) may ask.
+        caller = self.identity.authenticate(context)
+        if not self.settings.plaintext and not caller.gateway:
+            raise PermissionDenied(
+                f"caller {caller.spiffe_id} is not a trusted gateway; only gateways may call Check")
         http = from_check_request(request)
         req: Request | None = None
         try:
@@ -187,17 +196,19 @@ def register(server: grpc.Server, engine: Engine, settings: Settings) -> Authori
 
 
 class ExtAuthzServer:
-    """Check on its own listener (``extauthz_addr``), e.g. to keep Envoy off the admin API."""
+    """Check on its own listener (``extauthz_addr``), with the same TLS settings as grpc_addr."""
 
     def __init__(self, settings: Settings, engine: Engine) -> None:
-        if not settings.plaintext:
-            raise ConfigError("TLS is required unless plaintext = true is set explicitly")
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers,
                                        thread_name_prefix="aam-extauthz"),
             options=[("grpc.so_reuseport", 0)])
         register(self.server, engine, settings)
-        self.port = self.server.add_insecure_port(settings.extauthz_addr)
+        if settings.plaintext:
+            self.port = self.server.add_insecure_port(settings.extauthz_addr)
+        else:
+            self.port = self.server.add_secure_port(
+                settings.extauthz_addr, identities.server_credentials(settings))
         if self.port == 0:
             raise ConfigError(f"cannot listen on {settings.extauthz_addr} (address in use?)")
 

@@ -6,17 +6,19 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pdp.stack import Stack
-from tests.e2e.envoy import Envoy, Tls, run_envoy
-from tests.e2e.pdp import pdp_port, pdp_stack
+from tests.e2e.envoy import Envoy, PdpTls, Tls, run_envoy
+from tests.e2e.pdp import FINANCE, pdp_port, pdp_stack
 from tests.e2e.pki import Svid, TrustDomain
 from tests.e2e.upstream import RecordingUpstream
 
-FINANCE = "spiffe://prod/agent/finance-analyst"
 STRANGER = "spiffe://prod/agent/stranger"
+ENVOY_ID = "spiffe://prod/gateway/envoy"
+PDP_ID = "spiffe://prod/aam/pdp"
 
 
 @dataclass(frozen=True)
@@ -27,10 +29,21 @@ class Pki:
     stranger: Svid
     two_uris: Svid
     foreign: Svid  # a valid SVID of another trust domain
+    pdp: Svid
 
     @property
     def tls(self) -> Tls:
         return Tls(self.envoy.cert, self.envoy.key, self.domain.bundle)
+
+    @property
+    def pdp_tls(self) -> PdpTls:
+        """Envoy's side of the mTLS hop to the PDP."""
+        return PdpTls(self.envoy.cert, self.envoy.key, self.domain.bundle, PDP_ID)
+
+    def pdp_settings(self, *gateways: str) -> dict[str, Any]:
+        """The PDP's side: its SVID, the bundle, and which callers are gateways."""
+        return {"plaintext": False, "tls_cert": str(self.pdp.cert), "tls_key": str(self.pdp.key),
+                "tls_client_ca": str(self.domain.bundle), "trusted_gateways": gateways}
 
 
 @pytest.fixture(scope="session")
@@ -40,11 +53,12 @@ def pki() -> Iterator[Pki]:
         other = TrustDomain(Path(tmp), "elsewhere")
         yield Pki(
             domain=d,
-            envoy=d.issue("envoy", "spiffe://prod/gateway/envoy", server=True),
+            envoy=d.issue("envoy", ENVOY_ID, server=True),
             finance=d.issue("finance", FINANCE),
             stranger=d.issue("stranger", STRANGER),
             two_uris=d.issue("two", STRANGER, FINANCE),
             foreign=other.issue("foreign", "spiffe://elsewhere/agent/finance-analyst"),
+            pdp=d.issue("pdp", PDP_ID, server=True),
         )
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import time
+import urllib.parse
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
 import grpc
-from envoy.service.auth.v3 import external_auth_pb2_grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 
 from pdp.config import Settings, split_addr
 from pdp.engine import Credential, Decision, Reason, Request
@@ -19,6 +22,9 @@ from pdp.opa import free_port
 from pdp.stack import Stack
 from tests.integration.pdp import EXAMPLES
 from tests.servers import opa_binary
+
+FINANCE = "spiffe://prod/agent/finance-analyst"
+Attrs = attribute_context_pb2.AttributeContext
 
 
 class FakeBroker:
@@ -35,8 +41,8 @@ class FakeBroker:
 @contextlib.contextmanager
 def pdp_stack(**overrides: Any) -> Iterator[Stack]:
     settings = Settings.load(
-        env={}, grpc_addr=f"127.0.0.1:{free_port()}", plaintext=True, policies=str(EXAMPLES),
-        opa_binary=opa_binary(), shutdown_grace_s=0.5, **overrides)
+        env={}, grpc_addr=f"127.0.0.1:{free_port()}", policies=str(EXAMPLES),
+        opa_binary=opa_binary(), shutdown_grace_s=0.5, **{"plaintext": True, **overrides})
     stack = Stack(settings, broker=FakeBroker())
     stack.start()
     try:
@@ -53,7 +59,7 @@ def pdp_port(stack: Stack) -> int:
 def serve(engine: Any) -> tuple[grpc.Server, external_auth_pb2_grpc.AuthorizationStub, int]:
     """Only the Authorization service, over an engine of the test's choosing."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    register(server, engine, Settings.load(env={}))
+    register(server, engine, Settings.load(env={}, plaintext=True))
     port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -70,3 +76,29 @@ class Throttling:
         return Decision(allow=False, reasons=(Reason(self.code, "over budget"),),
                         policy="p", decision_id="d-1", revision="r",
                         retry_after_s=self.retry_after_s)
+
+
+def pem(svid_cert: Any) -> str:
+    """As Envoy sends include_peer_certificate: the URL-encoded PEM."""
+    return urllib.parse.quote(svid_cert.read_text(), safe="")
+
+
+def check_request(*, principal: str = FINANCE, certificate: str = "", method: str = "POST",
+                  path: str = "/tools/salesforce.accounts/read", body: Any = None,
+                  headers: dict[str, str] | None = None,
+                  context_extensions: dict[str, str] | None = None,
+                  raw_headers: bool = False) -> external_auth_pb2.CheckRequest:
+    raw = json.dumps(body).encode() if body is not None else b""
+    hdrs = {":method": method, ":path": path, "content-type": "application/json",
+            **(headers or {})}
+    http = Attrs.HttpRequest(id="req-1", method=method, path=path, host="gw", raw_body=raw,
+                             size=len(raw))
+    if raw_headers:
+        http.header_map.headers.extend(
+            base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in hdrs.items())
+    else:
+        http.headers.update(hdrs)
+    return external_auth_pb2.CheckRequest(attributes=Attrs(
+        source=Attrs.Peer(principal=principal, certificate=certificate),
+        request=Attrs.Request(http=http),
+        context_extensions=context_extensions or {}))

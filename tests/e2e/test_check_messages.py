@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 from envoy.config.core.v3 import base_pb2
-from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.auth.v3 import external_auth_pb2_grpc
 from google.protobuf import json_format
 from google.rpc import code_pb2
 
@@ -20,36 +19,9 @@ from pdp.engine import Decision, Engine, Reason, Request
 from pdp.opa import OpaClient, free_port
 from pdp.stack import Stack
 from tests.e2e.conftest import FINANCE, Pki
-from tests.e2e.pdp import FakeBroker, Throttling, serve
+from tests.e2e.pdp import FakeBroker, Throttling, check_request, pem, serve
 
 pytestmark = pytest.mark.integration
-Attrs = attribute_context_pb2.AttributeContext
-
-
-def pem(svid_cert: Any) -> str:
-    """As Envoy sends include_peer_certificate: the URL-encoded PEM."""
-    return urllib.parse.quote(svid_cert.read_text(), safe="")
-
-
-def check_request(*, principal: str = FINANCE, certificate: str = "", method: str = "POST",
-                  path: str = "/tools/salesforce.accounts/read", body: Any = None,
-                  headers: dict[str, str] | None = None,
-                  context_extensions: dict[str, str] | None = None,
-                  raw_headers: bool = False) -> external_auth_pb2.CheckRequest:
-    raw = json.dumps(body).encode() if body is not None else b""
-    hdrs = {":method": method, ":path": path, "content-type": "application/json",
-            **(headers or {})}
-    http = Attrs.HttpRequest(id="req-1", method=method, path=path, host="gw", raw_body=raw,
-                             size=len(raw))
-    if raw_headers:
-        http.header_map.headers.extend(
-            base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in hdrs.items())
-    else:
-        http.headers.update(hdrs)
-    return external_auth_pb2.CheckRequest(attributes=Attrs(
-        source=Attrs.Peer(principal=principal, certificate=certificate),
-        request=Attrs.Request(http=http),
-        context_extensions=context_extensions or {}))
 
 
 @dataclass

@@ -7,14 +7,16 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 import requests
 import yaml
+from envoy.service.auth.v3 import external_auth_pb2_grpc
 
 from pdp.opa import free_port
-from tests.e2e.conftest import FINANCE, Pki, Svid
+from tests.e2e.conftest import ENVOY_ID, FINANCE, Pki, Svid
 from tests.e2e.envoy import Envoy, PdpTls, render, run_envoy
-from tests.e2e.pdp import Throttling, pdp_port, pdp_stack, serve
+from tests.e2e.pdp import Throttling, check_request, pdp_port, pdp_stack, pem, serve
 from tests.e2e.upstream import RecordingUpstream
 from tests.servers import VENV_BIN
 
@@ -231,3 +233,35 @@ def test_shipped_config_with_mtls_to_the_pdp_validates(pki: Pki, tmp_path: Path)
     out = subprocess.run([str(VENV_BIN / "envoy"), "--mode", "validate", "-c", str(broken)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
+
+
+def test_mtls_to_the_pdp_envoy_as_trusted_gateway(pki: Pki, upstream: RecordingUpstream) -> None:
+    with pdp_stack(**pki.pdp_settings(ENVOY_ID)) as stack, \
+            run_envoy(pdp_port=pdp_port(stack), upstream_port=upstream.port, tls=pki.tls,
+                      pdp_tls=pki.pdp_tls) as envoy, client(pki, pki.finance) as s:
+        path = "/tools/salesforce.accounts/read?mtls-pdp"
+        resp = s.post(envoy.url + path, json={}, headers={"authorization": "Bearer agent"})
+        assert resp.status_code == 200, resp.text
+        denied = s.post(envoy.url + "/tools/salesforce.accounts/export?mtls-pdp", json={})
+        assert denied.status_code == 403 and denial(denied)[1] == ["action_denied"]
+    (got,) = upstream.find(path)
+    assert got.headers["authorization"] == "Bearer brokered-salesforce.accounts-read"
+
+
+def test_only_trusted_gateways_may_call_check(pki: Pki, upstream: RecordingUpstream) -> None:
+    """An agent asking Check itself could name any workload and read its credential."""
+    with pdp_stack(**pki.pdp_settings()) as stack:
+        creds = grpc.ssl_channel_credentials(
+            pki.domain.bundle.read_bytes(), pki.finance.key.read_bytes(),
+            pki.finance.cert.read_bytes())
+        with grpc.secure_channel(stack.settings.grpc_addr, creds) as channel:
+            req = check_request(principal=FINANCE, certificate=pem(pki.finance.cert))
+            with pytest.raises(grpc.RpcError) as err:
+                external_auth_pb2_grpc.AuthorizationStub(channel).Check(req, timeout=10)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # Envoy is not configured as a gateway here either: it gets the same answer, and denies.
+        with run_envoy(pdp_port=pdp_port(stack), upstream_port=upstream.port, tls=pki.tls,
+                       pdp_tls=pki.pdp_tls) as envoy, client(pki, pki.finance) as s:
+            path = "/tools/salesforce.accounts/read?untrusted-envoy"
+            assert s.post(envoy.url + path, json={}).status_code == 403
+    assert upstream.find(path) == []
