@@ -138,3 +138,8 @@ def test_principal_needs_a_matching_certificate_by_default() -> None:
     with pytest.raises(MappingError, match="no peer certificate"):
         workload_of(HttpMapping(), http("/"))
     assert workload_of(LAX, http("/")) == WL
+
+
+def test_shipped_mapping_file_spells_out_the_defaults() -> None:
+    shipped = Path(__file__).resolve().parents[2] / "deploy" / "envoy" / "mapping.toml"
+    assert HttpMapping.load(str(shipped)) == HttpMapping()
