@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -265,3 +266,25 @@ def test_only_trusted_gateways_may_call_check(pki: Pki, upstream: RecordingUpstr
             path = "/tools/salesforce.accounts/read?untrusted-envoy"
             assert s.post(envoy.url + path, json={}).status_code == 403
     assert upstream.find(path) == []
+
+
+def test_access_log_carries_the_pdps_dynamic_metadata(
+        envoy: Envoy, finance: requests.Session) -> None:
+    allowed = finance.post(envoy.url + "/v1/chat/completions?logged",
+                           json={"model": "reasoning-high", "max_tokens": 1})
+    denied = finance.post(envoy.url + "/tools/salesforce.accounts/export?logged", json={})
+    lines = {}
+    for _ in range(100):  # Envoy flushes its access log asynchronously
+        for line in envoy.log.read_text().splitlines():
+            if line.startswith("{") and "?logged" in line:
+                entry = json.loads(line)
+                lines[entry["status"]] = entry
+        if len(lines) == 2:
+            break
+        time.sleep(0.1)
+    assert lines[200]["decision_id"] == allowed.headers["x-aam-decision-id"]
+    assert (lines[200]["allow"], lines[200]["route"], lines[200]["peer"]) == \
+        (True, "reasoning-high", FINANCE)
+    assert lines[403]["decision_id"] == denied.json()["decision_id"]
+    assert lines[403]["reasons"] == ["action_denied"]
+    assert lines[403]["policy"] == "finance-analyst-readonly"
