@@ -4,7 +4,7 @@ Runs deploy/envoy/envoy.yaml (rendered plaintext, identity from a trusted
 x-forwarded-client-cert, routes answered by Envoy's direct_response so no
 upstream is measured) under wrk, and prints throughput and p50/p99 per case.
 
-    .venv/bin/python -m bench.envoy [--duration 5] [--connections 8,32]
+    .venv/bin/python -m bench.envoy [--duration 5] [--connections 1,8,32]
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def wrk(port: int, case: str, connections: int, duration: int) -> tuple[float, f
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--duration", type=int, default=5, help="seconds per run")
-    ap.add_argument("--connections", default="8,32", help="comma-separated wrk connection counts")
+    ap.add_argument("--connections", default="1,8,32", help="comma-separated wrk connection counts")
     ap.add_argument("--envoy-workers", type=int, default=1)
     args = ap.parse_args(argv)
     if not shutil.which("wrk"):
