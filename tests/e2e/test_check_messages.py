@@ -38,7 +38,7 @@ class Recording:
 
 @pytest.fixture(scope="module")
 def recording(stack: Stack) -> Iterator[tuple[Recording, external_auth_pb2_grpc.AuthorizationStub]]:
-    rec = Recording(Engine(OpaClient(stack.opa_url, 1.0), FakeBroker()))
+    rec = Recording(Engine(OpaClient(stack.opa_url, 1.0), broker=FakeBroker()))
     server, check, _ = serve(rec)
     yield rec, check
     server.stop(0)
@@ -198,7 +198,7 @@ def test_broker_denial_reaches_the_agent_without_its_detail(pki: Pki, stack: Sta
             return dataclasses.replace(decision, allow=False, reasons=(Reason(
                 "credential_unavailable", "vault said no: s.secret-token"),))
 
-    server, check, _ = serve(Engine(OpaClient(stack.opa_url, 1.0), Refusing()))
+    server, check, _ = serve(Engine(OpaClient(stack.opa_url, 1.0), broker=Refusing()))
     try:
         resp = check.Check(check_request(certificate=pem(pki.finance.cert)))
     finally:
