@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,6 @@ from typing import Any
 import yaml
 
 from pdp.config import Settings, split_addr
-from pdp.engine import Credential, Decision, Request
 from pdp.opa import free_port
 from pdp.stack import Stack
 from tests.e2e import envoy as envoy_conf
@@ -42,12 +39,14 @@ CASES = {
 }
 
 
-class BenchBroker:
-    """A constant credential: measures injection, not Vault."""
-
-    def attach(self, req: Request, decision: Decision) -> Decision:
-        return dataclasses.replace(decision, credential=Credential(
-            header="authorization", value="Bearer bench", expires_at=time.time() + 60))
+def policies_without_credentials(target: Path) -> Path:
+    """The example policies minus ToolCredentials: no Vault in this benchmark
+    (bench/broker.py measures the broker)."""
+    target.mkdir()
+    for f in sorted((ROOT / "examples").glob("*.yaml")):
+        if "kind: ToolCredential" not in f.read_text():
+            shutil.copy(f, target / f.name)
+    return target
 
 
 @dataclass(frozen=True)
@@ -144,9 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         mapping.write_text("trust_xfcc = true\n")
         settings = Settings.load(
             env={}, grpc_addr=f"127.0.0.1:{free_port()}", plaintext=True,
-            policies=str(ROOT / "examples"), opa_binary=opa_binary(), log_level="warning",
+            policies=str(policies_without_credentials(Path(tmp) / "policies")),
+            opa_binary=opa_binary(), log_level="warning",
             extauthz_mapping=str(mapping), shutdown_grace_s=0.5)
-        stack = Stack(settings, broker=BenchBroker())
+        stack = Stack(settings)
         stack.start()
         results: list[Result] = []
         try:

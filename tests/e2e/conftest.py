@@ -11,10 +11,13 @@ from typing import Any
 import pytest
 
 from pdp.stack import Stack
+from tests import vaultsetup
 from tests.e2e.envoy import Envoy, PdpTls, Tls, run_envoy
 from tests.e2e.pdp import FINANCE, pdp_port, pdp_stack
 from tests.e2e.pki import Svid, TrustDomain
 from tests.e2e.upstream import RecordingUpstream
+from tests.servers import OpenBao, Postgres
+from tests.vaultsetup import VaultSetup
 
 STRANGER = "spiffe://prod/agent/stranger"
 ENVOY_ID = "spiffe://prod/gateway/envoy"
@@ -69,8 +72,15 @@ def upstream() -> Iterator[RecordingUpstream]:
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    with pdp_stack() as s:
+def vault(postgres: Postgres, openbao: OpenBao,
+          tmp_path_factory: pytest.TempPathFactory) -> VaultSetup:
+    """OpenBao configured as an operator would; the example ToolCredential's KV secret."""
+    return vaultsetup.setup(openbao, postgres, tmp_path_factory.mktemp("vault"))
+
+
+@pytest.fixture(scope="module")
+def stack(vault: VaultSetup) -> Iterator[Stack]:
+    with pdp_stack(vault) as s:
         yield s
 
 

@@ -22,13 +22,14 @@ from pdp.opa import free_port
 from pdp.stack import Stack
 from tests.integration.pdp import EXAMPLES
 from tests.servers import opa_binary
+from tests.vaultsetup import VaultSetup
 
 FINANCE = "spiffe://prod/agent/finance-analyst"
 Attrs = attribute_context_pb2.AttributeContext
 
 
 class FakeBroker:
-    """Stands in for the Vault broker: a recognisable credential per tool and action."""
+    """For engines built by hand (no Vault): a recognisable credential per tool and action."""
 
     header = "authorization"
 
@@ -39,11 +40,13 @@ class FakeBroker:
 
 
 @contextlib.contextmanager
-def pdp_stack(**overrides: Any) -> Iterator[Stack]:
+def pdp_stack(vault: VaultSetup, **overrides: Any) -> Iterator[Stack]:
+    """The PDP on the example policies, brokering credentials from the real OpenBao."""
+    overrides = {"plaintext": True, **vault.settings(), **overrides}
     settings = Settings.load(
         env={}, grpc_addr=f"127.0.0.1:{free_port()}", policies=str(EXAMPLES),
-        opa_binary=opa_binary(), shutdown_grace_s=0.5, **{"plaintext": True, **overrides})
-    stack = Stack(settings, broker=FakeBroker())
+        opa_binary=opa_binary(), shutdown_grace_s=0.5, **overrides)
+    stack = Stack(settings)
     stack.start()
     try:
         yield stack

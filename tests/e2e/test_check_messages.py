@@ -20,6 +20,7 @@ from pdp.opa import OpaClient, free_port
 from pdp.stack import Stack
 from tests.e2e.conftest import FINANCE, Pki
 from tests.e2e.pdp import FakeBroker, Throttling, check_request, pem, serve
+from tests.vaultsetup import VaultSetup
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +57,7 @@ def headers_of(options: Any) -> dict[str, str]:
 
 
 def test_allow_injects_credential_strips_agent_headers_and_sets_metadata(
-        check: external_auth_pb2_grpc.AuthorizationStub, pki: Pki) -> None:
+        check: external_auth_pb2_grpc.AuthorizationStub, pki: Pki, vault: VaultSetup) -> None:
     resp = check.Check(check_request(
         certificate=pem(pki.finance.cert), body={"account": "001"},
         headers={"authorization": "Bearer agent", "x-api-key": "agent"}))
@@ -64,7 +65,7 @@ def test_allow_injects_credential_strips_agent_headers_and_sets_metadata(
     assert resp.WhichOneof("http_response") == "ok_response"
     ok = resp.ok_response
     set_ = headers_of(ok.headers)
-    assert set_["authorization"] == "Bearer brokered-salesforce.accounts-read"
+    assert set_["authorization"] == f"Bearer {vault.kv_secret}"
     assert all(h.append_action == base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
                for h in ok.headers)
     assert {"x-api-key", "proxy-authorization"} <= set(ok.headers_to_remove)
@@ -76,7 +77,8 @@ def test_allow_injects_credential_strips_agent_headers_and_sets_metadata(
     assert (md["workload"], md["tool"], md["action"], md["allow"]) == \
         (FINANCE, "salesforce.accounts", "read", True)
     assert md["policy"] == "finance-analyst-readonly"
-    assert "brokered" not in resp.dynamic_metadata.SerializeToString().decode("latin-1")
+    assert vault.kv_secret not in resp.dynamic_metadata.SerializeToString().decode("latin-1")
+    assert vault.kv_secret not in str(resp.ok_response.response_headers_to_add)
 
 
 def test_model_allow_exposes_route_as_headers_and_metadata(

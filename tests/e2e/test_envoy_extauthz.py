@@ -20,6 +20,7 @@ from tests.e2e.envoy import Envoy, PdpTls, render, run_envoy
 from tests.e2e.pdp import Throttling, check_request, pdp_port, pdp_stack, pem, serve
 from tests.e2e.upstream import RecordingUpstream
 from tests.servers import VENV_BIN
+from tests.vaultsetup import VaultSetup
 
 pytestmark = pytest.mark.integration
 
@@ -47,19 +48,21 @@ def denial(resp: requests.Response) -> tuple[str, list[str]]:
 
 
 def test_allowed_tool_call_reaches_upstream_with_brokered_credential_only(
-        envoy: Envoy, upstream: RecordingUpstream, finance: requests.Session) -> None:
+        envoy: Envoy, upstream: RecordingUpstream, finance: requests.Session,
+        vault: VaultSetup) -> None:
     path = "/tools/salesforce.accounts/read"
     resp = finance.post(envoy.url + path, json={"account": "001"}, headers={
         "authorization": "Bearer agent-own-key", "x-api-key": "agent-api-key",
         "x-aam-route-provider": "spoofed"})
     assert resp.status_code == 200, resp.text
     (got,) = upstream.find(path)
-    assert got.headers["authorization"] == "Bearer brokered-salesforce.accounts-read"
+    assert got.headers["authorization"] == f"Bearer {vault.kv_secret}"  # from OpenBao
     assert "x-api-key" not in got.headers
     assert "x-aam-route-provider" not in got.headers
     assert got.headers["x-aam-decision-id"] == resp.headers["x-aam-decision-id"]
     assert json.loads(got.body) == {"account": "001"}
-    assert "brokered" not in resp.text and "brokered" not in str(resp.headers)
+    assert vault.kv_secret not in resp.text and vault.kv_secret not in str(resp.headers)
+    assert vault.kv_secret not in envoy.log.read_text()
 
 
 def test_denied_tool_call_gets_403_reasons_and_never_reaches_upstream(
@@ -93,21 +96,28 @@ def test_model_not_allowed_is_403(envoy: Envoy, finance: requests.Session) -> No
 
 
 def test_mcp_tools_call_is_authorized_per_tool(
-        envoy: Envoy, upstream: RecordingUpstream, finance: requests.Session) -> None:
+        envoy: Envoy, upstream: RecordingUpstream, finance: requests.Session,
+        vault: VaultSetup) -> None:
     def call(name: str) -> requests.Response:
         return finance.post(envoy.url + "/mcp/salesforce.accounts", json={
             "jsonrpc": "2.0", "id": 7, "method": "tools/call",
-            "params": {"name": name, "arguments": {"query": "acme"}}})
+            "params": {"name": name, "arguments": {"query": "acme"}}},
+            headers={"authorization": "Bearer agent-own-key"})
 
     before = len(upstream.find("/mcp/salesforce.accounts"))
+    assert call("read").status_code == 200
     assert call("search").status_code == 200
     got = upstream.find("/mcp/salesforce.accounts")
-    assert len(got) == before + 1
-    assert got[-1].headers["authorization"] == "Bearer brokered-salesforce.accounts-search"
+    assert len(got) == before + 2
+    # read has a ToolCredential scope: OpenBao's secret. search has none: nothing, and
+    # never the agent's own key.
+    assert got[-2].headers["authorization"] == f"Bearer {vault.kv_secret}"
+    assert "authorization" not in got[-1].headers
+    assert json.loads(got[-1].body)["params"]["name"] == "search"
     resp = call("delete")
     assert resp.status_code == 403
     assert denial(resp)[1] == ["action_denied"]
-    assert len(upstream.find("/mcp/salesforce.accounts")) == before + 1
+    assert len(upstream.find("/mcp/salesforce.accounts")) == before + 2
 
 
 def test_unmapped_route_and_unknown_workload_are_denied(
@@ -168,8 +178,9 @@ def test_agent_cannot_claim_an_identity_by_header(
     assert upstream.find(path) == []
 
 
-def test_pdp_down_means_envoy_denies(pki: Pki, upstream: RecordingUpstream) -> None:
-    with pdp_stack() as stack, \
+def test_pdp_down_means_envoy_denies(pki: Pki, upstream: RecordingUpstream,
+                                     vault: VaultSetup) -> None:
+    with pdp_stack(vault) as stack, \
             run_envoy(pdp_port=pdp_port(stack), upstream_port=upstream.port, tls=pki.tls) as envoy, \
             client(pki, pki.finance) as s:
         assert s.post(envoy.url + "/tools/salesforce.accounts/read?up", json={}).status_code == 200
@@ -181,10 +192,10 @@ def test_pdp_down_means_envoy_denies(pki: Pki, upstream: RecordingUpstream) -> N
 
 
 def test_plaintext_listener_behind_trusted_proxy_takes_xfcc(
-        tmp_path: Path, upstream: RecordingUpstream) -> None:
+        tmp_path: Path, upstream: RecordingUpstream, vault: VaultSetup) -> None:
     mapping = tmp_path / "mapping.toml"
     mapping.write_text("trust_xfcc = true\n")
-    with pdp_stack(extauthz_mapping=str(mapping), extauthz_addr="127.0.0.1:0") as stack:
+    with pdp_stack(vault, extauthz_mapping=str(mapping), extauthz_addr="127.0.0.1:0") as stack:
         port = stack.extauthz.port if stack.extauthz else 0
         with run_envoy(pdp_port=port, upstream_port=upstream.port, tls=None) as envoy, \
                 requests.Session() as s:
@@ -236,8 +247,9 @@ def test_shipped_config_with_mtls_to_the_pdp_validates(pki: Pki, tmp_path: Path)
     assert out.returncode != 0
 
 
-def test_mtls_to_the_pdp_envoy_as_trusted_gateway(pki: Pki, upstream: RecordingUpstream) -> None:
-    with pdp_stack(**pki.pdp_settings(ENVOY_ID)) as stack, \
+def test_mtls_to_the_pdp_envoy_as_trusted_gateway(pki: Pki, upstream: RecordingUpstream,
+                                                  vault: VaultSetup) -> None:
+    with pdp_stack(vault, **pki.pdp_settings(ENVOY_ID)) as stack, \
             run_envoy(pdp_port=pdp_port(stack), upstream_port=upstream.port, tls=pki.tls,
                       pdp_tls=pki.pdp_tls) as envoy, client(pki, pki.finance) as s:
         path = "/tools/salesforce.accounts/read?mtls-pdp"
@@ -246,12 +258,13 @@ def test_mtls_to_the_pdp_envoy_as_trusted_gateway(pki: Pki, upstream: RecordingU
         denied = s.post(envoy.url + "/tools/salesforce.accounts/export?mtls-pdp", json={})
         assert denied.status_code == 403 and denial(denied)[1] == ["action_denied"]
     (got,) = upstream.find(path)
-    assert got.headers["authorization"] == "Bearer brokered-salesforce.accounts-read"
+    assert got.headers["authorization"] == f"Bearer {vault.kv_secret}"
 
 
-def test_only_trusted_gateways_may_call_check(pki: Pki, upstream: RecordingUpstream) -> None:
+def test_only_trusted_gateways_may_call_check(pki: Pki, upstream: RecordingUpstream,
+                                             vault: VaultSetup) -> None:
     """An agent asking Check itself could name any workload and read its credential."""
-    with pdp_stack(**pki.pdp_settings()) as stack:
+    with pdp_stack(vault, **pki.pdp_settings()) as stack:
         creds = grpc.ssl_channel_credentials(
             pki.domain.bundle.read_bytes(), pki.finance.key.read_bytes(),
             pki.finance.cert.read_bytes())
