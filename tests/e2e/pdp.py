@@ -42,10 +42,9 @@ class FakeBroker:
 @contextlib.contextmanager
 def pdp_stack(vault: VaultSetup, **overrides: Any) -> Iterator[Stack]:
     """The PDP on the example policies, brokering credentials from the real OpenBao."""
-    overrides = {"plaintext": True, **vault.settings(), **overrides}
-    settings = Settings.load(
-        env={}, grpc_addr=f"127.0.0.1:{free_port()}", policies=str(EXAMPLES),
-        opa_binary=opa_binary(), shutdown_grace_s=0.5, **overrides)
+    settings = Settings.load(env={}, **{
+        "grpc_addr": f"127.0.0.1:{free_port()}", "plaintext": True, "policies": str(EXAMPLES),
+        "opa_binary": opa_binary(), "shutdown_grace_s": 0.5, **vault.settings(), **overrides})
     stack = Stack(settings)
     stack.start()
     try:

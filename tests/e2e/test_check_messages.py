@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,8 @@ from pdp.engine import Decision, Engine, Reason, Request
 from pdp.opa import OpaClient, free_port
 from pdp.stack import Stack
 from tests.e2e.conftest import FINANCE, Pki
-from tests.e2e.pdp import FakeBroker, Throttling, check_request, pem, serve
+from tests.e2e.pdp import FakeBroker, Throttling, check_request, pdp_stack, pem, serve
+from tests.integration.pdp import EXAMPLES
 from tests.vaultsetup import VaultSetup
 
 pytestmark = pytest.mark.integration
@@ -209,3 +211,43 @@ def test_broker_denial_reaches_the_agent_without_its_detail(pki: Pki, stack: Sta
     (reason,) = json.loads(resp.denied_response.body)["reasons"]
     assert reason["code"] == "credential_unavailable"
     assert "secret" not in resp.SerializeToString().decode("latin-1")
+
+
+CTX_POLICY = """
+apiVersion: access.envisionai.dev/v1
+kind: AgentPolicy
+metadata: {name: ctx-bound}
+spec:
+  identity: {workload: spiffe://prod/agent/ctx}
+  tools:
+    - resource: zendesk.tickets
+      actions: [search]
+      constraints:
+        - {param: limit, min: 1, max: 50}
+      conditions:
+        context: {region: [eu-west-1]}
+"""
+
+
+def test_body_params_and_context_extensions_are_judged_by_the_policy(
+        tmp_path_factory: pytest.TempPathFactory, vault: VaultSetup, pki: Pki) -> None:
+    """Through the real OPA: params from the JSON body meet constraints, the route's
+    context_extensions meet context conditions."""
+    workload = "spiffe://prod/agent/ctx"
+    cert = pem(pki.domain.issue("ctx", workload).cert)
+    policies = tmp_path_factory.mktemp("ctx-policies")
+    shutil.copy(EXAMPLES / "tools.yaml", policies / "tools.yaml")
+    (policies / "ctx.yaml").write_text(CTX_POLICY)
+    cases = [("eu-west-1", {"limit": 10}, []),
+             ("us-east-1", {"limit": 10}, ["condition_not_met"]),
+             ("eu-west-1", {"limit": 500}, ["constraint_violated"])]
+    with pdp_stack(vault, policies=str(policies)) as stack, \
+            grpc.insecure_channel(stack.settings.grpc_addr) as channel:
+        check = external_auth_pb2_grpc.AuthorizationStub(channel)
+        for region, body, expected in cases:
+            resp = check.Check(check_request(
+                principal=workload, certificate=cert, path="/tools/zendesk.tickets/search",
+                body=body, context_extensions={"region": region}), timeout=10)
+            codes = [r["code"] for r in json.loads(resp.denied_response.body)["reasons"]] \
+                if resp.HasField("denied_response") else []
+            assert codes == expected, (region, body)
