@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -41,16 +42,20 @@ class FakeBroker:
 
 @contextlib.contextmanager
 def pdp_stack(vault: VaultSetup, **overrides: Any) -> Iterator[Stack]:
-    """The PDP on the example policies, brokering credentials from the real OpenBao."""
-    settings = Settings.load(env={}, **{
-        "grpc_addr": f"127.0.0.1:{free_port()}", "plaintext": True, "policies": str(EXAMPLES),
-        "opa_binary": opa_binary(), "shutdown_grace_s": 0.5, **vault.settings(), **overrides})
-    stack = Stack(settings)
-    stack.start()
-    try:
-        yield stack
-    finally:
-        stack.stop()
+    """The PDP on the example policies, brokering credentials from the real OpenBao, with
+    a fresh embedded ledger (budgets, rates, audit) unless ``ledger_url`` is given."""
+    with tempfile.TemporaryDirectory(prefix="aam-test-ledger-") as tmp:
+        settings = Settings.load(env={}, **{
+            "grpc_addr": f"127.0.0.1:{free_port()}", "plaintext": True, "policies": str(EXAMPLES),
+            "opa_binary": opa_binary(), "shutdown_grace_s": 0.5,
+            "ledger_url": f"sqlite://{tmp}/ledger.sqlite3", "ledger_migrate": True,
+            **vault.settings(), **overrides})
+        stack = Stack(settings)
+        stack.start()
+        try:
+            yield stack
+        finally:
+            stack.stop()
 
 
 def pdp_port(stack: Stack) -> int:

@@ -27,6 +27,12 @@ from tests.vaultsetup import VaultSetup
 pytestmark = pytest.mark.integration
 
 
+def hand_built(stack: Stack, broker: Any) -> Engine:
+    """An engine on the stack's OPA and ledger with a broker of the test's choosing."""
+    assert stack.engine is not None
+    return Engine(OpaClient(stack.opa_url, 1.0), broker=broker, gate=stack.engine.gate)
+
+
 @dataclass
 class Recording:
     """Wraps the real engine and keeps the requests it was asked about."""
@@ -41,7 +47,7 @@ class Recording:
 
 @pytest.fixture(scope="module")
 def recording(stack: Stack) -> Iterator[tuple[Recording, external_auth_pb2_grpc.AuthorizationStub]]:
-    rec = Recording(Engine(OpaClient(stack.opa_url, 1.0), broker=FakeBroker()))
+    rec = Recording(hand_built(stack, FakeBroker()))
     server, check, _ = serve(rec)
     yield rec, check
     server.stop(0)
@@ -202,7 +208,7 @@ def test_broker_denial_reaches_the_agent_without_its_detail(pki: Pki, stack: Sta
             return dataclasses.replace(decision, allow=False, reasons=(Reason(
                 "credential_unavailable", "vault said no: s.secret-token"),))
 
-    server, check, _ = serve(Engine(OpaClient(stack.opa_url, 1.0), broker=Refusing()))
+    server, check, _ = serve(hand_built(stack, Refusing()))
     try:
         resp = check.Check(check_request(certificate=pem(pki.finance.cert)))
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from tests.e2e.conftest import ENVOY_ID, FINANCE, Pki, Svid
 from tests.e2e.envoy import Envoy, PdpTls, render, run_envoy
 from tests.e2e.pdp import Throttling, check_request, pdp_port, pdp_stack, pem, serve
 from tests.e2e.upstream import RecordingUpstream
+from tests.integration.pdp import EXAMPLES
 from tests.servers import VENV_BIN
 from tests.vaultsetup import VaultSetup
 
@@ -301,3 +303,24 @@ def test_access_log_carries_the_pdps_dynamic_metadata(
     assert lines[403]["decision_id"] == denied.json()["decision_id"]
     assert lines[403]["reasons"] == ["action_denied"]
     assert lines[403]["policy"] == "finance-analyst-readonly"
+
+
+def test_budget_exhausted_model_call_is_429_from_the_real_ledger(
+        pki: Pki, upstream: RecordingUpstream, vault: VaultSetup, tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(EXAMPLES, policies, ignore=shutil.ignore_patterns("tests"))
+    finance = policies / "finance-analyst-readonly.yaml"
+    finance.write_text(finance.read_text().replace("daily_usd: 75", "daily_usd: 0.01"))
+    with pdp_stack(vault, policies=str(policies)) as stack, \
+            run_envoy(pdp_port=pdp_port(stack), upstream_port=upstream.port, tls=pki.tls) as envoy, \
+            client(pki, pki.finance) as s:
+        cheap = s.post(envoy.url + "/v1/chat/completions?cheap",
+                       json={"model": "reasoning-high", "max_tokens": 1})
+        dear = s.post(envoy.url + "/v1/chat/completions?dear",
+                      json={"model": "reasoning-high", "max_tokens": 100000})
+    assert cheap.status_code == 200, cheap.text
+    assert dear.status_code == 429
+    assert denial(dear)[1] == ["budget_exhausted"]
+    assert 0 < int(dear.headers["retry-after"]) <= 86400  # until the daily window resets
+    assert len(upstream.find("/v1/chat/completions?cheap")) == 1
+    assert upstream.find("/v1/chat/completions?dear") == []
