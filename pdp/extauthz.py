@@ -189,8 +189,9 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
         header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE)
 
 
-def register(server: grpc.Server, engine: Engine, settings: Settings) -> AuthorizationServicer:
-    servicer = AuthorizationServicer(engine, settings)
+def register(server: grpc.Server, engine: Engine, settings: Settings,
+             identity: identities.Identity | None = None) -> AuthorizationServicer:
+    servicer = AuthorizationServicer(engine, settings, identity=identity)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)
     return servicer
 
@@ -198,12 +199,13 @@ def register(server: grpc.Server, engine: Engine, settings: Settings) -> Authori
 class ExtAuthzServer:
     """Check on its own listener (``extauthz_addr``), with the same TLS settings as grpc_addr."""
 
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(self, settings: Settings, engine: Engine,
+                 identity: identities.Identity | None = None) -> None:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers,
                                        thread_name_prefix="aam-extauthz"),
             options=[("grpc.so_reuseport", 0)])
-        register(self.server, engine, settings)
+        register(self.server, engine, settings, identity)
         if settings.plaintext:
             self.port = self.server.add_insecure_port(settings.extauthz_addr)
         else:
