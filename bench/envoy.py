@@ -1,8 +1,9 @@
-"""HTTP load through the real Envoy: ext_authz (the PDP + OPA) on vs Envoy alone.
+"""HTTP load through the real Envoy: ext_authz (the PDP + OPA + ledger) on vs Envoy alone.
 
 Runs deploy/envoy/envoy.yaml (rendered plaintext, identity from a trusted
 x-forwarded-client-cert, routes answered by Envoy's direct_response so no
-upstream is measured) under wrk, and prints throughput and p50/p99 per case.
+upstream is measured) under wrk, and prints throughput and p50/p99 per case. The PDP
+runs on a fresh embedded (SQLite) ledger and without ToolCredentials (no Vault).
 
     .venv/bin/python -m bench.envoy [--duration 5] [--connections 1,8,32]
 """
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             env={}, grpc_addr=f"127.0.0.1:{free_port()}", plaintext=True,
             policies=str(policies_without_credentials(Path(tmp) / "policies")),
             opa_binary=opa_binary(), log_level="warning",
-            extauthz_mapping=str(mapping), shutdown_grace_s=0.5)
+            extauthz_mapping=str(mapping), shutdown_grace_s=0.5,
+            ledger_url=f"sqlite://{tmp}/ledger.sqlite3", ledger_migrate=True)
         stack = Stack(settings)
         stack.start()
         results: list[Result] = []
