@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 
 from bench.procstat import children
+from pdp import procs
 from pdp.opa import free_port
 
 
@@ -83,13 +84,7 @@ class AamStack:
         return {"pdp": self.proc.pid, **({"opa": opa[0]} if opa else {})}
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procs.stop(self.proc, 15)
         self._tmp.cleanup()
 
     def __enter__(self) -> AamStack:

@@ -10,7 +10,6 @@ The root token never leaves this module and dies with the server.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -18,8 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ import hvac
 import requests
 
 from compiler import Bundle
+from pdp import procs
 from pdp.opa import free_port
 
 APPROLE = "aam-pdp"
@@ -55,63 +54,79 @@ def kv_paths(bundle: Bundle) -> list[tuple[str, str, str]]:
 
 
 @dataclass
-class DevVault:
+class DevServer:
+    """A running ``bao server -dev``: in memory, unsealed, with a random root token."""
+
     addr: str
-    role_id: str
-    secret_id_file: Path
-    seeded: int
+    root_token: str = field(repr=False)
     proc: subprocess.Popen[bytes]
     tmp: tempfile.TemporaryDirectory[str]
 
-    def settings(self) -> dict[str, Any]:
-        return {"broker": "vault", "vault_addr": self.addr, "vault_role_id": self.role_id,
-                "vault_secret_id_file": str(self.secret_id_file)}
+    @property
+    def workdir(self) -> Path:
+        return Path(self.tmp.name)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procs.stop(self.proc)
         self.tmp.cleanup()
 
 
-def start(binary: str, bundle: Bundle, timeout_s: float = 30.0) -> DevVault:
-    """Start and configure the dev server; on any failure nothing is left running."""
+def start_server(binary: str, timeout_s: float = 30.0) -> DevServer:
+    """Start the dev server on a free loopback port; wait until it answers."""
     tmp = tempfile.TemporaryDirectory(prefix="aam-dev-vault-")
     work = Path(tmp.name)
     port = free_port()
     root_token = secrets.token_urlsafe(24)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
     env["HOME"] = str(work)  # keep the dev server's token helper out of the user's home
-    with open(work / "bao.log", "wb") as log:
+    log = work / "bao.log"
+    with open(log, "wb") as out:
         proc = subprocess.Popen(
             [binary, "server", "-dev", f"-dev-root-token-id={root_token}",
              f"-dev-listen-address=127.0.0.1:{port}", "-dev-no-store-token"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=work)
-    addr = f"http://127.0.0.1:{port}"
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=work)
+    server = DevServer(f"http://127.0.0.1:{port}", root_token, proc, tmp)
     try:
-        _wait_ready(addr, proc, timeout_s)
-        role_id, secret_id_file, seeded = _configure(addr, root_token, bundle, work)
+        procs.wait_until(
+            lambda: requests.get(f"{server.addr}/v1/sys/health", timeout=1).status_code == 200,
+            timeout_s, "OpenBao dev server", proc, log)
     except BaseException:
-        dev = DevVault(addr, "", work / "none", 0, proc, tmp)
-        dev.stop()
+        server.stop()
         raise
-    return DevVault(addr, role_id, secret_id_file, seeded, proc, tmp)
+    return server
 
 
-def _wait_ready(addr: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"OpenBao dev server exited with {proc.returncode}")
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(f"{addr}/v1/sys/health", timeout=1).status_code == 200:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"OpenBao dev server not ready within {timeout_s:.0f} s")
+@dataclass
+class DevVault:
+    """The dev server configured for the PDP: what ``aam up`` passes to its settings."""
+
+    server: DevServer
+    role_id: str
+    secret_id_file: Path
+    seeded: int
+
+    @property
+    def addr(self) -> str:
+        return self.server.addr
+
+    def settings(self) -> dict[str, Any]:
+        return {"broker": "vault", "vault_addr": self.addr, "vault_role_id": self.role_id,
+                "vault_secret_id_file": str(self.secret_id_file)}
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def start(binary: str, bundle: Bundle, timeout_s: float = 30.0) -> DevVault:
+    """Start and configure the dev server; on any failure nothing is left running."""
+    server = start_server(binary, timeout_s)
+    try:
+        role_id, secret_id_file, seeded = _configure(server.addr, server.root_token, bundle,
+                                                     server.workdir)
+    except BaseException:
+        server.stop()
+        raise
+    return DevVault(server, role_id, secret_id_file, seeded)
 
 
 def _configure(addr: str, root_token: str, bundle: Bundle, work: Path) -> tuple[str, Path, int]:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pdp import procs
 from pdp.http1 import Http1Connection
 
 DECISION_PATH = "/v1/data/aam/authz/decision"
@@ -172,13 +173,7 @@ class OpaProcess:
         raise RuntimeError(f"OPA did not become ready with a bundle within {timeout_s:.0f} s")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procs.stop(self.proc, 5)
         if self._tmp:
             self._tmp.cleanup()
             self._tmp = None

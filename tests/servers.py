@@ -16,16 +16,17 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import requests
 
+from pdp import devvault
 from pdp.config import Settings
 from pdp.opa import free_port
+from pdp.procs import stop, wait_until
 
 VENV_BIN = Path(__file__).resolve().parent.parent / ".venv" / "bin"
 
@@ -35,30 +36,6 @@ def require_binary(name: str, path: str | None) -> str:
         return path
     pytest.fail(f"{name} binary not found ({path or 'not on PATH'}); run scripts/setup", pytrace=False)
     raise AssertionError  # unreachable; pytest.fail raises
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str,
-               proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{tail}")
-        with contextlib.suppress(Exception):
-            if check():
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} not ready within {timeout_s} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # --- OPA ---------------------------------------------------------------------
@@ -200,22 +177,8 @@ class OpenBao:
 @contextlib.contextmanager
 def run_openbao() -> Iterator[OpenBao]:
     """``bao server -dev``: in-memory, unsealed, with a random root token."""
-    binary = require_binary("bao", str(VENV_BIN / "bao"))
-    port = free_port()
-    token = secrets.token_urlsafe(24)
-    with tempfile.TemporaryDirectory(prefix="aam-test-bao-") as tmp:
-        log = Path(tmp) / "bao.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-        env["HOME"] = tmp  # keep the dev server's token helper file out of ~
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [binary, "server", "-dev", f"-dev-root-token-id={token}",
-                 f"-dev-listen-address=127.0.0.1:{port}", "-dev-no-store-token"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=tmp)
-        addr = f"http://127.0.0.1:{port}"
-        try:
-            wait_until(lambda: requests.get(f"{addr}/v1/sys/health", timeout=1).status_code == 200,
-                       30, "OpenBao", proc, log)
-            yield OpenBao(addr, token, proc)
-        finally:
-            stop(proc)
+    server = devvault.start_server(require_binary("bao", str(VENV_BIN / "bao")))
+    try:
+        yield OpenBao(server.addr, server.root_token, server.proc)
+    finally:
+        server.stop()
