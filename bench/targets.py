@@ -49,7 +49,7 @@ class AamStack:
         # A fresh embedded ledger per stack (aam up's default store), not the user's own.
         ledger = f"sqlite://{self._tmp.name}/ledger.sqlite3"
         argv = [str(aam), "up", "--policies", str(self.policies), "--grpc-addr", self.grpc_addr,
-                "--no-watch", "--ledger-url", ledger]
+                "--no-watch", "--no-vault", "--ledger-url", ledger]
         if self.settings:
             conf = Path(self._tmp.name) / "pdp.toml"
             conf.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in {

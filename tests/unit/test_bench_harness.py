@@ -77,3 +77,20 @@ def test_scenarios_pair_with_baselines_built_from_the_pdp_input(tmp_path: Path) 
 
 def run_args(quick: bool) -> argparse.Namespace:
     return argparse.Namespace(quick=quick, rate=500, concurrency=16, only="")
+
+
+def test_extauthz_bench_request_maps_to_the_granted_tool_call() -> None:
+    """The Check the ext_authz benchmark sends is what AAM's mapping reads as the tool call."""
+    from envoy.service.auth.v3 import external_auth_pb2
+    from google.protobuf import json_format
+
+    from bench import extauthz
+    from pdp.extauthz import from_check_request
+    from pdp.httpmap import HttpMapping, to_request
+    from tests.certs import CA
+
+    payload = extauthz.check_json(CA("prod").svid(extauthz.WORKLOAD).cert_pem)
+    msg = json_format.ParseDict(payload, external_auth_pb2.CheckRequest())
+    req = to_request(HttpMapping(), from_check_request(msg))
+    assert (req.spiffe_id, req.tool, req.action) == (extauthz.WORKLOAD, "salesforce.accounts", "search")
+    assert req.params["limit"] == 50
