@@ -83,7 +83,11 @@ class PluginStack:
         self.work = work
         bundle = work / "bundle.tar.gz"
         bundle.write_bytes(compile_paths([policies]).to_tar_gz())
-        (work / "fresh_ledger.json").write_text(json.dumps({"aambench": {"fresh_ledger": FRESH_LEDGER}}))
+        shim = work / "shim"  # a second bundle (root aambench): the shim and a fresh ledger's state
+        (shim / "aambench").mkdir(parents=True)
+        (shim / ".manifest").write_text(json.dumps({"roots": ["aambench"]}))
+        (shim / "aambench" / "envoy_shim.rego").write_bytes(SHIM.read_bytes())
+        (shim / "aambench" / "data.json").write_text(json.dumps({"fresh_ledger": FRESH_LEDGER}))
         self.grpc_addr = f"127.0.0.1:{free_port()}"
         log = work / "plugin.log"
         with open(log, "wb") as out:
@@ -93,7 +97,7 @@ class PluginStack:
                  "--set", f"plugins.envoy_ext_authz_grpc.addr={self.grpc_addr}",
                  "--set", "plugins.envoy_ext_authz_grpc.path=aambench/envoy/allow",
                  "--set", "decision_logs.console=false",
-                 "--bundle", str(bundle), str(SHIM), str(work / "fresh_ledger.json")],
+                 "--bundle", str(bundle), str(shim)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.pids = {"opa": self.proc.pid}
         try:
