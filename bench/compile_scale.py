@@ -29,7 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from compiler import compile_paths  # noqa: E402
-from compiler.testsuite import opa_with_bundle  # noqa: E402
+from compiler.testsuite import (  # noqa: E402
+    FRESH_LEDGER,
+    opa_with_bundle,
+)
 from pdp.config import Settings  # noqa: E402
 from pdp.engine import Engine, Request  # noqa: E402
 from pdp.opa import DECISION_PATH  # noqa: E402
@@ -115,7 +118,9 @@ def requests_for(n: int, count: int, seed: int = 7) -> list[dict]:
                           context={"environment": "prod"})
         else:
             req = Request(workload, tool=f"tickets-{i}.queue", action="read")
-        out.append(build(req))
+        # The state a fresh ledger reports, as the PDP would add it: without it every
+        # budgeted policy denies ledger_unavailable and only the deny path is measured.
+        out.append({**build(req), "state": FRESH_LEDGER})
     return out
 
 
