@@ -150,22 +150,7 @@ class PostgresLedger:
     # --- audit ----------------------------------------------------------------
 
     def audit_rows(self, flt: AuditFilter) -> list[AuditRow]:
-        where, args = [], []
-        for column, value in (("a.workload", flt.workload), ("a.outcome", flt.outcome),
-                              ("a.decision_id", flt.decision_id)):
-            if value:
-                where.append(f"{column} = %s")
-                args.append(value)
-        if flt.since:
-            where.append("a.ts >= %s")
-            args.append(flt.since)
-        if flt.until:
-            where.append("a.ts < %s")
-            args.append(flt.until)
-        query = ("SELECT a.seq, a.ts, a.decision_id, a.workload, a.outcome, a.body, a.prev_hash,"
-                 " a.hash, r.cost_micro, coalesce(r.state, '') FROM aam_audit a"
-                 " LEFT JOIN aam_reservations r ON r.decision_id = a.decision_id"
-                 + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY a.seq")
+        query, args = flt.sql("%s")
         if flt.limit is not None:
             query += f" LIMIT {int(flt.limit)}"
 

@@ -207,17 +207,8 @@ class SqliteLedger:
         return self._tx("settle", run)
 
     def audit_rows(self, flt: AuditFilter) -> list[AuditRow]:
-        where, args = [], []
-        for column, value in (("a.workload", flt.workload), ("a.outcome", flt.outcome),
-                              ("a.decision_id", flt.decision_id)):
-            if value:
-                where.append(f"{column} = ?")
-                args.append(value)
         rows = []
-        query = ("SELECT a.seq, a.ts, a.decision_id, a.workload, a.outcome, a.body, a.prev_hash,"
-                 " a.hash, r.cost_micro, coalesce(r.state, '') FROM aam_audit a"
-                 " LEFT JOIN aam_reservations r ON r.decision_id = a.decision_id"
-                 + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY a.seq")
+        query, args = flt.sql("?", times=False)
         with self._lock:
             try:
                 fetched = self.conn.execute(query, args).fetchall()

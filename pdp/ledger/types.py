@@ -119,3 +119,26 @@ class AuditFilter:
     since: str = ""  # ISO 8601
     until: str = ""
     limit: int | None = None
+
+    def sql(self, placeholder: str, *, times: bool = True) -> tuple[str, list[Any]]:
+        """The audit query both stores run, with ``placeholder`` for their driver.
+
+        ``times=False`` leaves the since/until filter to the caller (SQLite keeps
+        ISO text, compared after parsing)."""
+        where, args = [], []
+        for column, value in (("a.workload", self.workload), ("a.outcome", self.outcome),
+                              ("a.decision_id", self.decision_id)):
+            if value:
+                where.append(f"{column} = {placeholder}")
+                args.append(value)
+        if times and self.since:
+            where.append(f"a.ts >= {placeholder}")
+            args.append(self.since)
+        if times and self.until:
+            where.append(f"a.ts < {placeholder}")
+            args.append(self.until)
+        query = ("SELECT a.seq, a.ts, a.decision_id, a.workload, a.outcome, a.body, a.prev_hash,"
+                 " a.hash, r.cost_micro, coalesce(r.state, '') FROM aam_audit a"
+                 " LEFT JOIN aam_reservations r ON r.decision_id = a.decision_id"
+                 + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY a.seq")
+        return query, args
