@@ -22,7 +22,10 @@ def _first(doc: Document) -> str:
 
 
 def duplicate_names(ps: PolicySet) -> Iterator[Diagnostic]:
-    for kind, items in (("AgentPolicy", ps.policies), ("ModelRoute", ps.routes)):
+    """Names are unique per kind: AgentPolicy, ModelRoute, Tool, ToolCredential."""
+    kinds = (("AgentPolicy", ps.policies), ("ModelRoute", ps.routes), ("Tool", ps.tools),
+             ("ToolCredential", ps.credentials))
+    for kind, items in kinds:
         seen: dict[str, Document] = {}
         for item in items:
             if item.name in seen:

@@ -38,14 +38,9 @@ def _tools_by_resource(ps: PolicySet) -> dict[str, Tool]:
 
 
 def duplicate_tools(ps: PolicySet) -> Iterator[Diagnostic]:
-    seen_name: dict[str, Tool] = {}
+    """One Tool per resource (unique names: checks.duplicate_names)."""
     seen_resource: dict[str, Tool] = {}
     for t in ps.tools:
-        if t.name in seen_name:
-            first = seen_name[t.name].doc
-            yield t.doc.error(("metadata", "name"), f"duplicate Tool name {t.name!r} (first defined at"
-                              f" {first.file}:{first.at(('metadata', 'name'))[0]})")
-        seen_name.setdefault(t.name, t)
         if t.resource in seen_resource:
             yield t.doc.error(("spec", "resource"), f"tool resource {t.resource!r} is already declared"
                               f" by Tool {seen_resource[t.resource].name!r}")

@@ -79,20 +79,11 @@ class ToolCredential:
 
 # --- semantic checks -----------------------------------------------------------
 
-def _creds(ps: PolicySet) -> tuple[ToolCredential, ...]:
-    return getattr(ps, "credentials", ())
-
-
 def unique(ps: PolicySet) -> Iterator[Diagnostic]:
-    """One ToolCredential per name and per resource: the broker must not guess."""
-    names: dict[str, ToolCredential] = {}
+    """One ToolCredential per resource: the broker must not guess (unique names:
+    checks.duplicate_names)."""
     resources: dict[str, ToolCredential] = {}
-    for c in _creds(ps):
-        if c.name in names:
-            first = names[c.name].doc
-            yield c.doc.error(("metadata", "name"), f"duplicate ToolCredential name {c.name!r}"
-                              f" (first defined at {first.file}:{first.at(('metadata', 'name'))[0]})")
-        names.setdefault(c.name, c)
+    for c in ps.credentials:
         if c.resource in resources:
             yield c.doc.error(("spec", "resource"), f"tool resource {c.resource!r} already has a"
                               f" ToolCredential ({resources[c.resource].name!r}); merge the two")
@@ -101,7 +92,7 @@ def unique(ps: PolicySet) -> Iterator[Diagnostic]:
 
 def engine_fields(ps: PolicySet) -> Iterator[Diagnostic]:
     """Each scope carries exactly what its engine needs; wrapping is a KV delivery."""
-    for c in _creds(ps):
+    for c in ps.credentials:
         if c.delivery == "wrapped" and c.engine != "kv":
             yield c.doc.error(("spec", "inject", "delivery"),
                               f"delivery 'wrapped' is only for engine 'kv', not {c.engine!r}")
@@ -132,7 +123,7 @@ def scope_actions(ps: PolicySet) -> Iterator[Diagnostic]:
     grant (or a policy) must never fail to compile because a ToolCredential still
     names the action; an ungranted action is denied by OPA and never reaches the broker.
     """
-    for c in _creds(ps):
+    for c in ps.credentials:
         owner: dict[str, str] = {}
         for s in c.scopes:
             for i, action in enumerate(s.actions):
@@ -166,4 +157,4 @@ def compiled(c: ToolCredential) -> dict[str, Any]:
 
 
 def generate(ps: PolicySet) -> dict[str, Any]:
-    return {c.resource: compiled(c) for c in sorted(_creds(ps), key=lambda c: c.resource)}
+    return {c.resource: compiled(c) for c in sorted(ps.credentials, key=lambda c: c.resource)}
