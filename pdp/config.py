@@ -111,6 +111,11 @@ class Settings:
     ledger_timeout_ms: int = 2000
     # Seconds after which a reservation never settled by RecordUsage is released.
     reservation_ttl_s: float = 900.0
+    # How long this PDP's last view of a workload's spend and rates may stand in for a
+    # ledger read: OPA decides on it, and the ledger re-checks every limit atomically
+    # when it reserves for the allow (in the same batch as the audit row). A limit deny
+    # is always confirmed on fresh state. 0: reserve before every decision instead.
+    ledger_state_ttl_ms: int = 1000
     # Token estimate for a model call that does not send one (prices the reservation).
     default_estimated_tokens: int = 4096
 
@@ -155,6 +160,8 @@ class Settings:
         for value in self.trusted_gateways:
             if not value.startswith("spiffe://"):
                 raise ConfigError(f"trusted_gateways: {value!r} is not a SPIFFE ID")
+        if self.ledger_state_ttl_ms < 0:
+            raise ConfigError("ledger_state_ttl_ms must not be negative")
         if self.ledger_pool_size <= 0 or self.ledger_timeout_ms <= 0 or self.reservation_ttl_s <= 0:
             raise ConfigError("ledger_pool_size, ledger_timeout_ms and reservation_ttl_s must be positive")
         self._validate_broker()

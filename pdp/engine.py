@@ -16,10 +16,13 @@ from typing import Any, Protocol
 
 from pdp.ledger import LedgerError
 from pdp.ledger.gate import Gate, Metered
+from pdp.ledger.types import usd_to_micro
 from pdp.opa import DECISION_PATH, EXPLAIN_PATH, EngineUnavailable, OpaClient
 
 # The price routes.rego gives a model call's chain (see Engine._quote).
 QUOTE_PATH = "/v1/data/aam/authz/reserve_usd"
+# Denies that depend on the ledger's state: given only on the ledger's fresh state.
+LIMIT_REASONS = frozenset({"budget_exhausted", "rate_limited", "ledger_unavailable"})
 
 log = logging.getLogger("aam.decision")
 
@@ -89,8 +92,10 @@ class Engine:
         self.broker = broker
         self.gate = gate  # the ledger: budgets, rates, audit; None when off
 
-    def build_input(self, req: Request, metered: Metered | None = None) -> dict[str, Any]:
-        """OPA's input document: the only place it is assembled."""
+    def build_input(self, req: Request, metered: Metered | None = None,
+                    state: dict[str, Any] | None = None) -> dict[str, Any]:
+        """OPA's input document: the only place it is assembled. ``state`` overrides
+        the state of ``metered``'s admission (the optimistic path's cached view)."""
         doc = {
             "identity": {"spiffe_id": req.spiffe_id},
             "model": req.model,
@@ -104,7 +109,7 @@ class Engine:
             # Tokens as the ledger counted them; the cost stays the caller's, since
             # routes.rego prices each target itself (call_cost_usd).
             doc["estimate"] = {"tokens": metered.tokens, "cost_usd": req.estimated_cost_usd}
-            doc["state"] = self.gate.state(metered, req.spiffe_id)
+            doc["state"] = state if state is not None else self.gate.state(metered, req.spiffe_id)
         return doc
 
     def _query(self, input_doc: dict[str, Any], explain: bool) -> tuple[Any, Any]:
@@ -117,46 +122,31 @@ class Engine:
             return None, None
         return result.get("decision"), result.get("matched")
 
-    def decide(self, req: Request) -> Decision:
-        started = time.perf_counter()
-        decision_id = new_decision_id()
-        metered = None
-        quote_error: EngineUnavailable | None = None
-        if self.gate is not None:
-            quote = None
-            try:
-                quote = self._quote(req)
-            except EngineUnavailable as exc:
-                quote_error = exc  # answered engine_unavailable below, and audited
-            try:  # reserve before deciding: one ledger round trip
-                metered = self.gate.admit(decision_id, req.spiffe_id, req.model,
-                                          req.estimated_tokens, req.estimated_cost_usd, quote)
-            except LedgerError as exc:
-                decision = self._ledger_unavailable(req, decision_id, exc)
-                for observe in self.observers:
-                    observe(req, decision, time.perf_counter() - started)
-                return decision
-        input_doc = self.build_input(req, metered)
-        matched: Any = None
+    def _evaluate(self, input_doc: dict[str, Any], decision_id: str, explain: bool = False,
+                  error: EngineUnavailable | None = None) -> tuple[Decision, Any]:
+        """OPA's decision (and matched rules), or engine_unavailable: never an exception."""
         try:
-            if quote_error is not None:
-                raise quote_error
-            result, matched = self._query(input_doc, req.explain)
-            decision = _from_result(result, decision_id)
+            if error is not None:
+                raise error
+            result, matched = self._query(input_doc, explain)
+            return _from_result(result, decision_id), matched
         except EngineUnavailable as exc:
-            decision = Decision(
+            return Decision(
                 allow=False,
                 reasons=(Reason("engine_unavailable", f"policy engine unavailable: {exc}"),),
                 policy="",
                 decision_id=decision_id,
                 revision="",
-            )
-        if decision.allow and req.tool and self.broker is not None:
-            decision = self.broker.attach(req, decision)
-        if self.gate is not None and metered is not None:
-            decision = self._record(req, decision, metered)
-        if req.explain:
-            decision = _with_explanation(decision, input_doc, matched)
+            ), None
+
+    def decide(self, req: Request) -> Decision:
+        started = time.perf_counter()
+        decision_id = new_decision_id()
+        decision = None
+        if self.gate is not None and self.gate.cache is not None and not req.explain:
+            decision = self._decide_optimistic(req, decision_id)
+        if decision is None:
+            decision = self._decide_checked(req, decision_id)
         log.info(
             "decision",
             extra={"fields": {
@@ -170,6 +160,68 @@ class Engine:
         elapsed = time.perf_counter() - started
         for observe in self.observers:
             observe(req, decision, elapsed)
+        return decision
+
+    def _decide_optimistic(self, req: Request, decision_id: str) -> Decision | None:
+        """One OPA query on this PDP's cached ledger state, then one ledger batch that
+        reserves for an allow (checking every limit again) and writes the audit row.
+
+        None when the checked path must answer: no fresh cached state, a budget or rate
+        deny (only ever given on the ledger's fresh state), no route price, or the
+        ledger refused the reservation (it wrote nothing)."""
+        gate = self.gate
+        assert gate is not None
+        m = gate.meter(decision_id, req.spiffe_id, req.model, req.estimated_tokens,
+                       req.estimated_cost_usd)
+        state = gate.cached_state(m, req.spiffe_id)
+        if state is None:
+            return None
+        decision, _ = self._evaluate(self.build_input(req, m, state), decision_id)
+        if not decision.allow and any(r.code in LIMIT_REASONS for r in decision.reasons):
+            return None
+        metered_allow = decision.allow and m.ask is not None
+        if metered_allow and req.model and req.estimated_cost_usd <= 0:
+            price = _reserve_price(decision)  # the one pricing rule: routes.rego's
+            if price is None:
+                return None
+            m = replace(m, cost_micro=usd_to_micro(price))
+        if decision.allow and req.tool and self.broker is not None:
+            decision = self.broker.attach(req, decision)
+        fields = _audit_fields(req, decision)
+        try:
+            if decision.allow and metered_allow:
+                if not gate.commit(m, decision_id, fields):
+                    return None
+            else:
+                gate.finish(m, decision_id, fields, decision.allow)
+        except LedgerError as exc:
+            return self._ledger_unavailable(req, decision_id, exc)
+        return decision
+
+    def _decide_checked(self, req: Request, decision_id: str) -> Decision:
+        """Reserve first, let OPA decide on exactly that state, then audit (and release
+        a denied decision's reservation)."""
+        metered = None
+        quote_error: EngineUnavailable | None = None
+        if self.gate is not None:
+            quote = None
+            try:
+                quote = self._quote(req)
+            except EngineUnavailable as exc:
+                quote_error = exc  # answered engine_unavailable below, and audited
+            try:  # reserve before deciding: one ledger round trip
+                metered = self.gate.admit(decision_id, req.spiffe_id, req.model,
+                                          req.estimated_tokens, req.estimated_cost_usd, quote)
+            except LedgerError as exc:
+                return self._ledger_unavailable(req, decision_id, exc)
+        input_doc = self.build_input(req, metered)
+        decision, matched = self._evaluate(input_doc, decision_id, req.explain, quote_error)
+        if decision.allow and req.tool and self.broker is not None:
+            decision = self.broker.attach(req, decision)
+        if self.gate is not None and metered is not None:
+            decision = self._record(req, decision, metered)
+        if req.explain:
+            decision = _with_explanation(decision, input_doc, matched)
         return decision
 
     def _record(self, req: Request, decision: Decision, metered: Metered) -> Decision:
@@ -208,12 +260,11 @@ class Engine:
         if not (decision.allow and decision.route and a is not None and not a.reserved):
             return metered
         assert self.gate is not None
-        limits = decision.route.get("limits") or {}
-        price = limits.get("reserve_usd") if isinstance(limits, dict) else None
-        if isinstance(price, bool) or not isinstance(price, int | float):
+        price = _reserve_price(decision)
+        if price is None:
             return metered
         return self.gate.admit(decision.decision_id, req.spiffe_id, req.model, metered.tokens,
-                               req.estimated_cost_usd, float(price))
+                               req.estimated_cost_usd, price)
 
     def _ledger_unavailable(self, req: Request, decision_id: str, exc: Exception,
                             metered: Metered | None = None) -> Decision:
@@ -239,6 +290,15 @@ def _audit_fields(req: Request, decision: Decision) -> dict[str, Any]:
         "route": (decision.route or {}).get("alias", "") if decision.allow else "",
         "lease_accessor": decision.credential.lease_accessor if decision.credential else "",
     }
+
+
+def _reserve_price(decision: Decision) -> float | None:
+    """The price routes.rego put on the allowed route's chain (``route.limits.reserve_usd``)."""
+    limits = (decision.route or {}).get("limits")
+    price = limits.get("reserve_usd") if isinstance(limits, dict) else None
+    if isinstance(price, bool) or not isinstance(price, int | float):
+        return None
+    return float(price)
 
 
 def _from_result(result: Any, decision_id: str) -> Decision:

@@ -79,7 +79,8 @@ class Stack:
             self.opa.start()
             opa_url = self.opa.url
         gate = None if self.ledger is None else Gate(
-            self.ledger, self.view, s.reservation_ttl_s, s.default_estimated_tokens)
+            self.ledger, self.view, s.reservation_ttl_s, s.default_estimated_tokens,
+            s.ledger_state_ttl_ms / 1000)
         engine = Engine(OpaClient(opa_url, s.opa_timeout_ms / 1000), observers=[self.metrics.observe],
                         broker=self.broker, gate=gate)
         self.engine = engine

@@ -17,13 +17,14 @@ from pdp.ledger.types import (
     AuditEntry,
     AuditFilter,
     AuditRow,
+    Committed,
     LedgerError,
     LedgerUnavailable,
     Settlement,
 )
 
 __all__ = [
-    "Admission", "Ask", "AuditEntry", "AuditFilter", "AuditRow", "Ledger", "LedgerError",
+    "Admission", "Ask", "AuditEntry", "AuditFilter", "AuditRow", "Committed", "Ledger", "LedgerError",
     "LedgerUnavailable", "Settlement", "open_ledger",
 ]
 
@@ -37,6 +38,10 @@ class Ledger(Protocol):
 
     def finish(self, entry: AuditEntry, release: bool) -> int:
         """Release the decision's reservation (a deny) and append its audit row durably."""
+
+    def commit(self, ask: Ask, entry: AuditEntry) -> Committed:
+        """An allow decided before reserving: check every limit and reserve, and append its
+        audit row, in one durable step; when a limit refuses, write nothing."""
 
     def settle(self, decision_id: str, tokens: int, cost_micro: int, owner: str = "") -> Settlement:
         """Settle a reservation with the actual cost; a repeat changes nothing.

@@ -1,24 +1,44 @@
 """The engine's side of the ledger: price the request, reserve, describe state, audit.
 
 :class:`Gate` turns a request into an :class:`Ask` (limits from the compiled
-policy and route, cost as routes.rego prices the route's chain), gives
-OPA the resulting ``input.state``, and after OPA has decided releases a denied
-decision's reservation and appends its audit row in one step.
+policy and route, cost as routes.rego prices the route's chain) and gives OPA
+the resulting ``input.state``. Two ways through it:
+
+- checked first (:meth:`Gate.admit`, then :meth:`Gate.finish`): reserve, let
+  OPA decide on that exact state, release a denied decision's reservation and
+  append its audit row;
+- optimistic (:meth:`Gate.cached_state`, then :meth:`Gate.commit`): OPA decides
+  on this PDP's last view of the state (:class:`StateCache`), and the ledger
+  checks every limit again, atomically, when it reserves for the allow and
+  writes its audit row in the same batch. A refusal writes nothing; the engine
+  then decides again the checked way, so the answer is always the ledger's.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from pdp.ledger import Ledger, LedgerError
 from pdp.ledger.chain import canonical
-from pdp.ledger.types import MICRO, Admission, Ask, AuditEntry, Limits, Settlement, usd_to_micro
+from pdp.ledger.types import (
+    MICRO,
+    Admission,
+    Ask,
+    AuditEntry,
+    Limits,
+    RateWindow,
+    Settlement,
+    Window,
+    usd_to_micro,
+)
 
 # Recorded when the policy does not say (or there is no policy).
 DEFAULT_RECORD = ("identity", "policy", "action", "outcome", "reasons")
@@ -61,20 +81,71 @@ def usd(micro: int) -> float:
 class Metered:
     """What the engine carries from admit() to finish()."""
 
-    admission: Admission | None  # None: nothing to meter (no policy for the workload)
+    admission: Admission | None  # None: not reserved yet, or nothing to meter
     record: tuple[str, ...]
     route: str
     cost_micro: int
     tokens: int
+    ask: Ask | None = None  # None: nothing to meter (no policy for the workload)
+
+
+class StateCache:
+    """This PDP's latest view of each (workload, route) ledger state, as the ledger
+    returned it with this PDP's last reservation for that key, plus that reservation.
+
+    Only a hint for OPA: the ledger re-checks every limit when it reserves. An
+    entry older than ``ttl_s``, or past a budget window's reset, is not used.
+    """
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._entries: dict[tuple[str, str], tuple[float, Admission]] = {}
+        self._lock = threading.Lock()
+
+    def put(self, ask: Ask, before: Admission, reserved: bool) -> None:
+        """Remember the state ``before`` this ask, plus the ask if it was reserved."""
+        after = before
+        if reserved:
+            def plus(w: Window) -> Window:
+                return replace(w, reserved_micro=w.reserved_micro + ask.cost_micro)
+
+            def one(r: RateWindow) -> RateWindow:
+                return replace(r, requests=r.requests + 1, tokens=r.tokens + ask.tokens)
+
+            after = replace(before, daily=plus(before.daily), monthly=plus(before.monthly),
+                            workload_rate=one(before.workload_rate),
+                            route_rate=one(before.route_rate) if ask.route else before.route_rate)
+        with self._lock:
+            self._entries[ask.workload, ask.route] = (self.clock(), after)
+
+    def get(self, workload: str, route: str) -> Admission | None:
+        with self._lock:
+            hit = self._entries.get((workload, route))
+        if hit is None:
+            return None
+        age = self.clock() - hit[0]
+        a = hit[1]
+        if age > self.ttl_s or age >= a.daily.resets_in_s or age >= a.monthly.resets_in_s:
+            return None
+
+        def aged(r: RateWindow) -> RateWindow:
+            return replace(r, retry_after_s=max(0.0, r.retry_after_s - age))
+
+        return replace(a, daily=replace(a.daily, resets_in_s=a.daily.resets_in_s - age),
+                       monthly=replace(a.monthly, resets_in_s=a.monthly.resets_in_s - age),
+                       workload_rate=aged(a.workload_rate), route_rate=aged(a.route_rate))
 
 
 class Gate:
     def __init__(self, ledger: Ledger, view: CompiledView, reservation_ttl_s: float,
-                 default_tokens: int) -> None:
+                 default_tokens: int, state_ttl_s: float = 0.0) -> None:
         self.ledger = ledger
         self.view = view
         self.ttl_s = reservation_ttl_s
         self.default_tokens = default_tokens
+        # 0 turns the optimistic path off: every decision is checked first.
+        self.cache = StateCache(state_ttl_s) if state_ttl_s > 0 else None
         self._backlog: deque[tuple[AuditEntry, bool]] = deque(maxlen=BACKLOG)
         self._backlog_lock = threading.Lock()
 
@@ -91,6 +162,17 @@ class Gate:
     def admit(self, decision_id: str, workload: str, model: str, tokens: int,
               cost_usd: float, quote_usd: float | None = None) -> Metered:
         """Reserve before OPA decides. Raises LedgerError when the store fails."""
+        m = self.meter(decision_id, workload, model, tokens, cost_usd, quote_usd)
+        if m.ask is None:
+            return m
+        admission = self.ledger.reserve(m.ask)
+        if self.cache is not None:
+            self.cache.put(m.ask, admission, admission.reserved)
+        return replace(m, admission=admission)
+
+    def meter(self, decision_id: str, workload: str, model: str, tokens: int,
+              cost_usd: float, quote_usd: float | None = None) -> Metered:
+        """Limits and price of a request, from the compiled policy; no ledger call."""
         policy = self.view.policy(workload)
         cost, tokens = self.estimate(model, tokens, cost_usd, quote_usd)
         if policy is None:
@@ -108,9 +190,30 @@ class Gate:
             route_tpm=_int(route_rate.get("tokens_per_minute")),
         )
         ask = Ask(decision_id, workload, model if route else "", cost, tokens, limits, self.ttl_s)
-        admission = self.ledger.reserve(ask)
         record = tuple((policy.get("audit") or {}).get("record") or DEFAULT_RECORD)
-        return Metered(admission, record, ask.route, cost, tokens)
+        return Metered(None, record, ask.route, cost, tokens, ask)
+
+    def cached_state(self, m: Metered, workload: str) -> dict[str, Any] | None:
+        """``input.state`` from this PDP's last view, or None when there is no fresh one
+        (or the optimistic path is off)."""
+        if self.cache is None:
+            return None
+        if m.ask is None:
+            return {}  # nothing to meter: OPA needs no state
+        cached = self.cache.get(workload, m.ask.route)
+        return None if cached is None else self.state(replace(m, admission=cached), workload)
+
+    def commit(self, m: Metered, decision_id: str, fields: dict[str, Any]) -> bool:
+        """An allow decided on cached state: reserve (the ledger checks every limit again)
+        and append its audit row in one durable batch. False: the ledger refused, and
+        nothing was written."""
+        assert m.ask is not None and self.cache is not None
+        m = replace(m, ask=replace(m.ask, cost_micro=m.cost_micro))
+        done = self.ledger.commit(m.ask, self._entry(m, decision_id, fields, True))
+        self.cache.put(m.ask, done.admission, done.admission.reserved)
+        if self._backlog:
+            self._flush_backlog()
+        return done.admission.reserved
 
     def state(self, m: Metered, workload: str) -> dict[str, Any]:
         """``input.state``: spend and rates before this decision."""
@@ -164,8 +267,10 @@ class Gate:
     def finish(self, m: Metered, decision_id: str, fields: dict[str, Any], allow: bool) -> None:
         """Release a denied reservation and chain the audit row; durable on return."""
         entry = self._entry(m, decision_id, fields, allow)
-        self.ledger.finish(entry, release=not allow and m.admission is not None
-                           and m.admission.reserved)
+        released = not allow and m.admission is not None and m.admission.reserved
+        self.ledger.finish(entry, release=released)
+        if released and self.cache is not None and m.ask is not None and m.admission is not None:
+            self.cache.put(m.ask, m.admission, False)
         if self._backlog:
             self._flush_backlog()
 

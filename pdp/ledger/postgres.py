@@ -10,6 +10,7 @@ the retry cannot double-count.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from datetime import UTC
@@ -26,6 +27,7 @@ from pdp.ledger.types import (
     AuditEntry,
     AuditFilter,
     AuditRow,
+    Committed,
     LedgerError,
     LedgerUnavailable,
     RateWindow,
@@ -49,7 +51,7 @@ class PostgresLedger:
             open=False, name="aam-ledger", reconnect_timeout=3600,
         )
         self.pool.open(wait=False)
-        self.writer = AuditWriter(self._finish_many, wait_s=timeout_s + STATEMENT_TIMEOUT_S + 5)
+        self.writer = AuditWriter(self._write_batch, wait_s=timeout_s + STATEMENT_TIMEOUT_S + 5)
 
     def close(self) -> None:
         self.writer.close()
@@ -122,20 +124,28 @@ class PostgresLedger:
 
     def finish(self, entry: AuditEntry, release: bool) -> int:
         """Hand the row to the audit writer and wait until its batch has committed."""
-        return self.writer.submit(entry, release)
+        return self.writer.submit(entry, release).seq
 
-    def _finish_many(self, batch: list[Pending]) -> list[int]:
-        def run(conn: psycopg.Connection) -> list[int]:
-            row = conn.execute(
-                "SELECT aam_finish_many(%s, %s, %s, %s, %s, %s)",
-                ([p.release for p in batch], [p.entry.ts for p in batch],
-                 [p.entry.decision_id for p in batch], [p.entry.workload for p in batch],
-                 [p.entry.outcome for p in batch], [p.entry.body for p in batch]),
-            ).fetchone()
+    def commit(self, ask: Ask, entry: AuditEntry) -> Committed:
+        """Reserve for an allowed decision and append its audit row, in the writer's
+        next batch; nothing is written when the ledger refuses the reservation."""
+        p = self.writer.submit(entry, False, ask)
+        assert p.admission is not None
+        return Committed(p.admission, p.seq)
+
+    def _write_batch(self, batch: list[Pending]) -> None:
+        items = json.dumps([_item(p) for p in batch], separators=(",", ":"))
+
+        def run(conn: psycopg.Connection) -> list[dict[str, Any]]:
+            row = conn.execute("SELECT aam_commit_many(%s::jsonb)", (items,),
+                               prepare=True).fetchone()
             assert row is not None
-            return [int(x) for x in row[0]]
+            return list(row[0])
 
-        return self._run("audit", run)
+        for p, out in zip(batch, self._run("audit", run), strict=True):
+            p.seq = int(out["seq"]) if out["seq"] is not None else 0
+            if p.ask is not None:
+                p.admission = _admission(out["admission"], p.ask.cost_micro)
 
     def settle(self, decision_id: str, tokens: int, cost_micro: int, owner: str = "") -> Settlement:
         def run(conn: psycopg.Connection) -> Settlement:
@@ -170,6 +180,21 @@ def _grant(conn: psycopg.Connection, role: str) -> None:
     conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON aam_rate_buckets TO {}").format(r))
     conn.execute(sql.SQL("GRANT SELECT, INSERT ON aam_audit TO {}").format(r))
     conn.execute(sql.SQL("GRANT SELECT ON aam_schema_migrations TO {}").format(r))
+
+
+def _item(p: Pending) -> dict[str, Any]:
+    """One decision of an aam_commit_many batch (see 0002_commit_many.sql)."""
+    e = p.entry
+    item: dict[str, Any] = {"id": e.decision_id, "workload": e.workload, "ts": e.ts,
+                            "outcome": e.outcome, "body": e.body, "release": p.release,
+                            "ask": p.ask is not None}
+    if p.ask is not None:
+        a, lim = p.ask, p.ask.limits
+        item.update(route=a.route, cost=a.cost_micro, tokens=a.tokens, tz=lim.timezone,
+                    daily=lim.daily_micro, monthly=lim.monthly_micro, w_rpm=lim.workload_rpm,
+                    w_tpm=lim.workload_tpm, r_rpm=lim.route_rpm, r_tpm=lim.route_tpm,
+                    ttl_s=a.ttl_s)
+    return item
 
 
 def _admission(doc: dict[str, Any], cost_micro: int) -> Admission:

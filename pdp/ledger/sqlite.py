@@ -25,6 +25,7 @@ from pdp.ledger.types import (
     AuditEntry,
     AuditFilter,
     AuditRow,
+    Committed,
     LedgerError,
     LedgerUnavailable,
     RateWindow,
@@ -50,7 +51,7 @@ class SqliteLedger:
             self.conn.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
             raise LedgerUnavailable(f"ledger: cannot open {path}: {exc}") from None
-        self.writer = AuditWriter(self._finish_many, wait_s=timeout_s + 30)
+        self.writer = AuditWriter(self._write_batch, wait_s=timeout_s + 30)
 
     def close(self) -> None:
         self.writer.close()
@@ -98,66 +99,78 @@ class SqliteLedger:
         return self._tx("migrate", run)
 
     def reserve(self, ask: Ask) -> Admission:
+        return self._tx("reserve", lambda c: self._reserve_in(c, ask), durable=False)
+
+    def _reserve_in(self, c: sqlite3.Connection, ask: Ask) -> Admission:
+        """Check every limit and, if all allow, reserve; inside the caller's transaction."""
         lim = ask.limits
-
-        def run(c: sqlite3.Connection) -> Admission:
-            now = self.clock()
-            for day_key, month_key, micro in c.execute(
-                    "UPDATE aam_reservations SET state = 'expired' WHERE workload = ? AND"
-                    " state = 'reserved' AND expires_at <= ? RETURNING day_key, month_key, reserved_micro",
-                    (ask.workload, now)).fetchall():
-                c.execute("UPDATE aam_budget_windows SET reserved_micro = reserved_micro - ?"
-                          " WHERE workload = ? AND window_key IN (?, ?)",
-                          (micro, ask.workload, day_key, month_key))
-            local = datetime.fromtimestamp(now, ZoneInfo(lim.timezone))
-            day, month = local.strftime("%Y-%m-%d"), local.strftime("%Y-%m")
-            d_spent, d_res = _window(c, ask.workload, "d:" + day)
-            m_spent, m_res = _window(c, ask.workload, "m:" + month)
-            w = _rate(c, "w:" + ask.workload, now)
-            r = _rate(c, "r:" + ask.route, now) if ask.route else RateWindow(0, 0, 0.0)
-            ok = ((lim.daily_micro is None or d_spent + d_res + ask.cost_micro <= lim.daily_micro)
-                  and (lim.monthly_micro is None
-                       or m_spent + m_res + ask.cost_micro <= lim.monthly_micro)
-                  and (lim.workload_rpm is None or w.requests < lim.workload_rpm)
-                  and (lim.workload_tpm is None or w.tokens + ask.tokens <= lim.workload_tpm)
-                  and (lim.route_rpm is None or r.requests < lim.route_rpm)
-                  and (lim.route_tpm is None or r.tokens + ask.tokens <= lim.route_tpm))
-            if ok:
-                for key in ("d:" + day, "m:" + month):
-                    c.execute("INSERT INTO aam_budget_windows (workload, window_key, reserved_micro)"
-                              " VALUES (?, ?, ?) ON CONFLICT (workload, window_key) DO UPDATE"
-                              " SET reserved_micro = reserved_micro + excluded.reserved_micro",
-                              (ask.workload, key, ask.cost_micro))
-                c.execute("INSERT INTO aam_reservations (decision_id, workload, route, day_key,"
-                          " month_key, reserved_micro, tokens, state, created_at, rate_second,"
-                          " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?)",
-                          (ask.decision_id, ask.workload, ask.route, "d:" + day, "m:" + month,
-                           ask.cost_micro, ask.tokens, now, int(now), now + ask.ttl_s))
-                _rate_add(c, "w:" + ask.workload, int(now), 1, ask.tokens)
-                if ask.route:
-                    _rate_add(c, "r:" + ask.route, int(now), 1, ask.tokens)
-            next_day = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(),
-                                        local.tzinfo)
-            next_month = datetime(local.year + local.month // 12, local.month % 12 + 1, 1,
-                                  tzinfo=local.tzinfo)
-            return Admission(
-                reserved=ok, cost_micro=ask.cost_micro,
-                daily=Window(day, d_spent, d_res, next_day.timestamp() - now),
-                monthly=Window(month, m_spent, m_res, next_month.timestamp() - now),
-                workload_rate=w, route_rate=r,
-            )
-
-        return self._tx("reserve", run, durable=False)
+        now = self.clock()
+        for day_key, month_key, micro in c.execute(
+                "UPDATE aam_reservations SET state = 'expired' WHERE workload = ? AND"
+                " state = 'reserved' AND expires_at <= ? RETURNING day_key, month_key, reserved_micro",
+                (ask.workload, now)).fetchall():
+            c.execute("UPDATE aam_budget_windows SET reserved_micro = reserved_micro - ?"
+                      " WHERE workload = ? AND window_key IN (?, ?)",
+                      (micro, ask.workload, day_key, month_key))
+        local = datetime.fromtimestamp(now, ZoneInfo(lim.timezone))
+        day, month = local.strftime("%Y-%m-%d"), local.strftime("%Y-%m")
+        d_spent, d_res = _window(c, ask.workload, "d:" + day)
+        m_spent, m_res = _window(c, ask.workload, "m:" + month)
+        w = _rate(c, "w:" + ask.workload, now)
+        r = _rate(c, "r:" + ask.route, now) if ask.route else RateWindow(0, 0, 0.0)
+        ok = ((lim.daily_micro is None or d_spent + d_res + ask.cost_micro <= lim.daily_micro)
+              and (lim.monthly_micro is None
+                   or m_spent + m_res + ask.cost_micro <= lim.monthly_micro)
+              and (lim.workload_rpm is None or w.requests < lim.workload_rpm)
+              and (lim.workload_tpm is None or w.tokens + ask.tokens <= lim.workload_tpm)
+              and (lim.route_rpm is None or r.requests < lim.route_rpm)
+              and (lim.route_tpm is None or r.tokens + ask.tokens <= lim.route_tpm))
+        if ok:
+            for key in ("d:" + day, "m:" + month):
+                c.execute("INSERT INTO aam_budget_windows (workload, window_key, reserved_micro)"
+                          " VALUES (?, ?, ?) ON CONFLICT (workload, window_key) DO UPDATE"
+                          " SET reserved_micro = reserved_micro + excluded.reserved_micro",
+                          (ask.workload, key, ask.cost_micro))
+            c.execute("INSERT INTO aam_reservations (decision_id, workload, route, day_key,"
+                      " month_key, reserved_micro, tokens, state, created_at, rate_second,"
+                      " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?)",
+                      (ask.decision_id, ask.workload, ask.route, "d:" + day, "m:" + month,
+                       ask.cost_micro, ask.tokens, now, int(now), now + ask.ttl_s))
+            _rate_add(c, "w:" + ask.workload, int(now), 1, ask.tokens)
+            if ask.route:
+                _rate_add(c, "r:" + ask.route, int(now), 1, ask.tokens)
+        next_day = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(),
+                                    local.tzinfo)
+        next_month = datetime(local.year + local.month // 12, local.month % 12 + 1, 1,
+                              tzinfo=local.tzinfo)
+        return Admission(
+            reserved=ok, cost_micro=ask.cost_micro,
+            daily=Window(day, d_spent, d_res, next_day.timestamp() - now),
+            monthly=Window(month, m_spent, m_res, next_month.timestamp() - now),
+            workload_rate=w, route_rate=r,
+        )
 
     def finish(self, entry: AuditEntry, release: bool) -> int:
         """Hand the row to the audit writer and wait until its batch has committed."""
-        return self.writer.submit(entry, release)
+        return self.writer.submit(entry, release).seq
 
-    def _finish_many(self, batch: list[Pending]) -> list[int]:
-        def run(c: sqlite3.Connection) -> list[int]:
-            return [self._finish_one(c, p.entry, p.release) for p in batch]
+    def commit(self, ask: Ask, entry: AuditEntry) -> Committed:
+        """Reserve for an allowed decision and append its audit row, in the writer's
+        next batch; nothing is written when the ledger refuses the reservation."""
+        p = self.writer.submit(entry, False, ask)
+        assert p.admission is not None
+        return Committed(p.admission, p.seq)
 
-        return self._tx("audit", run)
+    def _write_batch(self, batch: list[Pending]) -> None:
+        def run(c: sqlite3.Connection) -> None:
+            for p in batch:
+                if p.ask is not None:
+                    p.admission = self._reserve_in(c, p.ask)
+                    if not p.admission.reserved:
+                        continue
+                p.seq = self._finish_one(c, p.entry, p.release)
+
+        self._tx("audit", run)
 
     @staticmethod
     def _finish_one(c: sqlite3.Connection, entry: AuditEntry, release: bool) -> int:

@@ -76,6 +76,14 @@ class Admission:
 
 
 @dataclass(frozen=True)
+class Committed:
+    """A decision's reservation and audit row, written together (or not at all)."""
+
+    admission: Admission  # the state it was checked against; .reserved: taken or refused
+    seq: int  # the audit row's sequence; 0 when refused (nothing was written)
+
+
+@dataclass(frozen=True)
 class Settlement:
     applied: bool
     state: str  # "settled" now or before, "released" (a deny), "unknown"

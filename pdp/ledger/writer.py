@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pdp.ledger.types import AuditEntry, LedgerError, LedgerUnavailable
+from pdp.ledger.types import Admission, Ask, AuditEntry, LedgerError, LedgerUnavailable
 
 log = logging.getLogger("aam.ledger")
 MAX_BATCH = 256
@@ -16,10 +16,17 @@ MAX_BATCH = 256
 
 @dataclass
 class Pending:
+    """One decision's write. With ``ask`` (an allowed, metered decision) the store
+    reserves first and writes the audit row only if the reservation was taken."""
+
     entry: AuditEntry
     release: bool
+    ask: Ask | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    # Filled in by the store: the audit sequence (0 when nothing was written) and,
+    # for an ask, the state the reservation was checked against.
     seq: int = 0
+    admission: Admission | None = None
     error: LedgerError | None = None
 
 
@@ -33,21 +40,22 @@ class AuditWriter:
     answered before its audit row is durable.
     """
 
-    def __init__(self, write: Callable[[list[Pending]], list[int]], wait_s: float) -> None:
+    def __init__(self, write: Callable[[list[Pending]], None], wait_s: float) -> None:
         self.write = write
         self.wait_s = wait_s
         self.queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._loop, name="aam-audit-writer", daemon=True)
         self.thread.start()
 
-    def submit(self, entry: AuditEntry, release: bool) -> int:
-        pending = Pending(entry, release)
+    def submit(self, entry: AuditEntry, release: bool, ask: Ask | None = None) -> Pending:
+        """Queue one write and wait until its batch has committed (or failed)."""
+        pending = Pending(entry, release, ask)
         self.queue.put(pending)
         if not pending.done.wait(self.wait_s):
             raise LedgerUnavailable("ledger audit: no commit in time")
         if pending.error is not None:
             raise pending.error
-        return pending.seq
+        return pending
 
     def close(self) -> None:
         self.queue.put(None)
@@ -70,9 +78,7 @@ class AuditWriter:
                     break
                 batch.append(nxt)
             try:
-                seqs = self.write(batch)
-                for p, seq in zip(batch, seqs, strict=True):
-                    p.seq = seq
+                self.write(batch)
             except LedgerError as exc:
                 for p in batch:
                     p.error = exc

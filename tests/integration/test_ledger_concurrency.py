@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import psycopg
+import pytest
 
 from aam.v1 import pdp_pb2, pdp_pb2_grpc
 from tests.integration.ledgers import fresh_database
@@ -68,13 +69,18 @@ def hammer(addrs: list[str], make: callable) -> list[pdp_pb2.AuthorizeResponse |
     return results
 
 
-def test_four_processes_never_overspend_or_overcount(postgres: Postgres, tmp_path: Path) -> None:
+@pytest.mark.parametrize("state_ttl_ms", ["1000", "0"], ids=["optimistic", "checked"])
+def test_four_processes_never_overspend_or_overcount(postgres: Postgres, tmp_path: Path,
+                                                     state_ttl_ms: str) -> None:
+    """Both ways through the ledger: OPA on each PDP's cached view with the ledger's
+    re-check at commit (the default), and a reservation before every decision."""
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "p.yaml").write_text(POLICIES)
     (policies / "routes.yaml").write_text((EXAMPLES / "model-routes.yaml").read_text())
     dsn = fresh_database(postgres)
-    with pdp_processes(4, policies, dsn, tmp_path, ledger_migrate="true") as procs:
+    with pdp_processes(4, policies, dsn, tmp_path, ledger_migrate="true",
+                       ledger_state_ttl_ms=state_ttl_ms) as procs:
         addrs = [p.addr for p in procs]
         budget = hammer(addrs, lambda: request(BUDGET, model="summarization",
                                                estimated_cost_usd=0.01))

@@ -98,6 +98,37 @@ def test_deny_releases_the_reservation_with_its_audit_row(ledger: Ledger) -> Non
     assert b.reserved and b.daily.reserved_micro == 0
 
 
+def test_commit_reserves_and_audits_together_or_writes_nothing(ledger: Ledger) -> None:
+    lim = Limits(daily_micro=20_000, route_rpm=5)
+    asks = [ask(10_000, lim, route="r") for _ in range(3)]
+    done = [ledger.commit(a, entry(a.decision_id)) for a in asks]
+    assert [d.admission.reserved for d in done] == [True, True, False]
+    assert [d.admission.daily.reserved_micro for d in done] == [0, 10_000, 20_000]
+    assert [d.admission.route_rate.requests for d in done] == [0, 1, 2]
+    assert done[0].seq > 0 and done[1].seq == done[0].seq + 1 and done[2].seq == 0
+    written = [r.decision_id for r in ledger.audit_rows(AuditFilter())]
+    assert written == [done_ask.decision_id for done_ask in asks[:2]]  # none for the refused ...
+    assert ledger.settle(asks[2].decision_id, 1, 1).state == "unknown"  # ... no reservation
+    # A plain audit row (a deny) and commits share the writer's batches and one chain.
+    ledger.finish(entry(uuid.uuid4().hex, "deny"), release=False)
+    rows = ledger.audit_rows(AuditFilter())
+    assert [r.outcome for r in rows] == ["allow", "allow", "deny"]
+    assert verify(rows) == (3, [])
+
+
+def test_commits_from_many_threads_never_overspend(ledger: Ledger) -> None:
+    """Concurrent commits land in shared batches; the limit holds exactly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lim = Limits(daily_micro=100_000)
+    asks = [ask(10_000, lim) for _ in range(40)]
+    with ThreadPoolExecutor(16) as pool:
+        done = list(pool.map(lambda a: ledger.commit(a, entry(a.decision_id)), asks))
+    assert sum(d.admission.reserved for d in done) == 10
+    rows = ledger.audit_rows(AuditFilter())
+    assert len(rows) == 10 and verify(rows) == (10, [])
+
+
 def test_unsettled_reservations_expire(ledger: Ledger) -> None:
     lim = Limits(daily_micro=10_000)
     a = ask(10_000, lim, ttl_s=0.3)

@@ -37,27 +37,33 @@ def _settle(pdp: pdp_pb2_grpc.PolicyDecisionServiceStub, decision_id: str) -> bo
                                                       cost_usd=0.01), timeout=10).applied
 
 
-def test_database_outage_denies_then_recovers_without_leaks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("checked", [True, False], ids=["checked", "optimistic"])
+def test_database_outage_denies_then_recovers_without_leaks(tmp_path: Path, checked: bool) -> None:
+    """The database goes away mid-decision: checked, after the reservation and before
+    the audit row (the reservation is released later); optimistic, after OPA decided
+    on the cached state and before the batch that reserves and audits (nothing held)."""
     with run_postgres() as pg, running_stack(_policies(tmp_path), ledger_url=pg.dsn,
-                                             ledger_timeout_ms=500) as stack:
+                                             ledger_timeout_ms=500,
+                                             ledger_state_ttl_ms=0 if checked else 60_000) as stack:
         channel, pdp = stub(stack)
         gate = stack.engine.gate if stack.engine else None
         assert gate is not None
-        admit = gate.admit
+        step = "admit" if checked else "cached_state"
+        original = getattr(gate, step)
 
-        def admit_then_database_goes_down(*args: object, **kwargs: object) -> object:
-            metered = admit(*args, **kwargs)  # type: ignore[arg-type]
-            pg.stop()  # after the reservation, before the audit row
-            return metered
+        def then_database_goes_down(*args: object, **kwargs: object) -> object:
+            out = original(*args, **kwargs)
+            pg.stop()
+            return out
 
         with channel:
             before = [_call(pdp) for _ in range(3)]
             assert all(r.decision == pdp_pb2.DECISION_ALLOW for r in before)
             assert _settle(pdp, before[0].decision_id) and _settle(pdp, before[1].decision_id)
 
-            gate.admit = admit_then_database_goes_down  # type: ignore[method-assign]
-            cut = _call(pdp)  # reserved, then the database went away mid-decision
-            gate.admit = admit  # type: ignore[method-assign]
+            setattr(gate, step, then_database_goes_down)
+            cut = _call(pdp)  # the database went away mid-decision
+            setattr(gate, step, original)
             during = [cut, *(_call(pdp) for _ in range(3))]
             assert [[x.code for x in r.reasons] for r in during] == [["ledger_unavailable"]] * 4
             assert all(r.decision == pdp_pb2.DECISION_DENY for r in during)
@@ -88,9 +94,11 @@ def test_database_outage_denies_then_recovers_without_leaks(tmp_path: Path) -> N
                 "SELECT spent_micro, reserved_micro FROM aam_budget_windows"
                 " WHERE window_key LIKE 'd:%'").fetchone()
             rows = dict(conn.execute("SELECT decision_id, state FROM aam_reservations").fetchall())
-        # Each allowed call spent once; the call cut mid-decision was released, not leaked.
+        # Each allowed call spent once; the call cut mid-decision was released (checked)
+        # or never reserved (optimistic), not leaked.
         assert (spent, reserved) == (10_000 * len(allowed), 0)
-        assert rows == {**dict.fromkeys(allowed, "settled"), cut.decision_id: "released"}
+        cut_row = {cut.decision_id: "released"} if checked else {}
+        assert rows == {**dict.fromkeys(allowed, "settled"), **cut_row}
         ledger = open_ledger(pg.dsn)
         assert ledger is not None
         audit = ledger.audit_rows(AuditFilter())

@@ -9,6 +9,7 @@ import pytest
 
 from aam.v1 import pdp_pb2
 from pdp.ledger import AuditFilter
+from pdp.opa import DECISION_PATH as DECIDE
 from pdp.stack import Stack
 from tests.integration.pdp import FINANCE, request, running_stack, stub
 
@@ -80,3 +81,41 @@ def test_ledger_off_fails_budgets_closed() -> None:
             with pytest.raises(grpc.RpcError) as err:
                 pdp.RecordUsage(usage("ab" * 16, 1.0), timeout=5)
             assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_optimistic_path_one_opa_query_and_limit_denies_confirmed_fresh() -> None:
+    """OPA decides on the PDP's cached ledger view: one query per model call. A budget
+    deny on that view is given only once fresh state confirms it."""
+    with running_stack(ledger_state_ttl_ms=60_000) as s:
+        assert s.engine is not None
+        opa, queries = s.engine.opa, []
+        query = opa.query
+
+        def counted(path: str, doc: dict) -> object:
+            queries.append(path)
+            return query(path, doc)
+
+        opa.query = counted  # type: ignore[method-assign]
+        channel, pdp = stub(s)
+        with channel:
+            first = pdp.Authorize(request(model="reasoning-high", estimated_cost_usd=74.99), timeout=5)
+            assert first.decision == pdp_pb2.DECISION_ALLOW
+            assert queries == [DECIDE]  # no cached view yet: reserve, then decide
+            queries.clear()
+            small = pdp.Authorize(request(model="reasoning-high", estimated_cost_usd=0.50), timeout=5)
+            assert [r.code for r in small.reasons] == ["budget_exhausted"]
+            assert pdp.RecordUsage(usage(first.decision_id, 1.00), timeout=5).applied
+            queries.clear()
+            # The cached view still holds the 74.99 reservation; the ledger no longer does.
+            again = pdp.Authorize(request(model="reasoning-high", estimated_cost_usd=0.50), timeout=5)
+            assert again.decision == pdp_pb2.DECISION_ALLOW, again.reasons
+            assert queries == [DECIDE, DECIDE]  # cached view: deny; fresh state: allow
+            queries.clear()
+            steady = pdp.Authorize(request(model="reasoning-high", estimated_tokens=1000), timeout=5)
+            assert steady.decision == pdp_pb2.DECISION_ALLOW
+            assert queries == [DECIDE]  # priced by the decision itself: no quote query
+        assert s.ledger is not None
+        rows = s.ledger.audit_rows(AuditFilter())
+        assert [r.outcome for r in rows] == ["allow", "deny", "allow", "allow"]
+        assert [r.decision_id for r in rows] == [first.decision_id, small.decision_id,
+                                                 again.decision_id, steady.decision_id]

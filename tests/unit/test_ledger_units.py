@@ -6,8 +6,8 @@ import pytest
 
 from compiler.bundle import DATA_PATH
 from pdp.ledger import LedgerError, open_ledger
-from pdp.ledger.gate import CompiledView, Gate
-from pdp.ledger.types import usd_to_micro
+from pdp.ledger.gate import CompiledView, Gate, StateCache
+from pdp.ledger.types import Admission, Ask, Limits, RateWindow, Window, usd_to_micro
 
 
 @pytest.mark.parametrize(("usd", "micro"), [
@@ -81,3 +81,44 @@ def test_unknown_budget_time_zone_is_a_located_error(tmp_path) -> None:
     (diag,) = err.value.diagnostics
     assert "unknown time zone 'Mars/Olympus'" in str(diag)
     assert str(diag).startswith(f"{tmp_path / 'p.yaml'}:8:75: error:")
+
+
+def _admission(resets_s: float = 3600.0) -> Admission:
+    return Admission(True, 0, Window("2026-11-26", 5, 10, resets_s), Window("2026-11", 5, 10, 10 * resets_s),
+                     RateWindow(3, 300, 20.0), RateWindow(1, 100, 5.0))
+
+
+def test_state_cache_adds_its_own_reservation_and_ages() -> None:
+    now = [100.0]
+    cache = StateCache(ttl_s=1.0, clock=lambda: now[0])
+    routed = Ask("d1", "w", "r", 7, 50, Limits(), 60)
+    cache.put(routed, _admission(), reserved=True)
+    now[0] += 0.25
+    got = cache.get("w", "r")
+    assert got is not None
+    assert (got.daily.reserved_micro, got.monthly.reserved_micro) == (17, 17)
+    assert (got.workload_rate.requests, got.workload_rate.tokens) == (4, 350)
+    assert (got.route_rate.requests, got.route_rate.tokens) == (2, 150)
+    assert got.daily.resets_in_s == pytest.approx(3599.75)
+    assert got.route_rate.retry_after_s == pytest.approx(4.75)
+    assert cache.get("w", "") is None  # another key (a tool call of the same workload)
+    cache.put(Ask("d2", "w", "", 7, 0, Limits(), 60), _admission(), reserved=False)
+    assert cache.get("w", "").daily.reserved_micro == 10  # type: ignore[union-attr]
+    now[0] += 1.0
+    assert cache.get("w", "r") is None  # older than the TTL
+
+
+def test_state_cache_forgets_a_view_past_its_budget_window() -> None:
+    now = [0.0]
+    cache = StateCache(ttl_s=60.0, clock=lambda: now[0])
+    cache.put(Ask("d", "w", "", 1, 0, Limits(), 60), _admission(resets_s=2.0), reserved=True)
+    now[0] = 1.0
+    assert cache.get("w", "") is not None
+    now[0] = 2.0  # the day rolled over: yesterday's spend says nothing about today
+    assert cache.get("w", "") is None
+
+
+def test_gate_without_state_ttl_has_no_optimistic_path() -> None:
+    gate = _gate(True)
+    m = gate.meter("d", "spiffe://prod/agent/none", "m", 0, 0)
+    assert gate.cache is None and gate.cached_state(m, "spiffe://prod/agent/none") is None
