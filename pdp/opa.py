@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import subprocess
 import tempfile
@@ -120,8 +121,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 class OpaProcess:
     """A child OPA server pulling its bundle from the PDP's bundle service."""
 
-    def __init__(self, binary: str, addr: str, bundle_url: str, workdir: Path | None = None) -> None:
+    def __init__(self, binary: str, addr: str, bundle_url: str, workdir: Path | None = None,
+                 gogc: int = 100) -> None:
         host, _, port = addr.rpartition(":")
+        self.gogc = gogc
         self.host = host or "127.0.0.1"
         self.port = int(port) or free_port(self.host)
         self.binary = binary
@@ -158,6 +161,7 @@ class OpaProcess:
              "--addr", f"{self.host}:{self.port}", "--config-file", str(cfg),
              "--log-level", "error", "--log-format", "json"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "GOGC": str(self.gogc)},
         )
         log.close()
         client = OpaClient(self.url, 1.0)

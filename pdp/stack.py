@@ -75,7 +75,7 @@ class Stack:
         self.http.start()
         opa_url = s.opa_url
         if not opa_url:
-            self.opa = OpaProcess(s.opa_path(), s.opa_addr, self.http.url)
+            self.opa = OpaProcess(s.opa_path(), s.opa_addr, self.http.url, gogc=s.opa_gogc)
             self.opa.start()
             opa_url = self.opa.url
         gate = None if self.ledger is None else Gate(
@@ -168,7 +168,7 @@ class Stack:
             log.error("managed OPA exited; restarting",
                       extra={"fields": {"exit_code": opa.proc.returncode}})
             opa.stop()
-            fresh = OpaProcess(opa.binary, f"{opa.host}:{opa.port}", opa.bundle_url)
+            fresh = OpaProcess(opa.binary, f"{opa.host}:{opa.port}", opa.bundle_url, gogc=opa.gogc)
             try:
                 fresh.start()
             except (RuntimeError, OSError) as exc:

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
@@ -251,15 +252,22 @@ def test_metrics_count_decisions_by_outcome_and_reason(stack: Stack) -> None:
     assert metric(stack, f'aam_bundle_active_info{{revision="{rev}"}}') == 1
 
 
+def _gogc(pid: int) -> str:
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next((e.decode().split("=", 1)[1] for e in env if e.startswith(b"GOGC=")), "")
+
+
 def test_managed_opa_killed_is_restarted_and_decisions_recover() -> None:
-    with running_stack(opa_timeout_ms=300) as stack:
+    with running_stack(opa_timeout_ms=300, opa_gogc=250) as stack:
         assert stack.opa is not None and stack.opa.proc is not None
         first = stack.opa.proc
+        assert _gogc(first.pid) == "250"
         with Load(stack) as load:
             wait_until(lambda: load.seen_since(0, ALLOW), 20, "first ALLOW")
             first.kill()
             killed = time.monotonic()
             wait_until(lambda: load.seen_since(killed, ALLOW) and stack.opa.proc is not first,
                        30, "ALLOW from the restarted OPA")
+            assert _gogc(stack.opa.proc.pid) == "250"  # type: ignore[union-attr]
     assert load.errors == []
     assert {codes for _, d, codes in load.outcomes if d == DENY} <= {("engine_unavailable",)}
