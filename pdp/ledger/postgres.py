@@ -24,24 +24,22 @@ from pdp.ledger import migrations
 from pdp.ledger.types import (
     Admission,
     Ask,
-    AuditEntry,
     AuditFilter,
     AuditRow,
-    Committed,
     LedgerError,
     LedgerUnavailable,
     RateWindow,
     Settlement,
     Window,
 )
-from pdp.ledger.writer import AuditWriter, Pending
+from pdp.ledger.writer import AuditWriter, Pending, WriterBacked
 
 log = logging.getLogger("aam.ledger")
 T = TypeVar("T")
 MIGRATION_LOCK = 4  # advisory lock class held while migrating
 STATEMENT_TIMEOUT_S = 10  # a hung database fails decisions instead of holding them
 
-class PostgresLedger:
+class PostgresLedger(WriterBacked):
     def __init__(self, conninfo: str, pool_size: int = 8, timeout_s: float = 2.0) -> None:
         self.timeout_s = timeout_s
         self.pool = ConnectionPool(
@@ -121,17 +119,6 @@ class PostgresLedger:
             if "UniqueViolation" in str(exc):  # a retry after the first attempt committed
                 raise LedgerUnavailable("ledger reserve: outcome of a retried call unknown") from None
             raise
-
-    def finish(self, entry: AuditEntry, release: bool) -> int:
-        """Hand the row to the audit writer and wait until its batch has committed."""
-        return self.writer.submit(entry, release).seq
-
-    def commit(self, ask: Ask, entry: AuditEntry) -> Committed:
-        """Reserve for an allowed decision and append its audit row, in the writer's
-        next batch; nothing is written when the ledger refuses the reservation."""
-        p = self.writer.submit(entry, False, ask)
-        assert p.admission is not None
-        return Committed(p.admission, p.seq)
 
     def _write_batch(self, batch: list[Pending]) -> None:
         items = json.dumps([_item(p) for p in batch], separators=(",", ":"))

@@ -25,20 +25,19 @@ from pdp.ledger.types import (
     AuditEntry,
     AuditFilter,
     AuditRow,
-    Committed,
     LedgerError,
     LedgerUnavailable,
     RateWindow,
     Settlement,
     Window,
 )
-from pdp.ledger.writer import AuditWriter, Pending
+from pdp.ledger.writer import AuditWriter, Pending, WriterBacked
 
 T = TypeVar("T")
 RATE_WINDOW_S = 60.0
 
 
-class SqliteLedger:
+class SqliteLedger(WriterBacked):
     def __init__(self, path: str, timeout_s: float = 2.0, clock: Callable[[], float] = time.time) -> None:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -149,17 +148,6 @@ class SqliteLedger:
             monthly=Window(month, m_spent, m_res, next_month.timestamp() - now),
             workload_rate=w, route_rate=r,
         )
-
-    def finish(self, entry: AuditEntry, release: bool) -> int:
-        """Hand the row to the audit writer and wait until its batch has committed."""
-        return self.writer.submit(entry, release).seq
-
-    def commit(self, ask: Ask, entry: AuditEntry) -> Committed:
-        """Reserve for an allowed decision and append its audit row, in the writer's
-        next batch; nothing is written when the ledger refuses the reservation."""
-        p = self.writer.submit(entry, False, ask)
-        assert p.admission is not None
-        return Committed(p.admission, p.seq)
 
     def _write_batch(self, batch: list[Pending]) -> None:
         def run(c: sqlite3.Connection) -> None:

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pdp.ledger.types import Admission, Ask, AuditEntry, LedgerError, LedgerUnavailable
+from pdp.ledger.types import Admission, Ask, AuditEntry, Committed, LedgerError, LedgerUnavailable
 
 log = logging.getLogger("aam.ledger")
 MAX_BATCH = 256
@@ -90,3 +90,20 @@ class AuditWriter:
                 p.done.set()
             if stop:
                 return
+
+
+class WriterBacked:
+    """The Ledger steps both stores route through their :class:`AuditWriter`."""
+
+    writer: AuditWriter
+
+    def finish(self, entry: AuditEntry, release: bool) -> int:
+        """Hand the row to the audit writer and wait until its batch has committed."""
+        return self.writer.submit(entry, release).seq
+
+    def commit(self, ask: Ask, entry: AuditEntry) -> Committed:
+        """Reserve for an allowed decision and append its audit row, in the writer's
+        next batch; nothing is written when the ledger refuses the reservation."""
+        p = self.writer.submit(entry, False, ask)
+        assert p.admission is not None
+        return Committed(p.admission, p.seq)
