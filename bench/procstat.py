@@ -1,13 +1,18 @@
 """CPU and memory of the processes under test, read from /proc (Linux).
 
 CPU is reported as percent of one core over the measured window (200% = both
-cores of this machine); RSS is the peak seen by sampling every 100 ms.
+cores of this machine); RSS is the peak seen by sampling every 100 ms. Besides
+single processes, a :class:`Meter` measures process trees (PostgreSQL: the
+postmaster and its backends) and the load generator (this process's children
+that exited during the window, i.e. ghz or vegeta), so that every CPU a
+decision costs on the machine is accounted for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +26,31 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, as they are now."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            todo.extend(children(p))
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> dict[int, float]:
+    out = {}
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            out[p] = cpu_seconds(p)
+    return out
+
+
+def exited_children_cpu_seconds() -> float:
+    """CPU of this process's children that have exited and been waited for."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def rss_kb(pid: int) -> int:
@@ -45,10 +75,15 @@ class Usage:
 
 
 class Meter:
-    """Measure CPU and peak RSS of named processes over a ``with`` block."""
+    """Measure CPU and peak RSS of named processes over a ``with`` block; with
+    ``trees``, the CPU of named process trees; with ``loadgen``, the CPU of the
+    children that exited in the window (usage key "loadgen")."""
 
-    def __init__(self, pids: dict[str, int], interval_s: float = 0.1) -> None:
+    def __init__(self, pids: dict[str, int], interval_s: float = 0.1,
+                 trees: dict[str, int] | None = None, loadgen: bool = False) -> None:
         self.pids = pids
+        self.trees = trees or {}
+        self.loadgen = loadgen
         self.interval_s = interval_s
         self.usage: dict[str, Usage] = {}
         self._peak: dict[str, int] = dict.fromkeys(pids, 0)
@@ -66,6 +101,8 @@ class Meter:
     def __enter__(self) -> Meter:
         self._t0 = time.monotonic()
         self._cpu0 = {n: cpu_seconds(p) for n, p in self.pids.items()}
+        self._tree0 = {n: tree_cpu_seconds(p) for n, p in self.trees.items()}
+        self._children0 = exited_children_cpu_seconds()
         self._thread.start()
         return self
 
@@ -79,3 +116,10 @@ class Meter:
             except OSError:
                 cpu = 0.0
             self.usage[name] = Usage(100 * cpu / wall if wall else 0.0, self._peak[name] / 1024)
+        for name, pid in self.trees.items():
+            now, before = tree_cpu_seconds(pid), self._tree0[name]
+            cpu = sum(c - before.get(p, 0.0) for p, c in now.items())
+            self.usage[name] = Usage(100 * cpu / wall if wall else 0.0, 0.0)
+        if self.loadgen:
+            cpu = exited_children_cpu_seconds() - self._children0
+            self.usage["loadgen"] = Usage(100 * cpu / wall if wall else 0.0, 0.0)
