@@ -135,11 +135,12 @@ def test_targets_explain_what_was_not_measured() -> None:
     assert "p99 <= 5 ms at 400/s (the target is at 500/s):" in lines[0]
     assert lines[0].endswith("model 4.00 ms (3 errors), tool -, credentialed - -> short")
     assert lines[1].endswith("model -, tool -, credentialed - -> not measured")
-    assert lines[2].endswith("opa-envoy-plugin no opa-envoy-plugin binary -> not measured")
+    assert lines[2].endswith(
+        "AAM 6.00 ms, opa-envoy-plugin not run: no opa-envoy-plugin binary -> not measured")
     assert lines[3].endswith("scales run 10, 1,000 (failed); only the full run loads 10,000 -> not measured")
     assert report.targets([], [], 500, AUTHZ, ("a", "b"), "x").splitlines()[3].endswith(
         "scale not run (--no-scale) -> not measured")
     table = report.latency_table([missing]).splitlines()
-    assert "not run (see below)" in table[2]
+    assert table[2].split()[-2:] == ["not", "run"]
     assert table[-1] == "plugin: not run: no opa-envoy-plugin binary"
     assert report.ratio_table([(rows[1], missing)]).splitlines()[2].split()[-3:] == ["-", "-", "-"]
