@@ -1,7 +1,7 @@
 """One command: start the systems, drive them, print the tables.
 
     .venv/bin/python -m bench.run            # full run, a few minutes
-    .venv/bin/python -m bench.run --quick    # about a minute, shorter windows
+    .venv/bin/python -m bench.run --quick    # a minute or two, shorter windows
 
 Sections: latency and resources per scenario (Authorize model call, tool call,
 credentialed tool call; ext_authz Check) at a fixed offered rate (open loop) and
@@ -242,7 +242,8 @@ def pairs(rows: list[Row]) -> list[tuple[Row, Row]]:
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     ap = argparse.ArgumentParser(prog="bench.run", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="short windows, scales 10 and 1,000 only")
+    ap.add_argument("--quick", action="store_true",
+                    help="short windows, scales 10 and 1,000 only (a minute or two)")
     ap.add_argument("--rate", type=int, default=500, help="offered rate, open loop (default 500/s)")
     ap.add_argument("--scale-rate", type=int, default=200,
                     help="offered rate for the scale runs, below saturation so that latency is the "
