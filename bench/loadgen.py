@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.tools import tool
+from pdp.config import REPO_ROOT
 
 NS_PER_MS = 1_000_000
 
@@ -46,6 +48,20 @@ class Result:
     throughput: float  # successful responses per second
     count: int
     errors: int
+
+
+def describe() -> str:
+    """The generators and their versions (pinned in scripts/setup: go-installed binaries
+    carry no version of their own), for the run's header."""
+    setup = (REPO_ROOT / "scripts" / "setup").read_text()
+
+    def pin(name: str) -> str:
+        m = re.search(rf"^{name}_VERSION=(\S+)", setup, re.M)
+        return m.group(1) if m else "?"
+
+    return (f"ghz {pin('GHZ')} for gRPC (Authorize, ext_authz Check; --async open loop at a fixed "
+            f"rate, closed loop with N workers at saturation), vegeta {pin('VEGETA')} for HTTP "
+            "(OPA's Data API; open loop, N workers at saturation)")
 
 
 class LoadError(RuntimeError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bench.loadgen import Load, Result
@@ -16,6 +16,7 @@ class Row:
     result: Result | None  # None when the run failed; ``error`` says why
     usage: dict[str, Usage]
     error: str = ""
+    skipped: bool = False  # not run on purpose (e.g. no baseline binary); ``error`` says why
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -43,14 +44,16 @@ def latency_table(rows: Sequence[Row]) -> str:
     out = []
     for r in rows:
         if r.result is None:
-            out.append([r.scenario, r.load.label, f"failed: {r.error[:60]}", *[""] * 10])
+            what = "not run" if r.skipped else f"failed: {r.error[:60]}"
+            out.append([r.scenario, r.load.label, what, *[""] * 10])
             continue
         res = r.result
         out.append([r.scenario, r.load.label, _ms(res.p50_ms), _ms(res.p90_ms), _ms(res.p99_ms),
                     f"{res.throughput:.0f}", str(res.errors),
                     *_usage(r.usage.get("pdp")), *_usage(r.usage.get("opa")),
                     _per_request(r.usage.get("pdp"), res), _per_request(r.usage.get("opa"), res)])
-    return table(headers, out)
+    notes = dict.fromkeys(f"{r.scenario}: not run: {r.error}" for r in rows if r.skipped)
+    return "\n".join([table(headers, out), *notes])
 
 
 def _per_request(u: Usage | None, res: Result) -> str:
@@ -65,6 +68,7 @@ def ratio_table(pairs: Sequence[tuple[Row, Row]]) -> str:
     out = []
     for aam, base in pairs:
         if aam.result is None or base.result is None:
+            out.append([aam.scenario, base.scenario, aam.load.label, "-", "-", "-"])
             continue
         a, b = aam.result, base.result
         out.append([aam.scenario, base.scenario, aam.load.label, _ratio(a.p50_ms, b.p50_ms),
@@ -109,3 +113,80 @@ def memory_per_thousand(points: Sequence[ScalePoint]) -> tuple[float, float] | N
     lo, hi = min(ok, key=lambda p: p.policies), max(ok, key=lambda p: p.policies)
     k = (hi.policies - lo.policies) / 1000
     return (hi.pdp_rss_mb - lo.pdp_rss_mb) / k, (hi.opa_rss_mb - lo.opa_rss_mb) / k
+
+
+# The issue's targets (issue 9), measured on this run's rows.
+P99_MS_AT_RATE = 5.0
+SATURATION_PER_S = 1500.0
+CHECK_P99_X = 2.0
+SCALE_P99_X = 1.3
+SCALE_FROM, SCALE_TO = 10, 10_000
+
+
+def targets(rows: Sequence[Row], points: Sequence[ScalePoint], rate: int,
+            authorize: dict[str, str], check: tuple[str, str], ledger: str) -> str:
+    """One line per target: what it asks, the figures of this run, met / short / not measured.
+    ``authorize`` maps a short label to an Authorize scenario; ``check`` is (AAM, baseline)."""
+    fixed = {r.scenario: r for r in rows if r.load.rate == rate}
+    sat = {r.scenario: r for r in rows if r.load.rate == 0}
+    at = f"{rate:,}/s" + ("" if rate == 500 else " (the target is at 500/s)")
+    lines = [
+        _line(f"Authorize with ledger ({ledger}) and audit on, p99 <= {P99_MS_AT_RATE:g} ms at {at}",
+              {k: fixed.get(n) for k, n in authorize.items()},
+              lambda r: f"{r.p99_ms:.2f} ms", lambda r: r.p99_ms <= P99_MS_AT_RATE and not r.errors),
+        _line(f"Authorize saturation >= {SATURATION_PER_S:,.0f} decisions/s",
+              {k: sat.get(n) for k, n in authorize.items()},
+              lambda r: f"{r.throughput:,.0f}/s", lambda r: r.throughput >= SATURATION_PER_S),
+        _check_line(fixed.get(check[0]), fixed.get(check[1]), at),
+        _scale_line(points),
+    ]
+    return "\n".join(lines)
+
+
+def _line(what: str, rows: dict[str, Row | None], fmt: Callable[[Result], str],
+          ok: Callable[[Result], bool]) -> str:
+    figures, verdicts = [], []
+    for label, row in rows.items():
+        if row is None or row.result is None:
+            figures.append(f"{label} -")
+            continue
+        errors = f" ({row.result.errors} errors)" if row.result.errors else ""
+        figures.append(f"{label} {fmt(row.result)}{errors}")
+        verdicts.append(ok(row.result))
+    missing = [label for label, row in rows.items() if row is None or row.result is None]
+    return f"{what}: {', '.join(figures)} -> {_verdict(verdicts, missing)}"
+
+
+def _verdict(ok: Sequence[bool], missing: Sequence[str]) -> str:
+    if not ok:
+        return "not measured"
+    if not all(ok):
+        return "short"
+    return "met" + (f" ({', '.join(missing)} not measured)" if missing else "")
+
+
+def _check_line(aam: Row | None, base: Row | None, at: str) -> str:
+    what = f"ext_authz Check p99 within {CHECK_P99_X:g}x of opa-envoy-plugin at {at}"
+    if aam is None or aam.result is None:
+        return f"{what}: AAM not measured -> not measured"
+    if base is None or base.result is None:
+        why = base.error.split(": ")[0][:100] if base is not None else "no row"
+        return f"{what}: AAM {aam.result.p99_ms:.2f} ms, opa-envoy-plugin not run: {why} -> not measured"
+    x = aam.result.p99_ms / base.result.p99_ms
+    return (f"{what}: AAM {aam.result.p99_ms:.2f} ms / opa-envoy-plugin {base.result.p99_ms:.2f} ms"
+            f" = x {x:.2f} -> {'met' if x <= CHECK_P99_X else 'short'}")
+
+
+def _scale_line(points: Sequence[ScalePoint]) -> str:
+    what = f"p99 at {SCALE_TO:,} policies within {SCALE_P99_X:g}x of {SCALE_FROM:,}"
+    by = {p.policies: p.result for p in points}
+    lo, hi = by.get(SCALE_FROM), by.get(SCALE_TO)
+    if not points:
+        return f"{what}: scale not run (--no-scale) -> not measured"
+    if lo is None or hi is None:
+        ran = ", ".join(f"{p.policies:,}" + ("" if p.result else " (failed)") for p in points)
+        hint = "" if SCALE_TO in by else f"; only the full run loads {SCALE_TO:,}"
+        return f"{what}: scales run {ran}{hint} -> not measured"
+    x = hi.p99_ms / lo.p99_ms
+    return (f"{what}: {hi.p99_ms:.2f} ms / {lo.p99_ms:.2f} ms = x {x:.2f}"
+            f" -> {'met' if x <= SCALE_P99_X else 'short'}")

@@ -1,16 +1,21 @@
 """One command: start the systems, drive them, print the tables.
 
     .venv/bin/python -m bench.run            # full run, a few minutes
-    .venv/bin/python -m bench.run --quick    # about a minute, shorter windows
+    .venv/bin/python -m bench.run --quick    # a minute or two, shorter windows
 
-Sections: latency and resources per scenario at a fixed offered rate (open
-loop) and at saturation; AAM/baseline ratios; scale (10, 1,000, 10,000
-policies); a py-spy profile of the PDP at saturation.
+Sections: latency and resources per scenario (Authorize model call, tool call,
+credentialed tool call; ext_authz Check) at a fixed offered rate (open loop) and
+at saturation; AAM/baseline ratios (OPA's Data API with the same input;
+opa-envoy-plugin with the same Check); scale (10, 1,000, 10,000 policies); a
+py-spy profile of the PDP at saturation; the issue's targets, met or short.
+The AAM stacks keep their ledger in a co-located PostgreSQL (fsync on) unless
+``--ledger sqlite``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -20,8 +25,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf import json_format
 from google.protobuf.descriptor import FileDescriptor
+from google.rpc import code_pb2
 
 from aam.v1 import pdp_pb2, pdp_pb2_grpc
 from bench import loadgen, micro, profile, report, scenarios
@@ -31,7 +38,7 @@ from bench.procstat import Meter
 from bench.protoset import write_protoset
 from bench.report import Row, ScalePoint
 from bench.scenarios import Scenario
-from bench.targets import AamStack, TargetError
+from bench.targets import PLUGIN_MISSING, AamStack, LedgerServer, PluginStack, TargetError, plugin_binary
 from bench.tools import ToolMissing
 from pdp.opa import OpaClient
 
@@ -56,8 +63,15 @@ def plan(args: argparse.Namespace) -> Plan:
     return Plan(args.rate, 15, 10, args.concurrency, (10, 1000, 10000), 10, 8, args.only, 2000)
 
 
-def drive(s: Scenario, stack: AamStack, load: Load) -> Result:
-    if s.target == "aam":
+def loads(p: Plan) -> tuple[Load, Load]:
+    return Load(p.rate, p.fixed_s), Load(0, p.saturation_s, p.concurrency)
+
+
+Stack = AamStack | PluginStack
+
+
+def drive(s: Scenario, stack: Stack, load: Load) -> Result:
+    if s.target in ("aam", "plugin"):
         assert s.proto is not None
         return loadgen.ghz(stack.grpc_addr, s.call, s.payload, load, _protoset(s.proto))
     if s.target == "opa":
@@ -75,9 +89,15 @@ def _protoset(fd: FileDescriptor) -> Path:
     return _PROTOSETS[fd.name]
 
 
-def check(s: Scenario, stack: AamStack) -> None:
+def check(s: Scenario, stack: Stack) -> None:
     """One request before the load: it must get the decision the scenario expects."""
-    if s.target == "aam":
+    if s.call == scenarios.CHECK:
+        with grpc.insecure_channel(stack.grpc_addr) as ch:
+            req = json_format.ParseDict(s.payload, external_auth_pb2.CheckRequest())
+            resp = external_auth_pb2_grpc.AuthorizationStub(ch).Check(req, timeout=5)
+        allow = resp.status.code == code_pb2.OK
+        detail = [resp.status.message]
+    elif s.target == "aam":
         with grpc.insecure_channel(stack.grpc_addr) as ch:
             req = json_format.ParseDict(s.payload, pdp_pb2.AuthorizeRequest())
             resp = pdp_pb2_grpc.PolicyDecisionServiceStub(ch).Authorize(req, timeout=5)
@@ -90,7 +110,7 @@ def check(s: Scenario, stack: AamStack) -> None:
         raise RuntimeError(f"{s.name}: expected {'ALLOW' if s.expect_allow else 'DENY'}, got {detail}")
 
 
-def measure(s: Scenario, stack: AamStack, load: Load) -> Row:
+def measure(s: Scenario, stack: Stack, load: Load) -> Row:
     try:
         with Meter(stack.pids) as meter:
             result = drive(s, stack, load)
@@ -99,25 +119,32 @@ def measure(s: Scenario, stack: AamStack, load: Load) -> Row:
         return Row(s.name, load, None, {}, str(exc))
 
 
-def run_scenarios(chosen: list[Scenario], stack: AamStack, p: Plan, out: TextIO) -> list[Row]:
+def run_scenarios(chosen: list[Scenario], stack: Stack, p: Plan, out: TextIO) -> list[Row]:
     for s in chosen:
         check(s, stack)
     for s in chosen:
         drive(s, stack, Load(200, 2))  # warm-up: connections, caches
     rows = []
     for s in chosen:
-        for load in (Load(p.rate, p.fixed_s), Load(0, p.saturation_s, p.concurrency)):
+        for load in loads(p):
             row = measure(s, stack, load)
             rows.append(row)
-            print(f"  {s.name:40} {load.label:10} {_brief(row.result, row.error)}", file=out, flush=True)
+            _progress(row, out)
     return rows
 
 
-def run_main(p: Plan, work: Path, out: TextIO) \
+def _progress(row: Row, out: TextIO) -> None:
+    print(f"  {row.scenario:40} {row.load.label:10} {_brief(row.result, row.error)}", file=out, flush=True)
+
+
+def run_main(p: Plan, work: Path, ledger: LedgerServer, out: TextIO) \
         -> tuple[list[Row], profile.Profile | None, dict[str, list[tuple[str, float]]]]:
+    """Authorize and ext_authz Check on one stack: PDP + OPA + the run's ledger."""
     chosen = [s for s in scenarios.SCENARIOS if p.only in s.name and not s.stack]
     prof = None
-    with AamStack(write_policy_dir(work / "p10", 10)) as stack:
+    if not chosen:
+        return [], None, {}
+    with AamStack(write_policy_dir(work / "p10", 10), ledger.settings()) as stack:
         rows = run_scenarios(chosen, stack, p, out)
         if p.profile_s and any(s.target == "aam" for s in chosen):
             s = next(s for s in chosen if s.target == "aam")
@@ -134,9 +161,10 @@ def run_main(p: Plan, work: Path, out: TextIO) \
     return rows, prof, pieces
 
 
-def run_vault(p: Plan, work: Path, out: TextIO) -> list[Row]:
+def run_vault(p: Plan, work: Path, ledger: LedgerServer, out: TextIO) -> list[Row]:
     """Scenarios that need the credential broker: a real OpenBao (and PostgreSQL for its
-    database engine), configured as the integration tests configure it."""
+    database engine: the ledger's cluster when there is one), configured as the integration
+    tests configure it."""
     chosen = [s for s in scenarios.SCENARIOS if p.only in s.name and s.stack == "vault"]
     if not chosen:
         return []
@@ -145,19 +173,44 @@ def run_vault(p: Plan, work: Path, out: TextIO) -> list[Row]:
 
     d = work / "vault"
     d.mkdir()
-    with run_postgres() as pg, run_openbao() as bao:
+    with contextlib.ExitStack() as servers:
+        pg = ledger.pg or servers.enter_context(run_postgres())
+        bao = servers.enter_context(run_openbao())
         vault = vaultsetup.setup(bao, pg, d)
-        with AamStack(vaultsetup.policies(d), vault.settings()) as stack:
+        with AamStack(vaultsetup.policies(d), {**vault.settings(), **ledger.settings()}) as stack:
             return run_scenarios(chosen, stack, p, out)
 
 
-def run_scale(p: Plan, work: Path, out: TextIO) -> list[ScalePoint]:
+def run_plugin(p: Plan, work: Path, given: str, out: TextIO) -> list[Row]:
+    """The ext_authz baseline: opa-envoy-plugin with the same policies and Check requests.
+    Without its binary the rows say why and the run goes on."""
+    chosen = [s for s in scenarios.SCENARIOS if p.only in s.name and s.stack == "plugin"]
+    if not chosen:
+        return []
+    binary = plugin_binary(given)
+    if binary is None:
+        rows = [Row(s.name, load, None, {}, PLUGIN_MISSING, skipped=True)
+                for s in chosen for load in loads(p)]
+        print(f"  {chosen[0].name}: not run: {PLUGIN_MISSING}", file=out, flush=True)
+        return rows
+    try:
+        with PluginStack(binary, write_policy_dir(work / "plugin", 10)) as stack:
+            return run_scenarios(chosen, stack, p, out)
+    except (TargetError, RuntimeError, grpc.RpcError) as exc:
+        rows = [Row(s.name, load, None, {}, str(exc)) for s in chosen for load in loads(p)]
+        for row in rows:
+            _progress(row, out)
+        return rows
+
+
+def run_scale(p: Plan, work: Path, ledger: LedgerServer, out: TextIO) -> list[ScalePoint]:
     s = scenarios.by_name("aam: authorize model call")
     points = []
     for n in p.scales:
         t0 = time.monotonic()
         try:
-            with AamStack(write_policy_dir(work / f"s{n}", n)).start(timeout_s=300) as stack:
+            with AamStack(write_policy_dir(work / f"s{n}", n), ledger.settings()).start(timeout_s=300) \
+                    as stack:
                 started = time.monotonic() - t0
                 check(s, stack)
                 drive(s, stack, Load(200, 2))
@@ -189,7 +242,8 @@ def pairs(rows: list[Row]) -> list[tuple[Row, Row]]:
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     ap = argparse.ArgumentParser(prog="bench.run", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="short windows, scales 10 and 1,000 only")
+    ap.add_argument("--quick", action="store_true",
+                    help="short windows, scales 10 and 1,000 only (a minute or two)")
     ap.add_argument("--rate", type=int, default=500, help="offered rate, open loop (default 500/s)")
     ap.add_argument("--scale-rate", type=int, default=200,
                     help="offered rate for the scale runs, below saturation so that latency is the "
@@ -199,6 +253,12 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     ap.add_argument("--no-scale", action="store_true")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--no-vault", action="store_true", help="skip the credentialed (OpenBao) scenarios")
+    ap.add_argument("--ledger", choices=LedgerServer.KINDS, default="postgres",
+                    help="where the AAM stacks keep budgets, rates and audit: a co-located "
+                         "PostgreSQL with fsync on (default), or each stack's embedded SQLite")
+    ap.add_argument("--opa-envoy-plugin", default="", metavar="PATH",
+                    help="opa-envoy-plugin binary for the ext_authz baseline (default: "
+                         "$AAM_TOOLS_DIR/bin/opa-envoy-plugin when present)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     p = Plan(**{**asdict(plan(args)), "scale_rate": args.scale_rate})
@@ -211,15 +271,23 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
         work = Path(tmp)
         print(f"bench: {p}", file=out, flush=True)
         try:
-            rows, prof, pieces = run_main(p, work, out)
-            if not args.no_vault:
-                rows += run_vault(p, work, out)
-            points = run_scale(p, work, out) if p.scales else []
+            with LedgerServer(args.ledger) as ledger:
+                print(f"bench: ledger: {ledger.label}", file=out)
+                print(f"bench: load: {loadgen.describe()}", file=out)
+                plugin = plugin_binary(args.opa_envoy_plugin)
+                print(f"bench: ext_authz baseline: {plugin or PLUGIN_MISSING}", file=out, flush=True)
+                rows, prof, pieces = run_main(p, work, ledger, out)
+                if not args.no_vault:
+                    rows += run_vault(p, work, ledger, out)
+                rows += run_plugin(p, work, args.opa_envoy_plugin, out)
+                points = run_scale(p, work, ledger, out) if p.scales else []
         except (ToolMissing, TargetError) as exc:
             print(f"bench: error: {exc}", file=out)
             return 1
-    print(f"\n== latency and resources (ghz for gRPC, vegeta for HTTP; "
-          f"CPU in % of one core) ==\n{report.latency_table(rows)}", file=out)
+    order = {s.name: i for i, s in enumerate(scenarios.SCENARIOS)}
+    rows.sort(key=lambda r: order[r.scenario])  # each AAM row next to its baseline
+    print(f"\n== latency and resources (ledger: {args.ledger}; CPU in % of one core) ==\n"
+          f"{report.latency_table(rows)}", file=out)
     print(f"\n== AAM / baseline (same offered load) ==\n{report.ratio_table(pairs(rows))}", file=out)
     if points:
         print(f"\n== scale: aam: authorize model call at {p.scale_rate}/s ==\n{report.scale_table(points)}",
@@ -232,6 +300,9 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     if pieces:
         print(f"\n== hot path, in-process (CPU, so little moved by a busy machine) ==\n"
               f"{micro.format_pieces(pieces)}", file=out)
+    met = report.targets(rows, points, p.rate, scenarios.AUTHORIZE_TARGETS, scenarios.CHECK_TARGET,
+                         args.ledger)
+    print(f"\n== targets (issue 9) ==\n{met}", file=out)
     print(f"\nbench: done in {time.monotonic() - t0:.0f} s", file=out)
     if args.json:
         args.json.write_text(json.dumps(_jsonable(rows, points), indent=2))

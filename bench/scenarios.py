@@ -2,16 +2,18 @@
 
 Each AAM scenario has a baseline twin with the same meaning (OPA's Data API
 with exactly the input the PDP builds, via ``Engine.build_input``; later
-opa-envoy-plugin for ext_authz Check). A capability that lands later (ledger,
-credentialed tool call, ext_authz) adds its scenarios with :func:`register`,
-guarded by whether its module exists, so the harness runs on any main.
+opa-envoy-plugin for ext_authz Check). A capability adds its scenarios with
+:func:`register`.
 """
 
 from __future__ import annotations
 
+import json
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
+from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf import json_format
 from google.protobuf.descriptor import FileDescriptor
 
@@ -20,17 +22,20 @@ from compiler.testsuite import FRESH_LEDGER
 from pdp.engine import Engine
 from pdp.opa import DECISION_PATH, OpaClient
 from pdp.service import to_request
+from tests.certs import CA
 
 WORKLOAD = "spiffe://prod/agent/finance-analyst"
 AUTHORIZE = "aam.v1.PolicyDecisionService/Authorize"
+CHECK = "envoy.service.auth.v3.Authorization/Check"
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    # Which system and protocol: "aam" (gRPC to the PDP) or "opa" (HTTP to its OPA).
+    # Which system and protocol: "aam" (gRPC to the PDP), "opa" (HTTP to its OPA) or
+    # "plugin" (gRPC to opa-envoy-plugin).
     target: str
-    # gRPC method for "aam"; Data API path for "opa".
+    # gRPC method for "aam" and "plugin"; Data API path for "opa".
     call: str
     # gRPC request in proto3 JSON (for ghz), or the HTTP body for "opa".
     payload: dict[str, Any]
@@ -40,8 +45,8 @@ class Scenario:
     expect_allow: bool = True
     # For gRPC scenarios: the proto file declaring the service (ghz gets a protoset).
     proto: FileDescriptor | None = None
-    # Which stack it needs: "" the plain one (aam up), "vault" one with the credential
-    # broker on a real OpenBao (and PostgreSQL for its database engine).
+    # Which stack it needs: "" the main one (PDP + OPA + ledger), "vault" one with the
+    # credential broker on a real OpenBao, "plugin" opa-envoy-plugin.
     stack: str = ""
 
 
@@ -88,6 +93,40 @@ CREDENTIALED_CALL = {"identity": {"spiffe_id": "spiffe://prod/agent/crm"}, "tool
 authorize_pair("authorize model call", MODEL_CALL)
 authorize_pair("authorize tool call", TOOL_CALL)
 authorize_pair("authorize credentialed tool call", CREDENTIALED_CALL, stack="vault")
+
+
+
+
+def check_json(certificate_pem: bytes) -> dict[str, Any]:
+    """A CheckRequest as Envoy sends it (include_peer_certificate, with_request_body), in
+    proto3 JSON for ghz: the granted tool call of TOOL_CALL, params as a JSON body."""
+    body = json.dumps(TOOL_CALL["params"])
+    path = "/tools/salesforce.accounts/search"
+    return {"attributes": {
+        "source": {"principal": WORKLOAD,
+                   "certificate": urllib.parse.quote(certificate_pem.decode(), safe="")},
+        "request": {"http": {
+            "id": "bench", "method": "POST", "path": path, "host": "gw",
+            "headers": {":method": "POST", ":path": path, "content-type": "application/json"},
+            "body": body, "size": str(len(body))}},
+    }}
+
+
+# The same Check to AAM (whole path: certificate cross-check, ledger, audit, OPA) and to
+# opa-envoy-plugin evaluating the same Rego through bench/rego/envoy_shim.rego.
+CHECK_CALL = check_json(CA("prod").svid(WORKLOAD).cert_pem)
+PLUGIN_CHECK = "opa-envoy-plugin: ext_authz Check"
+register(
+    Scenario("aam: ext_authz Check", "aam", CHECK, CHECK_CALL, baseline=PLUGIN_CHECK,
+             proto=external_auth_pb2.DESCRIPTOR),
+    Scenario(PLUGIN_CHECK, "plugin", CHECK, CHECK_CALL, proto=external_auth_pb2.DESCRIPTOR,
+             stack="plugin"),
+)
+
+# What the issue's targets are measured on (report.targets): label -> scenario.
+AUTHORIZE_TARGETS = {"model": "aam: authorize model call", "tool": "aam: authorize tool call",
+                     "credentialed": "aam: authorize credentialed tool call"}
+CHECK_TARGET = ("aam: ext_authz Check", PLUGIN_CHECK)
 
 
 def by_name(name: str) -> Scenario:

@@ -3,12 +3,14 @@
 :class:`AamStack` runs ``aam up`` (PDP + managed OPA, the shipped path) on a
 policy directory; the OPA it manages is also the "OPA alone" baseline, called
 directly over its Data API with the same input, so both see the same Rego and
-the same data. Other systems (opa-envoy-plugin, a ledger database) add a class
-here with the same small surface: ``start``, ``stop``, ``pids``, ``addr(kind)``.
+the same data. :class:`PluginStack` is opa-envoy-plugin, the ext_authz
+baseline; :class:`LedgerServer` is where every AAM stack of one run keeps its
+ledger (a co-located PostgreSQL by default, or each stack's embedded SQLite).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,7 +24,10 @@ from typing import Any
 import grpc
 
 from bench.procstat import children
+from compiler import compile_paths
+from compiler.testsuite import FRESH_LEDGER
 from pdp import procs
+from pdp.config import DEFAULT_TOOLS_DIR
 from pdp.opa import free_port
 
 
@@ -113,3 +118,131 @@ def _grpc_ready(addr: str) -> bool:
             return True
         except grpc.FutureTimeoutError:
             return False
+
+
+class LedgerServer:
+    """The ledger of every AAM stack in one run: ``postgres`` is a throw-away PostgreSQL
+    cluster on loopback with fsync on (durable, as in production), one fresh database
+    per stack; ``sqlite`` leaves each stack its own embedded store."""
+
+    KINDS = ("postgres", "sqlite")
+
+    def __init__(self, kind: str) -> None:
+        if kind not in self.KINDS:
+            raise ValueError(f"ledger must be one of {self.KINDS}, not {kind!r}")
+        self.kind = kind
+        self.pg: Any = None
+        self._exit = contextlib.ExitStack()
+        self._databases = 0
+
+    def __enter__(self) -> LedgerServer:
+        if self.kind == "postgres":
+            import pytest
+
+            from tests.servers import run_postgres
+
+            try:
+                self.pg = self._exit.enter_context(run_postgres(fsync=True))
+            except (Exception, pytest.fail.Exception) as exc:  # no server installed: pytest.fail
+                self._exit.close()
+                raise TargetError(f"PostgreSQL did not start: {exc}") from exc
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._exit.close()
+
+    @property
+    def label(self) -> str:
+        if self.pg is not None:
+            return (f"PostgreSQL {self.pg_version()} on loopback, fsync on, a fresh database per "
+                    "stack (budget/rate reservation and hash-chained audit row per decision)")
+        return "embedded SQLite, a fresh file per stack (--ledger sqlite)"
+
+    def pg_version(self) -> str:
+        import psycopg
+
+        with psycopg.connect(self.pg.dsn) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        return str(row[0]).split()[0] if row else "?"
+
+    def settings(self) -> dict[str, Any]:
+        """AamStack settings for one more stack: {} keeps its embedded SQLite ledger."""
+        if self.pg is None:
+            return {}
+        import psycopg
+
+        self._databases += 1
+        name = f"aam_bench_{self._databases}"
+        with psycopg.connect(self.pg.dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return {"ledger_url": self.pg.dsn_for(name)}
+
+
+PLUGIN = "opa-envoy-plugin"
+PLUGIN_MISSING = (
+    f"no {PLUGIN} binary (looked in {DEFAULT_TOOLS_DIR / 'bin'}): the Go module proxy refuses "
+    f"github.com/open-policy-agent/{PLUGIN}, so scripts/setup cannot build it; pass "
+    f"--{PLUGIN} PATH to a binary you built")
+SHIM = Path(__file__).resolve().parent / "rego" / "envoy_shim.rego"
+
+
+def plugin_binary(given: str = "") -> str | None:
+    """``given``, else $AAM_TOOLS_DIR/bin/opa-envoy-plugin, else None (no baseline)."""
+    for candidate in (given, str(DEFAULT_TOOLS_DIR / "bin" / PLUGIN)):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+class PluginStack:
+    """opa-envoy-plugin serving ext_authz gRPC with AAM's bundle plus a shim
+    (bench/rego/envoy_shim.rego) that maps the CheckRequest onto AAM's decision."""
+
+    def __init__(self, binary: str, policies: Path) -> None:
+        self.binary = binary
+        self.policies = policies
+        self.grpc_addr = f"127.0.0.1:{free_port()}"
+        self.opa_url = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="aam-bench-plugin-")
+
+    def start(self, timeout_s: float = 60.0) -> PluginStack:
+        work = Path(self._tmp.name)
+        bundle = work / "bundle.tar.gz"
+        bundle.write_bytes(compile_paths([self.policies]).to_tar_gz())
+        shim = work / "shim"  # a second bundle (root aambench): the shim and a fresh ledger's state
+        (shim / "aambench").mkdir(parents=True)
+        (shim / ".manifest").write_text(json.dumps({"roots": ["aambench"]}))
+        (shim / "aambench" / "envoy_shim.rego").write_bytes(SHIM.read_bytes())
+        (shim / "aambench" / "data.json").write_text(json.dumps({"fresh_ledger": FRESH_LEDGER}))
+        log = work / "plugin.log"
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [self.binary, "run", "--server", "--skip-version-check",
+                 "--addr", f"127.0.0.1:{free_port()}", "--log-level", "error",
+                 "--set", f"plugins.envoy_ext_authz_grpc.addr={self.grpc_addr}",
+                 "--set", "plugins.envoy_ext_authz_grpc.path=aambench/envoy/allow",
+                 "--set", "decision_logs.console=false",
+                 "--bundle", str(bundle), str(shim)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            procs.wait_until(lambda: _grpc_ready(self.grpc_addr), timeout_s, PLUGIN, self.proc, log)
+        except Exception as exc:
+            self.stop()
+            raise TargetError(f"{PLUGIN} did not start: {exc}") from exc
+        return self
+
+    @property
+    def pids(self) -> dict[str, int]:
+        assert self.proc is not None
+        return {"opa": self.proc.pid}
+
+    def stop(self) -> None:
+        procs.stop(self.proc)
+        self._tmp.cleanup()
+
+    def __enter__(self) -> PluginStack:
+        return self if self.proc else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
