@@ -40,20 +40,28 @@ def _usage(u: Usage | None) -> list[str]:
 
 def latency_table(rows: Sequence[Row]) -> str:
     headers = ["scenario", "offered", "p50 ms", "p90 ms", "p99 ms", "ok/s", "errors",
-               "PDP cpu", "PDP MB", "OPA cpu", "OPA MB", "PDP ms/req", "OPA ms/req"]
+               "PDP cpu", "PDP MB", "OPA cpu", "OPA MB", "PDP ms/req", "OPA ms/req",
+               "PG ms/req", "load ms/req", "all ms/req"]
     out = []
     for r in rows:
         if r.result is None:
             what = "not run" if r.skipped else f"failed: {r.error[:60]}"
-            out.append([r.scenario, r.load.label, what, *[""] * 10])
+            out.append([r.scenario, r.load.label, what, *[""] * 13])
             continue
         res = r.result
         out.append([r.scenario, r.load.label, _ms(res.p50_ms), _ms(res.p90_ms), _ms(res.p99_ms),
                     f"{res.throughput:.0f}", str(res.errors),
                     *_usage(r.usage.get("pdp")), *_usage(r.usage.get("opa")),
-                    _per_request(r.usage.get("pdp"), res), _per_request(r.usage.get("opa"), res)])
+                    *(_per_request(r.usage.get(k), res) for k in ("pdp", "opa", "pg", "loadgen")),
+                    _per_request(Usage(sum(u.cpu_pct for u in r.usage.values()), 0), res)])
     notes = dict.fromkeys(f"{r.scenario}: not run: {r.error}" for r in rows if r.skipped)
-    return "\n".join([table(headers, out), *notes])
+    return "\n".join([table(headers, out), CPU_NOTE, *notes])
+
+
+# Why "all ms/req" matters on this machine: it bounds what the co-located stack can reach.
+CPU_NOTE = ("ms/req: CPU milliseconds per answered request of the PDP, OPA, PostgreSQL (postmaster"
+            " and backends) and the load generator (ghz/vegeta);\nall ms/req is their sum: with"
+            " everything on 2 cores, 2000 / (all ms/req) decisions/s is the ceiling of that row's setup.")
 
 
 def _per_request(u: Usage | None, res: Result) -> str:

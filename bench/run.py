@@ -55,6 +55,22 @@ class Plan:
     only: str
     micro_n: int
     scale_rate: int = 200
+    # PDP settings over the shipped defaults (--pdp-setting), e.g. to measure the
+    # previous hot path: ledger_state_ttl_ms=0 opa_gogc=100.
+    pdp: tuple[tuple[str, Any], ...] = ()
+
+    def stack_settings(self, ledger: LedgerServer) -> dict[str, Any]:
+        return {**ledger.settings(), **dict(self.pdp)}
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw
 
 
 def plan(args: argparse.Namespace) -> Plan:
@@ -110,16 +126,19 @@ def check(s: Scenario, stack: Stack) -> None:
         raise RuntimeError(f"{s.name}: expected {'ALLOW' if s.expect_allow else 'DENY'}, got {detail}")
 
 
-def measure(s: Scenario, stack: Stack, load: Load) -> Row:
+def measure(s: Scenario, stack: Stack, load: Load, trees: dict[str, int] | None = None) -> Row:
+    """One load run; CPU of the PDP, OPA, the ledger's processes (``trees``) and the load
+    generator, so that the table accounts for every CPU a decision costs."""
     try:
-        with Meter(stack.pids) as meter:
+        with Meter(stack.pids, trees=trees, loadgen=True) as meter:
             result = drive(s, stack, load)
         return Row(s.name, load, result, meter.usage)
     except (LoadError, ToolMissing, OSError) as exc:
         return Row(s.name, load, None, {}, str(exc))
 
 
-def run_scenarios(chosen: list[Scenario], stack: Stack, p: Plan, out: TextIO) -> list[Row]:
+def run_scenarios(chosen: list[Scenario], stack: Stack, p: Plan, out: TextIO,
+                  trees: dict[str, int] | None = None) -> list[Row]:
     for s in chosen:
         check(s, stack)
     for s in chosen:
@@ -127,7 +146,7 @@ def run_scenarios(chosen: list[Scenario], stack: Stack, p: Plan, out: TextIO) ->
     rows = []
     for s in chosen:
         for load in loads(p):
-            row = measure(s, stack, load)
+            row = measure(s, stack, load, trees)
             rows.append(row)
             _progress(row, out)
     return rows
@@ -144,8 +163,8 @@ def run_main(p: Plan, work: Path, ledger: LedgerServer, out: TextIO) \
     prof = None
     if not chosen:
         return [], None, {}
-    with AamStack(write_policy_dir(work / "p10", 10), ledger.settings()) as stack:
-        rows = run_scenarios(chosen, stack, p, out)
+    with AamStack(write_policy_dir(work / "p10", 10), p.stack_settings(ledger)) as stack:
+        rows = run_scenarios(chosen, stack, p, out, ledger.trees())
         if p.profile_s and any(s.target == "aam" for s in chosen):
             s = next(s for s in chosen if s.target == "aam")
             proc, path = profile.record(stack.pids["pdp"], p.profile_s)
@@ -177,8 +196,8 @@ def run_vault(p: Plan, work: Path, ledger: LedgerServer, out: TextIO) -> list[Ro
         pg = ledger.pg or servers.enter_context(run_postgres())
         bao = servers.enter_context(run_openbao())
         vault = vaultsetup.setup(bao, pg, d)
-        with AamStack(vaultsetup.policies(d), {**vault.settings(), **ledger.settings()}) as stack:
-            return run_scenarios(chosen, stack, p, out)
+        with AamStack(vaultsetup.policies(d), {**vault.settings(), **p.stack_settings(ledger)}) as stack:
+            return run_scenarios(chosen, stack, p, out, ledger.trees())
 
 
 def run_plugin(p: Plan, work: Path, given: str, out: TextIO) -> list[Row]:
@@ -209,8 +228,8 @@ def run_scale(p: Plan, work: Path, ledger: LedgerServer, out: TextIO) -> list[Sc
     for n in p.scales:
         t0 = time.monotonic()
         try:
-            with AamStack(write_policy_dir(work / f"s{n}", n), ledger.settings()).start(timeout_s=300) \
-                    as stack:
+            stack_of_n = AamStack(write_policy_dir(work / f"s{n}", n), p.stack_settings(ledger))
+            with stack_of_n.start(timeout_s=300) as stack:
                 started = time.monotonic() - t0
                 check(s, stack)
                 drive(s, stack, Load(200, 2))
@@ -259,9 +278,12 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     ap.add_argument("--opa-envoy-plugin", default="", metavar="PATH",
                     help="opa-envoy-plugin binary for the ext_authz baseline (default: "
                          "$AAM_TOOLS_DIR/bin/opa-envoy-plugin when present)")
+    ap.add_argument("--pdp-setting", action="append", default=[], metavar="KEY=VALUE", type=_setting,
+                    help="a PDP setting over the shipped defaults (repeatable), e.g. "
+                         "ledger_state_ttl_ms=0 and opa_gogc=100 for the previous hot path")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
-    p = Plan(**{**asdict(plan(args)), "scale_rate": args.scale_rate})
+    p = Plan(**{**asdict(plan(args)), "scale_rate": args.scale_rate, "pdp": tuple(args.pdp_setting)})
     if args.no_profile:
         p = Plan(**{**asdict(p), "profile_s": 0})
     if args.no_scale:

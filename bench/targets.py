@@ -165,6 +165,12 @@ class LedgerServer:
             row = conn.execute("SHOW server_version").fetchone()
         return str(row[0]).split()[0] if row else "?"
 
+    def trees(self) -> dict[str, int]:
+        """Process trees whose CPU a decision also costs: PostgreSQL's postmaster and backends
+        (the embedded store runs inside the PDP)."""
+        proc = getattr(self.pg, "proc", None)
+        return {"pg": proc.pid} if proc is not None else {}
+
     def settings(self) -> dict[str, Any]:
         """AamStack settings for one more stack: {} keeps its embedded SQLite ledger."""
         if self.pg is None:
