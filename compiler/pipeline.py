@@ -46,15 +46,16 @@ def _load(paths: Sequence[Path]) -> PolicySet:
     if not files and not errors:
         errors.append(Diagnostic(str(paths[0]) if paths else ".", 1, 1, "no policy files found"))
     by_kind: dict[str, list] = {kind: [] for kind in _KIND_CLASS}
-    for f in files:
-        docs, load_errors = source.load_file(f)
-        errors.extend(load_errors)
-        for doc in docs:
-            doc_errors = list(schema.validate(doc))
-            errors.extend(doc_errors)
-            if not doc_errors:
-                kind = doc.value["kind"]
-                by_kind[kind].append(_KIND_CLASS[kind].from_doc(doc))
+    with source.tag_cache():
+        for f in files:
+            docs, load_errors = source.load_file(f)
+            errors.extend(load_errors)
+            for doc in docs:
+                doc_errors = list(schema.validate(doc))
+                errors.extend(doc_errors)
+                if not doc_errors:
+                    kind = doc.value["kind"]
+                    by_kind[kind].append(_KIND_CLASS[kind].from_doc(doc))
     ps = PolicySet(tuple(by_kind["AgentPolicy"]), tuple(by_kind["ModelRoute"]), tuple(by_kind["Tool"]),
                    credentials=tuple(by_kind["ToolCredential"]))
     errors.extend(checks.run(ps))

@@ -9,6 +9,8 @@ a hang or a traceback.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,10 +26,11 @@ except AttributeError:  # pragma: no cover - depends on the PyYAML build
 
 
 class _Loader(_Base):  # type: ignore[misc,valid-type]
-    """Caches implicit tag resolution: policy sets repeat the same keys and
-    values thousands of times, and PyYAML resolves each scalar with regexes."""
+    """Caches implicit tag resolution within a :func:`tag_cache` block: policy sets
+    repeat the same keys and values thousands of times, and PyYAML resolves each
+    scalar with regexes."""
 
-    _tags: ClassVar[dict[tuple[str, tuple[bool, bool]], str]] = {}
+    _tags: ClassVar[dict[tuple[str, tuple[bool, bool]], str] | None] = None
 
     def resolve(self, kind: type, value: Any, implicit: Any) -> str:
         # No path resolvers are registered, so collections get the default tags.
@@ -35,15 +38,31 @@ class _Loader(_Base):  # type: ignore[misc,valid-type]
             return self.DEFAULT_MAPPING_TAG
         if kind is yaml.SequenceNode:
             return self.DEFAULT_SEQUENCE_TAG
-        if implicit is not None and len(value) < 64:
+        tags = self._tags
+        if tags is not None and implicit is not None and len(value) < 64:
             key = (value, tuple(implicit))
-            tag = self._tags.get(key)
+            tag = tags.get(key)
             if tag is None:
                 tag = super().resolve(kind, value, implicit)
-                if len(self._tags) < 65536:
-                    self._tags[key] = tag
+                if len(tags) < 65536:
+                    tags[key] = tag
             return tag
         return super().resolve(kind, value, implicit)
+
+
+@contextlib.contextmanager
+def tag_cache() -> Iterator[None]:
+    """Cache tag resolution for one compile, and drop the cache after it.
+
+    Kept for the life of the process, its keys (scalar values from every file)
+    pinned the compile's memory: pymalloc returns an arena to the system only
+    once every object in it is gone. A PDP that compiled 10,000 policies kept
+    236 MB; without the cache past the compile, 83 MB (bench.run "scale")."""
+    _Loader._tags = {}
+    try:
+        yield
+    finally:
+        _Loader._tags = None
 
 MAX_NODES = 1_000_000
 MAX_DEPTH = 64
