@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 from compiler import language_checks, route_checks, spiffe, toolcredential
 from compiler.errors import Diagnostic
-from compiler.model import PolicySet
+from compiler.model import PolicySet, repeats
 from compiler.source import Document
 
 Check = Callable[[PolicySet], Iterator[Diagnostic]]
@@ -26,15 +26,11 @@ def duplicate_names(ps: PolicySet) -> Iterator[Diagnostic]:
     kinds = (("AgentPolicy", ps.policies), ("ModelRoute", ps.routes), ("Tool", ps.tools),
              ("ToolCredential", ps.credentials))
     for kind, items in kinds:
-        seen: dict[str, Document] = {}
-        for item in items:
-            if item.name in seen:
-                yield item.doc.error(
-                    ("metadata", "name"),
-                    f"duplicate {kind} name {item.name!r} (first defined at {_first(seen[item.name])})",
-                )
-            else:
-                seen[item.name] = item.doc
+        for item, first in repeats(items, lambda i: i.name):
+            yield item.doc.error(
+                ("metadata", "name"),
+                f"duplicate {kind} name {item.name!r} (first defined at {_first(first.doc)})",
+            )
 
 
 def workload_ids(ps: PolicySet) -> Iterator[Diagnostic]:

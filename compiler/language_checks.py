@@ -22,7 +22,7 @@ from typing import Any
 import jsonschema
 
 from compiler.errors import Diagnostic
-from compiler.model import AgentPolicy, Constraint, PolicySet, Tool, ToolGrant
+from compiler.model import AgentPolicy, Constraint, PolicySet, Tool, ToolGrant, repeats
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
 # Constructs Python's re accepts but RE2 (OPA's regex engine) refuses.
@@ -39,12 +39,9 @@ def _tools_by_resource(ps: PolicySet) -> dict[str, Tool]:
 
 def duplicate_tools(ps: PolicySet) -> Iterator[Diagnostic]:
     """One Tool per resource (unique names: checks.duplicate_names)."""
-    seen_resource: dict[str, Tool] = {}
-    for t in ps.tools:
-        if t.resource in seen_resource:
-            yield t.doc.error(("spec", "resource"), f"tool resource {t.resource!r} is already declared"
-                              f" by Tool {seen_resource[t.resource].name!r}")
-        seen_resource.setdefault(t.resource, t)
+    for t, first in repeats(ps.tools, lambda t: t.resource):
+        yield t.doc.error(("spec", "resource"), f"tool resource {t.resource!r} is already declared"
+                          f" by Tool {first.name!r}")
 
 
 def tool_input_schemas(ps: PolicySet) -> Iterator[Diagnostic]:

@@ -82,12 +82,11 @@ class ToolCredential:
 def unique(ps: PolicySet) -> Iterator[Diagnostic]:
     """One ToolCredential per resource: the broker must not guess (unique names:
     checks.duplicate_names)."""
-    resources: dict[str, ToolCredential] = {}
-    for c in ps.credentials:
-        if c.resource in resources:
-            yield c.doc.error(("spec", "resource"), f"tool resource {c.resource!r} already has a"
-                              f" ToolCredential ({resources[c.resource].name!r}); merge the two")
-        resources.setdefault(c.resource, c)
+    from compiler.model import repeats  # model imports this module
+
+    for c, first in repeats(ps.credentials, lambda c: c.resource):
+        yield c.doc.error(("spec", "resource"), f"tool resource {c.resource!r} already has a"
+                          f" ToolCredential ({first.name!r}); merge the two")
 
 
 def engine_fields(ps: PolicySet) -> Iterator[Diagnostic]:
