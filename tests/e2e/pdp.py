@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,8 +21,7 @@ from pdp.engine import Credential, Decision, Reason, Request
 from pdp.extauthz import register
 from pdp.opa import free_port
 from pdp.stack import Stack
-from tests.integration.pdp import EXAMPLES
-from tests.servers import opa_binary
+from tests.integration.pdp import EXAMPLES, running_stack
 from tests.vaultsetup import VaultSetup
 
 FINANCE = "spiffe://prod/agent/finance-analyst"
@@ -44,18 +43,9 @@ class FakeBroker:
 def pdp_stack(vault: VaultSetup, **overrides: Any) -> Iterator[Stack]:
     """The PDP on the example policies, brokering credentials from the real OpenBao, with
     a fresh embedded ledger (budgets, rates, audit) unless ``ledger_url`` is given."""
-    with tempfile.TemporaryDirectory(prefix="aam-test-ledger-") as tmp:
-        settings = Settings.load(env={}, **{
-            "grpc_addr": f"127.0.0.1:{free_port()}", "plaintext": True, "policies": str(EXAMPLES),
-            "opa_binary": opa_binary(), "shutdown_grace_s": 0.5,
-            "ledger_url": f"sqlite://{tmp}/ledger.sqlite3", "ledger_migrate": True,
-            **vault.settings(), **overrides})
-        stack = Stack(settings)
-        stack.start()
-        try:
-            yield stack
-        finally:
-            stack.stop()
+    settings = {"shutdown_grace_s": 0.5, **vault.settings(), **overrides}
+    with running_stack(Path(settings.pop("policies", EXAMPLES)), **settings) as stack:
+        yield stack
 
 
 def pdp_port(stack: Stack) -> int:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -28,22 +30,27 @@ class Pki:
     dir: Path
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pki]:
-    d = tmp_path_factory.mktemp("pki")
+@contextlib.contextmanager
+def mtls_stack(d: Path, issuer: JwtIssuer, **settings: Any) -> Iterator[Pki]:
+    """The stack over mTLS with a fresh CA in ``d``; GATEWAY is its trusted gateway."""
     ca = CA("prod")
     server = ca.svid("spiffe://prod/aam/pdp", server=True)
     (d / "ca.pem").write_bytes(ca.pem)
     (d / "pdp.pem").write_bytes(server.cert_pem)
     (d / "pdp.key").write_bytes(server.key_pem)
+    with running_stack(plaintext=False, tls_cert=str(d / "pdp.pem"), tls_key=str(d / "pdp.key"),
+                       tls_client_ca=str(d / "ca.pem"), trusted_gateways=(GATEWAY,),
+                       **settings) as stack:
+        yield Pki(ca, issuer, stack, d)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pki]:
+    d = tmp_path_factory.mktemp("pki")
     issuer = JwtIssuer()
     issuer.write_bundle(d / "jwks.json")
-    with running_stack(
-        plaintext=False, tls_cert=str(d / "pdp.pem"), tls_key=str(d / "pdp.key"),
-        tls_client_ca=str(d / "ca.pem"), trusted_gateways=(GATEWAY,),
-        require_jwt_svid=True, jwt_bundle=str(d / "jwks.json"),
-    ) as stack:
-        yield Pki(ca, issuer, stack, d)
+    with mtls_stack(d, issuer, require_jwt_svid=True, jwt_bundle=str(d / "jwks.json")) as pki:
+        yield pki
 
 
 @pytest.fixture

@@ -9,24 +9,15 @@ import pytest
 
 from aam.v1 import pdp_pb2, pdp_pb2_grpc
 from pdp.ledger import AuditFilter
-from tests.certs import CA, Pair
-from tests.integration.pdp import FINANCE, request, running_stack
-from tests.integration.test_identity import GATEWAY, OTHER, Pki
+from tests.certs import JwtIssuer, Pair
+from tests.integration.pdp import FINANCE, request
+from tests.integration.test_identity import GATEWAY, OTHER, Pki, mtls_stack
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pki]:
-    from tests.certs import JwtIssuer
-
-    d = tmp_path_factory.mktemp("pki")
-    ca = CA("prod")
-    server = ca.svid("spiffe://prod/aam/pdp", server=True)
-    (d / "ca.pem").write_bytes(ca.pem)
-    (d / "pdp.pem").write_bytes(server.cert_pem)
-    (d / "pdp.key").write_bytes(server.key_pem)
-    with running_stack(plaintext=False, tls_cert=str(d / "pdp.pem"), tls_key=str(d / "pdp.key"),
-                       tls_client_ca=str(d / "ca.pem"), trusted_gateways=(GATEWAY,)) as stack:
-        yield Pki(ca, JwtIssuer(), stack, d)
+    with mtls_stack(tmp_path_factory.mktemp("pki"), JwtIssuer()) as pki:
+        yield pki
 
 
 def _stub(pki: Pki, client: Pair) -> tuple[grpc.Channel, pdp_pb2_grpc.PolicyDecisionServiceStub]:
