@@ -179,17 +179,16 @@ class Engine:
         decision, _ = self._evaluate(self.build_input(req, m, state), decision_id)
         if not decision.allow and any(r.code in LIMIT_REASONS for r in decision.reasons):
             return None
-        metered_allow = decision.allow and m.ask is not None
-        if metered_allow and req.model and req.estimated_cost_usd <= 0:
+        if decision.allow and m.ask is not None and req.model and req.estimated_cost_usd <= 0:
             price = _reserve_price(decision)  # the one pricing rule: routes.rego's
             if price is None:
                 return None
-            m = replace(m, cost_micro=usd_to_micro(price))
+            m = m.priced(usd_to_micro(price))
         if decision.allow and req.tool and self.broker is not None:
-            decision = self.broker.attach(req, decision)
+            decision = self.broker.attach(req, decision)  # may turn the allow into a deny
         fields = _audit_fields(req, decision)
         try:
-            if decision.allow and metered_allow:
+            if decision.allow and m.ask is not None:
                 if not gate.commit(m, decision_id, fields):
                     return None
             else:

@@ -88,6 +88,11 @@ class Metered:
     tokens: int
     ask: Ask | None = None  # None: nothing to meter (no policy for the workload)
 
+    def priced(self, cost_micro: int) -> Metered:
+        """The same request at another price (the route's, once OPA has chosen it)."""
+        ask = replace(self.ask, cost_micro=cost_micro) if self.ask is not None else None
+        return replace(self, cost_micro=cost_micro, ask=ask)
+
 
 class StateCache:
     """This PDP's latest view of each (workload, route) ledger state, as the ledger
@@ -208,7 +213,6 @@ class Gate:
         and append its audit row in one durable batch. False: the ledger refused, and
         nothing was written."""
         assert m.ask is not None and self.cache is not None
-        m = replace(m, ask=replace(m.ask, cost_micro=m.cost_micro))
         done = self.ledger.commit(m.ask, self._entry(m, decision_id, fields, True))
         self.cache.put(m.ask, done.admission, done.admission.reserved)
         if self._backlog:
