@@ -22,13 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pdp.config import Settings, split_addr
 from pdp.opa import free_port
 from pdp.stack import Stack
-from tests.e2e import envoy as envoy_conf
-from tests.servers import VENV_BIN, opa_binary, stop, wait_until
+from tests.e2e.envoy import run_envoy
+from tests.servers import VENV_BIN, opa_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOAD = "spiffe://prod/agent/finance-analyst"
@@ -75,27 +73,9 @@ def direct_response(conf: dict[str, Any]) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def envoy(pdp_port: int, authz: bool, concurrency: int) -> Iterator[int]:
-    port, admin = free_port(), free_port()
-    conf = direct_response(envoy_conf.render(
-        listen_port=port, admin_port=admin, pdp_port=pdp_port, upstream_port=free_port(),
-        tls=None, ext_authz=authz))
-    with tempfile.TemporaryDirectory(prefix="aam-bench-envoy-") as tmp:
-        path = Path(tmp) / "envoy.yaml"
-        path.write_text(yaml.safe_dump(conf, sort_keys=False))
-        log = Path(tmp) / "envoy.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [str(VENV_BIN / "envoy"), "-c", str(path), "--disable-hot-restart",
-                 "--concurrency", str(concurrency), "--log-level", "error"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            import requests
-
-            wait_until(lambda: requests.get(f"http://127.0.0.1:{admin}/ready", timeout=1,
-                                            proxies={"http": ""}).ok, 30, "Envoy", proc, log)
-            yield port
-        finally:
-            stop(proc)
+    with run_envoy(pdp_port=pdp_port, upstream_port=free_port(), tls=None, ext_authz=authz,
+                   concurrency=concurrency, edit=direct_response) as proxy:
+        yield proxy.port
 
 
 LUA = """

@@ -11,7 +11,7 @@ import contextlib
 import copy
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,12 +111,16 @@ class Envoy:
 
 @contextlib.contextmanager
 def run_envoy(*, pdp_port: int, upstream_port: int, tls: Tls | None,
-              ext_authz: bool = True, concurrency: int = 1,
-              pdp_tls: PdpTls | None = None) -> Iterator[Envoy]:
+              ext_authz: bool = True, concurrency: int = 1, pdp_tls: PdpTls | None = None,
+              edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Iterator[Envoy]:
+    """The real Envoy on deploy/envoy/envoy.yaml as rendered here; ``edit`` changes the
+    rendered configuration first (bench/envoy.py answers in Envoy itself)."""
     binary = require_binary("envoy", str(VENV_BIN / "envoy"))
     port, admin = free_port(), free_port()
     conf = render(listen_port=port, admin_port=admin, pdp_port=pdp_port,
                   upstream_port=upstream_port, tls=tls, ext_authz=ext_authz, pdp_tls=pdp_tls)
+    if edit is not None:
+        conf = edit(conf)
     with tempfile.TemporaryDirectory(prefix="aam-test-envoy-") as tmp:
         path = Path(tmp) / "envoy.yaml"
         path.write_text(yaml.safe_dump(conf, sort_keys=False))
