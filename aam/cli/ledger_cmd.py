@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from pdp.config import DEFAULT_SQLITE_LEDGER, ConfigError, Settings
 from pdp.ledger import AuditFilter, Ledger, LedgerError, open_ledger
 from pdp.ledger.chain import verify
+
+T = TypeVar("T")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,17 +60,30 @@ def _open(args: argparse.Namespace, stderr: TextIO) -> Ledger | None:
     return ledger
 
 
-def run_migrate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+class _Exit(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def _call(args: argparse.Namespace, stderr: TextIO, command: str, fn: Callable[[Ledger], T]) -> T:
+    """Open the ledger, make one call, close it; a failure is one error line and _Exit."""
     ledger = _open(args, stderr)
     if ledger is None:
-        return 2
+        raise _Exit(2)
     try:
-        applied = ledger.migrate(args.grant_role)
-    except LedgerError as exc:
-        print(f"aam migrate: error: {exc}", file=stderr)
-        return 1
+        return fn(ledger)
+    except (LedgerError, ValueError) as exc:  # ValueError: a malformed --since/--until
+        print(f"aam {command}: error: {exc}", file=stderr)
+        raise _Exit(1) from None
     finally:
         ledger.close()
+
+
+def run_migrate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    try:
+        applied = _call(args, stderr, "migrate", lambda ledger: ledger.migrate(args.grant_role))
+    except _Exit as done:
+        return done.code
     for name in applied:
         print(f"applied {name}", file=stdout)
     print("ledger schema up to date" + (f"; granted to {args.grant_role}" if args.grant_role else ""),
@@ -76,19 +92,13 @@ def run_migrate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
 
 
 def run_query(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    ledger = _open(args, stderr)
-    if ledger is None:
-        return 2
     flt = AuditFilter(workload=args.workload or "", outcome=args.outcome or "",
                       decision_id=args.decision_id or "", since=args.since or "",
                       until=args.until or "", limit=args.limit)
     try:
-        rows = ledger.audit_rows(flt)
-    except (LedgerError, ValueError) as exc:
-        print(f"aam audit query: error: {exc}", file=stderr)
-        return 1
-    finally:
-        ledger.close()
+        rows = _call(args, stderr, "audit query", lambda ledger: ledger.audit_rows(flt))
+    except _Exit as done:
+        return done.code
     for r in rows:
         cost = None if r.cost_micro is None else r.cost_micro / 1_000_000
         if args.json:
@@ -109,16 +119,11 @@ def run_query(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 
 def run_verify(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    ledger = _open(args, stderr)
-    if ledger is None:
-        return 2
     try:
-        checked, problems = verify(ledger.audit_rows(AuditFilter()))
-    except LedgerError as exc:
-        print(f"aam audit verify: error: {exc}", file=stderr)
-        return 1
-    finally:
-        ledger.close()
+        checked, problems = _call(args, stderr, "audit verify",
+                                  lambda ledger: verify(ledger.audit_rows(AuditFilter())))
+    except _Exit as done:
+        return done.code
     for p in problems:
         print(p, file=stdout)
     if problems:
