@@ -224,3 +224,28 @@ def test_rate_window_counts_actual_tokens_once_settled(ledger: Ledger) -> None:
     b = ledger.reserve(ask(0, lim, route="m1", tokens=200))
     assert b.reserved
     assert (b.workload_rate.tokens, b.route_rate.tokens) == (300, 300)
+
+
+def _sql(url: str, stmt: str, *args: object) -> list[tuple[object, ...]]:
+    if url.startswith("sqlite:"):
+        conn = sqlite3.connect(url.removeprefix("sqlite://"))
+        with conn:
+            rows = conn.execute(stmt.replace("%s", "?"), args).fetchall()
+        conn.close()
+        return rows
+    with psycopg.connect(url, autocommit=True) as pconn:
+        cur = pconn.execute(stmt, args)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
+
+
+def test_buckets_older_than_the_window_neither_count_nor_stay(store: tuple[Ledger, str]) -> None:
+    ledger, url = store
+    old = int(time.time()) - 120
+    for scope in ("w:" + W, "r:m1"):
+        _sql(url, "INSERT INTO aam_rate_buckets (scope, sec, requests, tokens) VALUES (%s, %s, 5, 500)",
+             scope, old)
+    got = ledger.reserve(ask(0, Limits(workload_rpm=1, route_rpm=1), route="m1"))
+    assert got.reserved
+    assert (got.workload_rate.requests, got.route_rate.requests) == (0, 0)
+    # Opening a new second pruned both scopes: the table stays one minute long.
+    assert _sql(url, "SELECT scope FROM aam_rate_buckets WHERE sec <= %s", old) == []
