@@ -34,9 +34,7 @@ from pdp.ledger.types import (
     Ask,
     AuditEntry,
     Limits,
-    RateWindow,
     Settlement,
-    Window,
     usd_to_micro,
 )
 
@@ -112,15 +110,11 @@ class StateCache:
         """Remember the state ``before`` this ask, plus the ask if it was reserved."""
         after = before
         if reserved:
-            def plus(w: Window) -> Window:
-                return replace(w, reserved_micro=w.reserved_micro + ask.cost_micro)
-
-            def one(r: RateWindow) -> RateWindow:
-                return replace(r, requests=r.requests + 1, tokens=r.tokens + ask.tokens)
-
-            after = replace(before, daily=plus(before.daily), monthly=plus(before.monthly),
-                            workload_rate=one(before.workload_rate),
-                            route_rate=one(before.route_rate) if ask.route else before.route_rate)
+            after = Admission(
+                before.reserved, before.cost_micro,
+                before.daily.reserving(ask.cost_micro), before.monthly.reserving(ask.cost_micro),
+                before.workload_rate.counting(ask.tokens),
+                before.route_rate.counting(ask.tokens) if ask.route else before.route_rate)
         with self._lock:
             self._entries[ask.workload, ask.route] = (self.clock(), after)
 
@@ -133,13 +127,8 @@ class StateCache:
         a = hit[1]
         if age > self.ttl_s or age >= a.daily.resets_in_s or age >= a.monthly.resets_in_s:
             return None
-
-        def aged(r: RateWindow) -> RateWindow:
-            return replace(r, retry_after_s=max(0.0, r.retry_after_s - age))
-
-        return replace(a, daily=replace(a.daily, resets_in_s=a.daily.resets_in_s - age),
-                       monthly=replace(a.monthly, resets_in_s=a.monthly.resets_in_s - age),
-                       workload_rate=aged(a.workload_rate), route_rate=aged(a.route_rate))
+        return Admission(a.reserved, a.cost_micro, a.daily.aged(age), a.monthly.aged(age),
+                         a.workload_rate.aged(age), a.route_rate.aged(age))
 
 
 class Gate:
@@ -206,7 +195,7 @@ class Gate:
         if m.ask is None:
             return {}  # nothing to meter: OPA needs no state
         cached = self.cache.get(workload, m.ask.route)
-        return None if cached is None else self.state(replace(m, admission=cached), workload)
+        return None if cached is None else self._state(cached, workload)
 
     def commit(self, m: Metered, decision_id: str, fields: dict[str, Any]) -> bool:
         """An allow decided on cached state: reserve (the ledger checks every limit again)
@@ -221,9 +210,9 @@ class Gate:
 
     def state(self, m: Metered, workload: str) -> dict[str, Any]:
         """``input.state``: spend and rates before this decision."""
-        if m.admission is None:
-            return {}
-        a = m.admission
+        return {} if m.admission is None else self._state(m.admission, workload)
+
+    def _state(self, a: Admission, workload: str) -> dict[str, Any]:
         budget = (self.view.policy(workload) or {}).get("budget") or {}
         windows = {}
         for name, w, field in (("daily", a.daily, "daily_usd"), ("monthly", a.monthly, "monthly_usd")):

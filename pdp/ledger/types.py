@@ -55,12 +55,25 @@ class Window:
     reserved_micro: int
     resets_in_s: float
 
+    # Built directly, not with dataclasses.replace: these run on every decision.
+    def aged(self, seconds: float) -> Window:
+        return Window(self.key, self.spent_micro, self.reserved_micro, self.resets_in_s - seconds)
+
+    def reserving(self, cost_micro: int) -> Window:
+        return Window(self.key, self.spent_micro, self.reserved_micro + cost_micro, self.resets_in_s)
+
 
 @dataclass(frozen=True)
 class RateWindow:
     requests: int  # in the last 60 s, not counting denied decisions
     tokens: int
     retry_after_s: float  # until the oldest of them leaves the window
+
+    def aged(self, seconds: float) -> RateWindow:
+        return RateWindow(self.requests, self.tokens, max(0.0, self.retry_after_s - seconds))
+
+    def counting(self, tokens: int) -> RateWindow:
+        return RateWindow(self.requests + 1, self.tokens + tokens, self.retry_after_s)
 
 
 @dataclass(frozen=True)
