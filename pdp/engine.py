@@ -109,7 +109,7 @@ class Engine:
             # Tokens as the ledger counted them; the cost stays the caller's, since
             # routes.rego prices each target itself (call_cost_usd).
             doc["estimate"] = {"tokens": metered.tokens, "cost_usd": req.estimated_cost_usd}
-            doc["state"] = state if state is not None else self.gate.state(metered, req.spiffe_id)
+            doc["state"] = state if state is not None else self.gate.state(metered)
         return doc
 
     def _query(self, input_doc: dict[str, Any], explain: bool) -> tuple[Any, Any]:
@@ -173,7 +173,7 @@ class Engine:
         assert gate is not None
         m = gate.meter(decision_id, req.spiffe_id, req.model, req.estimated_tokens,
                        req.estimated_cost_usd)
-        state = gate.cached_state(m, req.spiffe_id)
+        state = gate.cached_state(m)
         if state is None:
             return None
         decision, _ = self._evaluate(self.build_input(req, m, state), decision_id)

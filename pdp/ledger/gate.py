@@ -187,15 +187,15 @@ class Gate:
         record = tuple((policy.get("audit") or {}).get("record") or DEFAULT_RECORD)
         return Metered(None, record, ask.route, cost, tokens, ask)
 
-    def cached_state(self, m: Metered, workload: str) -> dict[str, Any] | None:
+    def cached_state(self, m: Metered) -> dict[str, Any] | None:
         """``input.state`` from this PDP's last view, or None when there is no fresh one
         (or the optimistic path is off)."""
         if self.cache is None:
             return None
         if m.ask is None:
             return {}  # nothing to meter: OPA needs no state
-        cached = self.cache.get(workload, m.ask.route)
-        return None if cached is None else self._state(cached, workload)
+        cached = self.cache.get(m.ask.workload, m.ask.route)
+        return None if cached is None else _state(cached, m.ask.limits)
 
     def commit(self, m: Metered, decision_id: str, fields: dict[str, Any]) -> bool:
         """An allow decided on cached state: reserve (the ledger checks every limit again)
@@ -208,38 +208,9 @@ class Gate:
             self._flush_backlog()
         return done.admission.reserved
 
-    def state(self, m: Metered, workload: str) -> dict[str, Any]:
+    def state(self, m: Metered) -> dict[str, Any]:
         """``input.state``: spend and rates before this decision."""
-        return {} if m.admission is None else self._state(m.admission, workload)
-
-    def _state(self, a: Admission, workload: str) -> dict[str, Any]:
-        budget = (self.view.policy(workload) or {}).get("budget") or {}
-        windows = {}
-        for name, w, field in (("daily", a.daily, "daily_usd"), ("monthly", a.monthly, "monthly_usd")):
-            limit = _micro(budget.get(field))
-            windows[name] = {
-                "window": w.key,
-                "spent_usd": usd(w.spent_micro),
-                "reserved_usd": usd(w.reserved_micro),
-                "limit_usd": usd(limit) if limit is not None else None,
-                "remaining_usd": usd(limit - w.spent_micro - w.reserved_micro)
-                if limit is not None else None,
-                "resets_in_s": round(w.resets_in_s, 3),
-            }
-        return {
-            "budget": windows,
-            "rate": {
-                "requests_last_minute": a.workload_rate.requests,
-                "tokens_last_minute": a.workload_rate.tokens,
-                "retry_after_s": round(a.workload_rate.retry_after_s, 3),
-                "route": {
-                    "requests_last_minute": a.route_rate.requests,
-                    "tokens_last_minute": a.route_rate.tokens,
-                    "retry_after_s": round(a.route_rate.retry_after_s, 3),
-                },
-            },
-            "reserved": a.reserved,
-        }
+        return {} if m.admission is None or m.ask is None else _state(m.admission, m.ask.limits)
 
     def _entry(self, m: Metered | None, decision_id: str, fields: dict[str, Any],
                allow: bool) -> AuditEntry:
@@ -300,3 +271,33 @@ class Gate:
 
     def settle(self, decision_id: str, tokens: int, cost_usd: float, owner: str = "") -> Settlement:
         return self.ledger.settle(decision_id, tokens, usd_to_micro(cost_usd), owner)
+
+
+def _state(a: Admission, limits: Limits) -> dict[str, Any]:
+    """``input.state`` from a ledger view, against the limits the ledger enforces."""
+    windows = {}
+    for name, w, limit in (("daily", a.daily, limits.daily_micro),
+                           ("monthly", a.monthly, limits.monthly_micro)):
+        windows[name] = {
+            "window": w.key,
+            "spent_usd": usd(w.spent_micro),
+            "reserved_usd": usd(w.reserved_micro),
+            "limit_usd": usd(limit) if limit is not None else None,
+            "remaining_usd": usd(limit - w.spent_micro - w.reserved_micro)
+            if limit is not None else None,
+            "resets_in_s": round(w.resets_in_s, 3),
+        }
+    return {
+        "budget": windows,
+        "rate": {
+            "requests_last_minute": a.workload_rate.requests,
+            "tokens_last_minute": a.workload_rate.tokens,
+            "retry_after_s": round(a.workload_rate.retry_after_s, 3),
+            "route": {
+                "requests_last_minute": a.route_rate.requests,
+                "tokens_last_minute": a.route_rate.tokens,
+                "retry_after_s": round(a.route_rate.retry_after_s, 3),
+            },
+        },
+        "reserved": a.reserved,
+    }

@@ -121,4 +121,4 @@ def test_state_cache_forgets_a_view_past_its_budget_window() -> None:
 def test_gate_without_state_ttl_has_no_optimistic_path() -> None:
     gate = _gate(True)
     m = gate.meter("d", "spiffe://prod/agent/none", "m", 0, 0)
-    assert gate.cache is None and gate.cached_state(m, "spiffe://prod/agent/none") is None
+    assert gate.cache is None and gate.cached_state(m) is None

@@ -2,7 +2,7 @@
 -- with history.
 --
 -- aam_finish_many looked up the reservations to release with a join that
--- PL/pgSQL's cached generic plan ran as a sequential scan of aam_reservations.
+-- PL/pgSQL's cached plan could run as a sequential scan of aam_reservations.
 -- That table keeps every settled row, so each audit batch cost more as the
 -- ledger aged: about 0.5 ms of PostgreSQL CPU per batch on an empty ledger,
 -- 2.2 ms with 3,000 reservations. It now runs only when a batch releases
