@@ -1,11 +1,12 @@
-"""ext_authz Check only: AAM's Authorization service against opa-envoy-plugin.
+"""ext_authz Check only: AAM's Authorization service against opa-envoy-plugin and opa-extauthz.
 
     .venv/bin/python -m bench.extauthz [bench.run options, e.g. --quick --opa-envoy-plugin PATH]
 
 The same as ``bench.run --only "ext_authz Check" --no-scale --no-profile``: the
-scenarios, the plugin's stack and the tables live in bench.run, scenarios.py and
+scenarios, the baselines' stacks and the tables live in bench.run, scenarios.py and
 targets.py. Without an opa-envoy-plugin binary (the Go module proxy refuses the
-module, so this repository does not build it) only AAM's rows print.
+module, so this repository does not build it) AAM is compared with opa-extauthz
+alone, which scripts/setup builds from bench/opa_extauthz.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@
 Sections: latency and resources per scenario (Authorize model call, tool call,
 credentialed tool call; ext_authz Check) at a fixed offered rate (open loop) and
 at saturation; AAM/baseline ratios (OPA's Data API with the same input;
-opa-envoy-plugin with the same Check); scale (10, 1,000, 10,000 policies); a
+opa-envoy-plugin and opa-extauthz, OPA's Go SDK built by scripts/setup, with the
+same Check); scale (10, 1,000, 10,000 policies); a
 py-spy profile of the PDP at saturation; the issue's targets, met or short.
 The AAM stacks keep their ledger in a co-located PostgreSQL (fsync on) unless
 ``--ledger sqlite``.
@@ -38,7 +39,7 @@ from bench.procstat import Meter
 from bench.protoset import write_protoset
 from bench.report import Row, ScalePoint
 from bench.scenarios import Scenario
-from bench.targets import PLUGIN_MISSING, AamStack, LedgerServer, PluginStack, TargetError, plugin_binary
+from bench.targets import AamStack, ExtAuthzServer, ExtAuthzStack, LedgerServer, TargetError, extauthz_servers
 from bench.tools import ToolMissing
 from pdp.opa import OpaClient
 
@@ -83,11 +84,11 @@ def loads(p: Plan) -> tuple[Load, Load]:
     return Load(p.rate, p.fixed_s), Load(0, p.saturation_s, p.concurrency)
 
 
-Stack = AamStack | PluginStack
+Stack = AamStack | ExtAuthzStack
 
 
 def drive(s: Scenario, stack: Stack, load: Load) -> Result:
-    if s.target in ("aam", "plugin"):
+    if s.target in ("aam", "extauthz"):
         assert s.proto is not None
         return loadgen.ghz(stack.grpc_addr, s.call, s.payload, load, _protoset(s.proto))
     if s.target == "opa":
@@ -175,8 +176,8 @@ def run_main(p: Plan, work: Path, ledger: LedgerServer, out: TextIO) \
             except RuntimeError as exc:
                 print(f"  profile failed: {exc}", file=out)
         pieces = {s.name.removeprefix("aam: authorize "): micro.pieces(
-            stack.opa_url, scenarios.by_name(s.baseline).call, s.payload, p.micro_n)
-            for s in chosen if s.call == scenarios.AUTHORIZE and s.baseline}
+            stack.opa_url, scenarios.by_name(s.baselines[0]).call, s.payload, p.micro_n)
+            for s in chosen if s.call == scenarios.AUTHORIZE and s.baselines}
     return rows, prof, pieces
 
 
@@ -200,20 +201,19 @@ def run_vault(p: Plan, work: Path, ledger: LedgerServer, out: TextIO) -> list[Ro
             return run_scenarios(chosen, stack, p, out, ledger.trees())
 
 
-def run_plugin(p: Plan, work: Path, given: str, out: TextIO) -> list[Row]:
-    """The ext_authz baseline: opa-envoy-plugin with the same policies and Check requests.
-    Without its binary the rows say why and the run goes on."""
-    chosen = [s for s in scenarios.SCENARIOS if p.only in s.name and s.stack == "plugin"]
+def run_extauthz(p: Plan, work: Path, server: ExtAuthzServer, out: TextIO) -> list[Row]:
+    """One ext_authz baseline with the same policies and Check requests. Without its
+    binary the rows say why and the run goes on."""
+    chosen = [s for s in scenarios.SCENARIOS if p.only in s.name and s.stack == server.stack]
     if not chosen:
         return []
-    binary = plugin_binary(given)
-    if binary is None:
-        rows = [Row(s.name, load, None, {}, PLUGIN_MISSING, skipped=True)
+    if not server.binary.is_file():
+        rows = [Row(s.name, load, None, {}, server.missing, skipped=True)
                 for s in chosen for load in loads(p)]
-        print(f"  {chosen[0].name}: not run: {PLUGIN_MISSING}", file=out, flush=True)
+        print(f"  {chosen[0].name}: not run: {server.missing}", file=out, flush=True)
         return rows
     try:
-        with PluginStack(binary, write_policy_dir(work / "plugin", 10)) as stack:
+        with ExtAuthzStack(server, write_policy_dir(work / server.stack, 10)) as stack:
             return run_scenarios(chosen, stack, p, out)
     except (TargetError, RuntimeError, grpc.RpcError) as exc:
         rows = [Row(s.name, load, None, {}, str(exc)) for s in chosen for load in loads(p)]
@@ -253,9 +253,9 @@ def pairs(rows: list[Row]) -> list[tuple[Row, Row]]:
     by = {(r.scenario, r.load.label): r for r in rows}
     out = []
     for r in rows:
-        base = scenarios.by_name(r.scenario).baseline
-        if base and (base, r.load.label) in by:
-            out.append((r, by[base, r.load.label]))
+        for base in scenarios.by_name(r.scenario).baselines:
+            if (base, r.load.label) in by:
+                out.append((r, by[base, r.load.label]))
     return out
 
 
@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
                          "PostgreSQL with fsync on (default), or each stack's embedded SQLite")
     ap.add_argument("--opa-envoy-plugin", default="", metavar="PATH",
                     help="opa-envoy-plugin binary for the ext_authz baseline (default: "
-                         "$AAM_TOOLS_DIR/bin/opa-envoy-plugin when present)")
+                         "$AAM_TOOLS_DIR/bin/opa-envoy-plugin when present; opa-extauthz, "
+                         "which scripts/setup builds, runs either way)")
     ap.add_argument("--pdp-setting", action="append", default=[], metavar="KEY=VALUE", type=_setting,
                     help="a PDP setting over the shipped defaults (repeatable), e.g. "
                          "ledger_state_ttl_ms=0 and opa_gogc=100 for the previous hot path")
@@ -296,12 +297,15 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
             with LedgerServer(args.ledger) as ledger:
                 print(f"bench: ledger: {ledger.label}", file=out)
                 print(f"bench: load: {loadgen.describe()}", file=out)
-                plugin = plugin_binary(args.opa_envoy_plugin)
-                print(f"bench: ext_authz baseline: {plugin or PLUGIN_MISSING}", file=out, flush=True)
+                servers = extauthz_servers(args.opa_envoy_plugin)
+                for server in servers:
+                    found = server.binary if server.binary.is_file() else server.missing
+                    print(f"bench: ext_authz baseline {server.name}: {found}", file=out, flush=True)
                 rows, prof, pieces = run_main(p, work, ledger, out)
                 if not args.no_vault:
                     rows += run_vault(p, work, ledger, out)
-                rows += run_plugin(p, work, args.opa_envoy_plugin, out)
+                for server in servers:
+                    rows += run_extauthz(p, work, server, out)
                 points = run_scale(p, work, ledger, out) if p.scales else []
         except (ToolMissing, TargetError) as exc:
             print(f"bench: error: {exc}", file=out)

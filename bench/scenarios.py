@@ -1,8 +1,9 @@
 """What is measured: one :class:`Scenario` per request shape and system.
 
-Each AAM scenario has a baseline twin with the same meaning (OPA's Data API
-with exactly the input the PDP builds, via ``Engine.build_input``; later
-opa-envoy-plugin for ext_authz Check). A capability adds its scenarios with
+Each AAM scenario has baseline twins with the same meaning: OPA's Data API
+with exactly the input the PDP builds (via ``Engine.build_input``) for
+Authorize; opa-envoy-plugin and opa-extauthz (bench/opa_extauthz) for
+ext_authz Check. A capability adds its scenarios with
 :func:`register`.
 """
 
@@ -33,20 +34,21 @@ CHECK = "envoy.service.auth.v3.Authorization/Check"
 class Scenario:
     name: str
     # Which system and protocol: "aam" (gRPC to the PDP), "opa" (HTTP to its OPA) or
-    # "plugin" (gRPC to opa-envoy-plugin).
+    # "extauthz" (gRPC to an ext_authz baseline server).
     target: str
-    # gRPC method for "aam" and "plugin"; Data API path for "opa".
+    # gRPC method for "aam" and "extauthz"; Data API path for "opa".
     call: str
     # gRPC request in proto3 JSON (for ghz), or the HTTP body for "opa".
     payload: dict[str, Any]
-    # Name of the scenario this one is compared to ("" for baselines).
-    baseline: str = ""
+    # Names of the scenarios this one is compared to, first the one its target is
+    # judged against (empty for baselines).
+    baselines: tuple[str, ...] = ()
     # The decision every request must get; checked once before the load.
     expect_allow: bool = True
     # For gRPC scenarios: the proto file declaring the service (ghz gets a protoset).
     proto: FileDescriptor | None = None
     # Which stack it needs: "" the main one (PDP + OPA + ledger), "vault" one with the
-    # credential broker on a real OpenBao, "plugin" opa-envoy-plugin.
+    # credential broker on a real OpenBao, "plugin" opa-envoy-plugin, "sdk" opa-extauthz.
     stack: str = ""
 
 
@@ -69,7 +71,7 @@ def authorize_pair(name: str, request: dict[str, Any], expect_allow: bool = True
     """Register an Authorize scenario and its OPA-alone baseline."""
     base = f"opa: {name}"
     register(
-        Scenario(f"aam: {name}", "aam", AUTHORIZE, request, baseline=base, expect_allow=expect_allow,
+        Scenario(f"aam: {name}", "aam", AUTHORIZE, request, baselines=(base,), expect_allow=expect_allow,
                  proto=pdp_pb2.DESCRIPTOR, stack=stack),
         Scenario(base, "opa", DECISION_PATH, {"input": opa_input(request)}, expect_allow=expect_allow,
                  stack=stack),
@@ -113,20 +115,26 @@ def check_json(certificate_pem: bytes) -> dict[str, Any]:
 
 
 # The same Check to AAM (whole path: certificate cross-check, ledger, audit, OPA) and to
-# opa-envoy-plugin evaluating the same Rego through bench/rego/envoy_shim.rego.
+# two Go servers evaluating the same Rego through bench/rego/envoy_shim.rego:
+# opa-envoy-plugin, and opa-extauthz (OPA's Go SDK, bench/opa_extauthz), which scripts/setup
+# builds where the module proxy refuses the plugin.
 CHECK_CALL = check_json(CA("prod").svid(WORKLOAD).cert_pem)
 PLUGIN_CHECK = "opa-envoy-plugin: ext_authz Check"
+SDK_CHECK = "opa-extauthz: ext_authz Check"
 register(
-    Scenario("aam: ext_authz Check", "aam", CHECK, CHECK_CALL, baseline=PLUGIN_CHECK,
+    Scenario("aam: ext_authz Check", "aam", CHECK, CHECK_CALL, baselines=(PLUGIN_CHECK, SDK_CHECK),
              proto=external_auth_pb2.DESCRIPTOR),
-    Scenario(PLUGIN_CHECK, "plugin", CHECK, CHECK_CALL, proto=external_auth_pb2.DESCRIPTOR,
+    Scenario(PLUGIN_CHECK, "extauthz", CHECK, CHECK_CALL, proto=external_auth_pb2.DESCRIPTOR,
              stack="plugin"),
+    Scenario(SDK_CHECK, "extauthz", CHECK, CHECK_CALL, proto=external_auth_pb2.DESCRIPTOR,
+             stack="sdk"),
 )
 
 # What the issue's targets are measured on (report.targets): label -> scenario.
 AUTHORIZE_TARGETS = {"model": "aam: authorize model call", "tool": "aam: authorize tool call",
                      "credentialed": "aam: authorize credentialed tool call"}
-CHECK_TARGET = ("aam: ext_authz Check", PLUGIN_CHECK)
+# The Check target is judged against the plugin when it ran, else against opa-extauthz.
+CHECK_TARGET = ("aam: ext_authz Check", (PLUGIN_CHECK, SDK_CHECK))
 
 
 def by_name(name: str) -> Scenario:

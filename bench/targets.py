@@ -3,9 +3,10 @@
 :class:`AamStack` runs ``aam up`` (PDP + managed OPA, the shipped path) on a
 policy directory; the OPA it manages is also the "OPA alone" baseline, called
 directly over its Data API with the same input, so both see the same Rego and
-the same data. :class:`PluginStack` is opa-envoy-plugin, the ext_authz
-baseline; :class:`LedgerServer` is where every AAM stack of one run keeps its
-ledger (a co-located PostgreSQL by default, or each stack's embedded SQLite).
+the same data. :class:`ExtAuthzStack` is an ext_authz baseline (opa-envoy-plugin,
+or opa-extauthz, its stand-in built by scripts/setup); :class:`LedgerServer` is
+where every AAM stack of one run keeps its ledger (a co-located PostgreSQL by
+default, or each stack's embedded SQLite).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -184,35 +186,64 @@ class LedgerServer:
         return {"ledger_url": self.pg.dsn_for(name)}
 
 
-PLUGIN = "opa-envoy-plugin"
-PLUGIN_MISSING = (
-    f"no {PLUGIN} binary (looked in {DEFAULT_TOOLS_DIR / 'bin'}): the Go module proxy refuses "
-    f"github.com/open-policy-agent/{PLUGIN}, so scripts/setup cannot build it; pass "
-    f"--{PLUGIN} PATH to a binary you built")
+@dataclass(frozen=True)
+class ExtAuthzServer:
+    """An ext_authz baseline: a Go process answering Envoy's Check with OPA evaluating
+    AAM's bundle through bench/rego/envoy_shim.rego. ``stack`` names the scenarios it
+    serves (scenarios.Scenario.stack)."""
+
+    name: str
+    stack: str
+    binary: Path
+    # Why there may be no binary, and what to do about it.
+    missing: str
+
+    def argv(self, grpc_addr: str, bundle: Path, shim: Path) -> list[str]:
+        if self.stack == "plugin":  # opa-envoy-plugin is `opa run` with the plugin compiled in
+            return [str(self.binary), "run", "--server", "--skip-version-check",
+                    "--addr", f"127.0.0.1:{free_port()}", "--log-level", "error",
+                    "--set", f"plugins.envoy_ext_authz_grpc.addr={grpc_addr}",
+                    "--set", f"plugins.envoy_ext_authz_grpc.path={SHIM_PATH}",
+                    "--set", "decision_logs.console=false",
+                    "--bundle", str(bundle), str(shim)]
+        return [str(self.binary), "-addr", grpc_addr, "-query", "data." + SHIM_PATH.replace("/", "."),
+                "-bundle", str(bundle), "-bundle", str(shim)]
+
+
 SHIM = Path(__file__).resolve().parent / "rego" / "envoy_shim.rego"
+SHIM_PATH = "aambench/envoy/allow"
+BIN = DEFAULT_TOOLS_DIR / "bin"
+PLUGIN = ExtAuthzServer(
+    "opa-envoy-plugin", "plugin", BIN / "opa-envoy-plugin",
+    f"no opa-envoy-plugin binary (looked in {BIN}): the Go module proxy refuses "
+    "github.com/open-policy-agent/opa-envoy-plugin, so scripts/setup cannot build it; pass "
+    "--opa-envoy-plugin PATH to a binary you built")
+SDK = ExtAuthzServer(
+    "opa-extauthz", "sdk", BIN / "opa-extauthz",
+    f"no opa-extauthz binary (looked in {BIN}): run scripts/setup, which builds bench/opa_extauthz")
 
 
-def plugin_binary(given: str = "") -> str | None:
-    """``given``, else $AAM_TOOLS_DIR/bin/opa-envoy-plugin, else None (no baseline)."""
-    for candidate in (given, str(DEFAULT_TOOLS_DIR / "bin" / PLUGIN)):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    return None
+def extauthz_servers(plugin: str = "") -> list[ExtAuthzServer]:
+    """The ext_authz baselines: opa-envoy-plugin (``plugin``, else the tools directory's)
+    and opa-extauthz, the one scripts/setup builds."""
+    return [replace(PLUGIN, binary=Path(plugin)) if plugin else PLUGIN, SDK]
 
 
-class PluginStack:
-    """opa-envoy-plugin serving ext_authz gRPC with AAM's bundle plus a shim
+class ExtAuthzStack:
+    """An :class:`ExtAuthzServer` serving ext_authz gRPC with AAM's bundle plus a shim
     (bench/rego/envoy_shim.rego) that maps the CheckRequest onto AAM's decision."""
 
-    def __init__(self, binary: str, policies: Path) -> None:
-        self.binary = binary
+    def __init__(self, server: ExtAuthzServer, policies: Path) -> None:
+        self.server = server
         self.policies = policies
         self.grpc_addr = f"127.0.0.1:{free_port()}"
         self.opa_url = ""
         self.proc: subprocess.Popen[bytes] | None = None
-        self._tmp = tempfile.TemporaryDirectory(prefix="aam-bench-plugin-")
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"aam-bench-{server.stack}-")
 
-    def start(self, timeout_s: float = 60.0) -> PluginStack:
+    def start(self, timeout_s: float = 60.0) -> ExtAuthzStack:
+        if not self.server.binary.is_file():
+            raise TargetError(self.server.missing)
         work = Path(self._tmp.name)
         bundle = work / "bundle.tar.gz"
         bundle.write_bytes(compile_paths([self.policies]).to_tar_gz())
@@ -221,21 +252,16 @@ class PluginStack:
         (shim / ".manifest").write_text(json.dumps({"roots": ["aambench"]}))
         (shim / "aambench" / "envoy_shim.rego").write_bytes(SHIM.read_bytes())
         (shim / "aambench" / "data.json").write_text(json.dumps({"fresh_ledger": FRESH_LEDGER}))
-        log = work / "plugin.log"
+        log = work / "server.log"
         with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [self.binary, "run", "--server", "--skip-version-check",
-                 "--addr", f"127.0.0.1:{free_port()}", "--log-level", "error",
-                 "--set", f"plugins.envoy_ext_authz_grpc.addr={self.grpc_addr}",
-                 "--set", "plugins.envoy_ext_authz_grpc.path=aambench/envoy/allow",
-                 "--set", "decision_logs.console=false",
-                 "--bundle", str(bundle), str(shim)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(self.server.argv(self.grpc_addr, bundle, shim),
+                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
-            procs.wait_until(lambda: _grpc_ready(self.grpc_addr), timeout_s, PLUGIN, self.proc, log)
+            procs.wait_until(lambda: _grpc_ready(self.grpc_addr), timeout_s, self.server.name,
+                             self.proc, log)
         except Exception as exc:
             self.stop()
-            raise TargetError(f"{PLUGIN} did not start: {exc}") from exc
+            raise TargetError(f"{self.server.name} did not start: {exc}") from exc
         return self
 
     @property
@@ -247,7 +273,7 @@ class PluginStack:
         procs.stop(self.proc)
         self._tmp.cleanup()
 
-    def __enter__(self) -> PluginStack:
+    def __enter__(self) -> ExtAuthzStack:
         return self if self.proc else self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -63,7 +63,7 @@ def test_profile_summary_counts_inclusive_and_self_time() -> None:
 def test_scenarios_pair_with_baselines_built_from_the_pdp_input(tmp_path: Path) -> None:
     names = {s.name for s in scenarios.SCENARIOS}
     for s in scenarios.SCENARIOS:
-        assert not s.baseline or s.baseline in names
+        assert all(b in names for b in s.baselines)
     opa = scenarios.by_name("opa: authorize tool call")
     assert opa.payload["input"]["tool"] == "salesforce.accounts"
     assert opa.payload["input"]["params"]["limit"] == 50
@@ -88,8 +88,9 @@ def test_extauthz_bench_request_maps_to_the_granted_tool_call() -> None:
     from pdp.httpmap import HttpMapping, to_request
 
     check = scenarios.by_name("aam: ext_authz Check")
-    assert check.call == scenarios.CHECK and check.baseline == scenarios.PLUGIN_CHECK
-    assert scenarios.by_name(check.baseline).payload == check.payload
+    assert check.call == scenarios.CHECK
+    assert check.baselines == (scenarios.PLUGIN_CHECK, scenarios.SDK_CHECK)
+    assert all(scenarios.by_name(b).payload == check.payload for b in check.baselines)
     msg = json_format.ParseDict(check.payload, external_auth_pb2.CheckRequest())
     req = to_request(HttpMapping(), from_check_request(msg))
     assert (req.spiffe_id, req.tool, req.action) == (scenarios.WORKLOAD, "salesforce.accounts", "search")
@@ -97,7 +98,8 @@ def test_extauthz_bench_request_maps_to_the_granted_tool_call() -> None:
 
 
 def test_targets_name_existing_scenarios() -> None:
-    for name in [*scenarios.AUTHORIZE_TARGETS.values(), *scenarios.CHECK_TARGET]:
+    aam, bases = scenarios.CHECK_TARGET
+    for name in [*scenarios.AUTHORIZE_TARGETS.values(), aam, *bases]:
         assert scenarios.by_name(name).name == name
 
 
@@ -107,21 +109,22 @@ def _row(name: str, load: Load, p99: float, throughput: float = 500.0, errors: i
 
 AUTHZ = {"model": "aam: m", "tool": "aam: t", "credentialed": "aam: c"}
 FIXED, SAT = Load(500, 5), Load(0, 4, 16)
+CHECK = ("aam: check", ("plugin", "sdk"))
 
 
 def test_targets_say_met_short_and_not_measured_with_the_figures() -> None:
     rows = [_row("aam: m", FIXED, 3.2), _row("aam: t", FIXED, 4.9), _row("aam: c", FIXED, 12.34),
             _row("aam: m", SAT, 40, 1600), _row("aam: t", SAT, 40, 1700),
-            _row("aam: check", FIXED, 6.0), _row("plugin", FIXED, 2.0)]
+            _row("aam: check", FIXED, 6.0), _row("plugin", FIXED, 2.0), _row("sdk", FIXED, 4.0)]
     points = [report.ScalePoint(10, Result(1, 1, 2.0, 200, 100, 0), 60, 50, 3),
               report.ScalePoint(1000, Result(1, 1, 2.2, 200, 100, 0), 70, 60, 5),
               report.ScalePoint(10_000, Result(1, 1, 2.5, 200, 100, 0), 160, 250, 20)]
-    lines = report.targets(rows, points, 500, AUTHZ, ("aam: check", "plugin"), "postgres").splitlines()
+    lines = report.targets(rows, points, 500, AUTHZ, CHECK, "postgres").splitlines()
     assert lines[0] == ("Authorize with ledger (postgres) and audit on, p99 <= 5 ms at 500/s: "
                         "model 3.20 ms, tool 4.90 ms, credentialed 12.34 ms -> short")
     assert lines[1] == ("Authorize saturation >= 1,500 decisions/s: model 1,600/s, tool 1,700/s, "
                         "credentialed - -> met (credentialed not measured)")
-    assert lines[2].endswith("AAM 6.00 ms / opa-envoy-plugin 2.00 ms = x 3.00 -> short")
+    assert lines[2].endswith("AAM 6.00 ms; plugin 2.00 ms = x 3.00; sdk 4.00 ms = x 1.50 -> short")
     assert lines[3].endswith("2.50 ms / 2.00 ms = x 1.25 -> met")
 
 
@@ -131,16 +134,20 @@ def test_targets_explain_what_was_not_measured() -> None:
     rows = [_row("aam: m", at400, 4.0, errors=3), _row("aam: check", at400, 6.0), missing]
     points = [report.ScalePoint(10, Result(1, 1, 2.0, 200, 100, 0), 60, 50, 3),
               report.ScalePoint(1000, None, 0, 0, 5, "ghz exited 1")]
-    lines = report.targets(rows, points, 400, AUTHZ, ("aam: check", "plugin"), "sqlite").splitlines()
+    lines = report.targets(rows, points, 400, AUTHZ, CHECK, "sqlite").splitlines()
     assert "p99 <= 5 ms at 400/s (the target is at 500/s):" in lines[0]
     assert lines[0].endswith("model 4.00 ms (3 errors), tool -, credentialed - -> short")
     assert lines[1].endswith("model -, tool -, credentialed - -> not measured")
     assert lines[2].endswith(
-        "AAM 6.00 ms, opa-envoy-plugin not run: no opa-envoy-plugin binary -> not measured")
+        "AAM 6.00 ms; plugin not run: no opa-envoy-plugin binary; sdk not run: no row -> not measured")
     assert lines[3].endswith("scales run 10, 1,000 (failed); only the full run loads 10,000 -> not measured")
-    assert report.targets([], [], 500, AUTHZ, ("a", "b"), "x").splitlines()[3].endswith(
+    assert report.targets([], [], 500, AUTHZ, ("a", ("b",)), "x").splitlines()[3].endswith(
         "scale not run (--no-scale) -> not measured")
     table = report.latency_table([missing]).splitlines()
     assert table[2].split()[-2:] == ["not", "run"]
     assert table[-1] == "plugin: not run: no opa-envoy-plugin binary"
     assert report.ratio_table([(rows[1], missing)]).splitlines()[2].split()[-3:] == ["-", "-", "-"]
+    # The plugin missing, its stand-in decides, and the line says so.
+    check = report.targets([*rows, _row("sdk", at400, 4.0)], points, 400, AUTHZ, CHECK, "sqlite")
+    assert check.splitlines()[2].endswith(
+        "plugin not run: no opa-envoy-plugin binary; sdk 4.00 ms = x 1.50 -> met (against sdk)")
