@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -148,8 +149,27 @@ def targets(rows: Sequence[Row], points: Sequence[ScalePoint], rate: int,
               lambda r: f"{r.throughput:,.0f}/s", lambda r: r.throughput >= SATURATION_PER_S),
         _check_line(fixed.get(check[0]), [(b, fixed.get(b)) for b in check[1]], at),
         _scale_line(points),
+        _ceiling_line({k: sat.get(n) for k, n in authorize.items()}),
     ]
     return "\n".join(lines)
+
+
+def _ceiling_line(rows: dict[str, Row | None]) -> str:
+    """What the saturation target could reach were the PDP free: the CPU each decision
+    costs OPA, the ledger and the load generator, measured in the same rows, over the
+    machine's CPUs. A ceiling under the target says no PDP work can meet it here."""
+    cpus = os.cpu_count() or 1
+    figures = []
+    for label, row in rows.items():
+        res = row.result if row is not None else None
+        others = sum(u.cpu_pct for k, u in row.usage.items() if k != "pdp") if row else 0.0
+        if res is None or not res.throughput or not others:
+            figures.append(f"{label} -")
+            continue
+        ms = 10 * others / res.throughput
+        figures.append(f"{label} {1000 * cpus / ms:,.0f}/s ({ms:.2f} ms)")
+    return (f"Saturation ceiling with a PDP that cost nothing ({cpus} CPUs over the OPA, ledger and "
+            f"load-generator CPU ms per decision of the rows above): {', '.join(figures)}")
 
 
 def _line(what: str, rows: dict[str, Row | None], fmt: Callable[[Result], str],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pytest
 from google.protobuf import descriptor_pb2
 
 from aam.v1 import pdp_pb2
@@ -151,3 +152,13 @@ def test_targets_explain_what_was_not_measured() -> None:
     check = report.targets([*rows, _row("sdk", at400, 4.0)], points, 400, AUTHZ, CHECK, "sqlite")
     assert check.splitlines()[2].endswith(
         "plugin not run: no opa-envoy-plugin binary; sdk 4.00 ms = x 1.50 -> met (against sdk)")
+
+
+def test_ceiling_says_what_a_free_pdp_could_reach(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OPA 150% + PostgreSQL 60% + load generator 40% of a core at 500/s is 5 ms of CPU per
+    decision besides the PDP's: 2 CPUs cannot pass 400/s whatever the PDP costs."""
+    monkeypatch.setattr(report.os, "cpu_count", lambda: 2)
+    usage = {"pdp": Usage(90, 100), "opa": Usage(150, 80), "pg": Usage(60, 0), "loadgen": Usage(40, 0)}
+    rows = [report.Row("aam: m", SAT, Result(10, 20, 40, 500, 2000, 0), usage)]
+    line = report.targets(rows, [], 500, AUTHZ, CHECK, "postgres").splitlines()[4]
+    assert line.endswith("model 400/s (5.00 ms), tool -, credentialed -")
