@@ -133,7 +133,8 @@ SCALE_FROM, SCALE_TO = 10, 10_000
 
 
 def targets(rows: Sequence[Row], points: Sequence[ScalePoint], rate: int,
-            authorize: dict[str, str], check: tuple[str, Sequence[str]], ledger: str) -> str:
+            authorize: dict[str, str], check: tuple[str, Sequence[str]], ledger: str,
+            idle_rate: int = 0) -> str:
     """One line per target: what it asks, the figures of this run, met / short / not measured.
     ``authorize`` maps a short label to an Authorize scenario; ``check`` is (AAM, baselines),
     the baselines in the order the target prefers them."""
@@ -151,6 +152,13 @@ def targets(rows: Sequence[Row], points: Sequence[ScalePoint], rate: int,
         _scale_line(points),
         _ceiling_line({k: sat.get(n) for k, n in authorize.items()}),
     ]
+    idle = {r.scenario: r for r in rows if idle_rate and r.load.rate == idle_rate}
+    if idle:  # what one decision takes with no queue: no rate can do better
+        lines.append(_line(f"Authorize p50 / p99 with the stack nearly idle ({idle_rate}/s), the floor "
+                           f"under the {P99_MS_AT_RATE:g} ms target",
+                           {k: idle.get(n) for k, n in authorize.items()},
+                           lambda r: f"{r.p50_ms:.2f} / {r.p99_ms:.2f} ms",
+                           lambda r: r.p99_ms <= P99_MS_AT_RATE and not r.errors))
     return "\n".join(lines)
 
 

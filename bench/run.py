@@ -56,6 +56,10 @@ class Plan:
     only: str
     micro_n: int
     scale_rate: int = 200
+    # A rate low enough that the stack is nearly idle: the latency of one decision with no
+    # queue in front of it, the floor under any fixed-rate figure (0: not run).
+    idle_rate: int = 20
+    idle_s: float = 5
     # PDP settings over the shipped defaults (--pdp-setting), e.g. to measure the
     # previous hot path: ledger_state_ttl_ms=0 opa_gogc=100.
     pdp: tuple[tuple[str, Any], ...] = ()
@@ -76,12 +80,13 @@ def _setting(text: str) -> tuple[str, Any]:
 
 def plan(args: argparse.Namespace) -> Plan:
     if args.quick:
-        return Plan(args.rate, 5, 4, args.concurrency, (10, 1000), 4, 4, args.only, 300)
+        return Plan(args.rate, 5, 4, args.concurrency, (10, 1000), 4, 4, args.only, 300, idle_s=3)
     return Plan(args.rate, 15, 10, args.concurrency, (10, 1000, 10000), 10, 8, args.only, 2000)
 
 
-def loads(p: Plan) -> tuple[Load, Load]:
-    return Load(p.rate, p.fixed_s), Load(0, p.saturation_s, p.concurrency)
+def loads(p: Plan) -> tuple[Load, ...]:
+    idle = (Load(p.idle_rate, p.idle_s),) if 0 < p.idle_rate < p.rate else ()
+    return *idle, Load(p.rate, p.fixed_s), Load(0, p.saturation_s, p.concurrency)
 
 
 Stack = AamStack | ExtAuthzStack
@@ -267,6 +272,9 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     ap.add_argument("--scale-rate", type=int, default=200,
                     help="offered rate for the scale runs, below saturation so that latency is the "
                          "decision's, not a queue's (default 200/s)")
+    ap.add_argument("--idle-rate", type=int, default=20,
+                    help="also offer this low rate, where one decision meets no queue: the latency "
+                         "floor (default 20/s; 0 to skip)")
     ap.add_argument("--concurrency", type=int, default=16, help="workers at saturation (default 16)")
     ap.add_argument("--only", default="", help="run scenarios whose name contains this")
     ap.add_argument("--no-scale", action="store_true")
@@ -284,7 +292,8 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
                          "ledger_state_ttl_ms=0 and opa_gogc=100 for the previous hot path")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
-    p = Plan(**{**asdict(plan(args)), "scale_rate": args.scale_rate, "pdp": tuple(args.pdp_setting)})
+    p = Plan(**{**asdict(plan(args)), "scale_rate": args.scale_rate, "pdp": tuple(args.pdp_setting),
+                "idle_rate": args.idle_rate})
     if args.no_profile:
         p = Plan(**{**asdict(p), "profile_s": 0})
     if args.no_scale:
@@ -327,7 +336,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
         print(f"\n== hot path, in-process (CPU, so little moved by a busy machine) ==\n"
               f"{micro.format_pieces(pieces)}", file=out)
     met = report.targets(rows, points, p.rate, scenarios.AUTHORIZE_TARGETS, scenarios.CHECK_TARGET,
-                         args.ledger)
+                         args.ledger, p.idle_rate)
     print(f"\n== targets (issue 9) ==\n{met}", file=out)
     print(f"\nbench: done in {time.monotonic() - t0:.0f} s", file=out)
     if args.json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,15 @@ def test_ceiling_says_what_a_free_pdp_could_reach(monkeypatch: pytest.MonkeyPatc
     rows = [report.Row("aam: m", SAT, Result(10, 20, 40, 500, 2000, 0), usage)]
     line = report.targets(rows, [], 500, AUTHZ, CHECK, "postgres").splitlines()[4]
     assert line.endswith("model 400/s (5.00 ms), tool -, credentialed -")
+
+
+def test_idle_rows_give_the_latency_floor_line_and_an_extra_load() -> None:
+    idle = Load(20, 5)
+    rows = [_row("aam: m", idle, 9.5), _row("aam: t", idle, 4.0), _row("aam: m", FIXED, 40)]
+    lines = report.targets(rows, [], 500, AUTHZ, CHECK, "postgres", idle_rate=20).splitlines()
+    assert lines[5] == ("Authorize p50 / p99 with the stack nearly idle (20/s), the floor under the 5 ms "
+                        "target: model 2.38 / 9.50 ms, tool 1.00 / 4.00 ms, credentialed - -> short")
+    assert len(report.targets(rows, [], 500, AUTHZ, CHECK, "postgres").splitlines()) == 5
+    p = run.plan(run_args(quick=True))
+    assert [load.label for load in run.loads(p)] == ["20/s", "500/s", "max c=16"]
+    assert [load.label for load in run.loads(replace(p, idle_rate=0))] == ["500/s", "max c=16"]
