@@ -7,8 +7,10 @@ held until a new revision is published or N seconds pass.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +20,8 @@ from compiler import Bundle
 BUNDLE_PATH = "/bundles/aam.tar.gz"
 LONG_POLL_CONTENT_TYPE = "application/vnd.openpolicyagent.bundles"
 _WAIT = re.compile(r"wait=(\d+)")
+
+log = logging.getLogger("aam.http")
 
 
 @dataclass(frozen=True)
@@ -81,9 +85,20 @@ class HttpServer:
                     return
                 route(self)
 
+            # Nothing here accepts a write. A caller that sends one (an OPA configured
+            # to report decision logs or status to its first service, which is this
+            # server) is counted and logged once, so the misconfiguration shows.
+            def _refuse(self) -> None:
+                server.refused(self.command, self.path.split("?", 1)[0])
+                self.send_error(405)
+
+            do_POST = do_PUT = do_PATCH = do_DELETE = _refuse
+
             def log_message(self, *args: object) -> None:
                 pass
 
+        self.unexpected: Counter[str] = Counter()  # "METHOD /path" of refused requests
+        self._unexpected_lock = threading.Lock()
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="aam-http", daemon=True)
@@ -99,6 +114,16 @@ class HttpServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def refused(self, method: str, path: str) -> None:
+        what = f"{method} {path}"
+        with self._unexpected_lock:
+            self.unexpected[what] += 1
+            first = self.unexpected[what] == 1
+        if first:
+            log.warning("refused a request the PDP's HTTP server does not serve; is a client "
+                        "(OPA decision logs or status?) reporting here?",
+                        extra={"fields": {"request": what}})
 
     def _serve_bundle(self, h: BaseHTTPRequestHandler) -> None:
         etag = h.headers.get("If-None-Match")

@@ -141,6 +141,10 @@ class OpaProcess:
         # Long polling: OPA holds a request open and the bundle server answers
         # as soon as the revision changes, so a policy edit lands in well under
         # a second instead of waiting for the next poll.
+        # No decision_logs section, not even console: false: any such section
+        # turns OPA's decision-log plugin on and sends it to the first service
+        # (the PDP), buffering every decision in memory without a limit. The
+        # PDP writes the audit trail itself.
         return json.dumps({
             "services": {"aam": {"url": self.bundle_url}},
             "bundles": {"aam": {
@@ -149,7 +153,6 @@ class OpaProcess:
                 "polling": {"min_delay_seconds": 1, "max_delay_seconds": 2,
                             "long_polling_timeout_seconds": 10},
             }},
-            "decision_logs": {"console": False},
         }, indent=2)
 
     def start(self, timeout_s: float = 20.0) -> None:
