@@ -204,6 +204,8 @@ class ExtAuthzServer:
                     "--addr", f"127.0.0.1:{free_port()}", "--log-level", "error",
                     "--set", f"plugins.envoy_ext_authz_grpc.addr={grpc_addr}",
                     "--set", f"plugins.envoy_ext_authz_grpc.path={SHIM_PATH}",
+                    # With no services configured this leaves the decision-log plugin
+                    # off (with one, it would report there: see pdp/opa.py).
                     "--set", "decision_logs.console=false",
                     "--bundle", str(bundle), str(shim)]
         return [str(self.binary), "-addr", grpc_addr, "-query", "data." + SHIM_PATH.replace("/", "."),
