@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterator
 
 from compiler import language_checks, route_checks, spiffe, toolcredential
 from compiler.errors import Diagnostic
-from compiler.model import PolicySet, repeats
+from compiler.model import PolicySet
 from compiler.source import Document
+from compiler.unique import repeats
 
 Check = Callable[[PolicySet], Iterator[Diagnostic]]
 

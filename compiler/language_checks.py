@@ -22,7 +22,8 @@ from typing import Any
 import jsonschema
 
 from compiler.errors import Diagnostic
-from compiler.model import AgentPolicy, Constraint, PolicySet, Tool, ToolGrant, repeats
+from compiler.model import AgentPolicy, Constraint, PolicySet, Tool, ToolGrant
+from compiler.unique import repeats
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
 # Constructs Python's re accepts but RE2 (OPA's regex engine) refuses.

@@ -6,26 +6,11 @@ constructors read fields without re-checking their types.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from compiler.source import Document
 from compiler.toolcredential import ToolCredential
-
-T = TypeVar("T")
-
-
-def repeats(items: Iterable[T], key: Callable[[T], str]) -> Iterator[tuple[T, T]]:
-    """Each item whose key an earlier item already had, with that first item: the one
-    shape of every "X must be unique" check."""
-    first: dict[str, T] = {}
-    for item in items:
-        k = key(item)
-        if k in first:
-            yield item, first[k]
-        else:
-            first[k] = item
 
 CONSTRAINT_RULES = ("required", "forbidden", "min", "max", "allowed_values", "forbidden_values",
                     "pattern", "max_length")

@@ -12,6 +12,7 @@ from fnmatch import fnmatchcase
 
 from compiler.errors import Diagnostic
 from compiler.model import ModelRoute, PolicySet, RouteTarget
+from compiler.unique import repeats
 
 
 def region_matches(patterns: tuple[str, ...], region: str) -> bool:
@@ -35,14 +36,11 @@ def provider_names(ps: PolicySet) -> Iterator[Diagnostic]:
 
 def duplicate_targets(ps: PolicySet) -> Iterator[Diagnostic]:
     for r in ps.routes:
-        seen: dict[tuple[str, str, str], int] = {}
-        for i, t in enumerate(r.targets):
-            key = (t.provider, t.model, t.region)
-            if key in seen:
-                yield r.doc.error(("spec", "targets", i),
-                                  f"target {t.provider}/{t.model} @ {t.region or 'any region'}"
-                                  f" repeats spec.targets[{seen[key]}]")
-            seen.setdefault(key, i)
+        for (i, t), (first, _) in repeats(enumerate(r.targets),
+                                          lambda it: (it[1].provider, it[1].model, it[1].region)):
+            yield r.doc.error(("spec", "targets", i),
+                              f"target {t.provider}/{t.model} @ {t.region or 'any region'}"
+                              f" repeats spec.targets[{first}]")
 
 
 def static_exclusion(r: ModelRoute, t: RouteTarget) -> str | None:

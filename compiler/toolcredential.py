@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from compiler.errors import Diagnostic
 from compiler.source import Document
+from compiler.unique import repeats
 
 if TYPE_CHECKING:
     from compiler.model import PolicySet
@@ -82,8 +83,6 @@ class ToolCredential:
 def unique(ps: PolicySet) -> Iterator[Diagnostic]:
     """One ToolCredential per resource: the broker must not guess (unique names:
     checks.duplicate_names)."""
-    from compiler.model import repeats  # model imports this module
-
     for c, first in repeats(ps.credentials, lambda c: c.resource):
         yield c.doc.error(("spec", "resource"), f"tool resource {c.resource!r} already has a"
                           f" ToolCredential ({first.name!r}); merge the two")
