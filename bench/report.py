@@ -169,12 +169,11 @@ def _ceiling_line(rows: dict[str, Row | None]) -> str:
     cpus = os.cpu_count() or 1
     figures = []
     for label, row in rows.items():
-        res = row.result if row is not None else None
         others = sum(u.cpu_pct for k, u in row.usage.items() if k != "pdp") if row else 0.0
-        if res is None or not res.throughput or not others:
+        if row is None or row.result is None or not row.result.throughput or not others:
             figures.append(f"{label} -")
             continue
-        ms = 10 * others / res.throughput
+        ms = 10 * others / row.result.throughput
         figures.append(f"{label} {1000 * cpus / ms:,.0f}/s ({ms:.2f} ms)")
     return (f"Saturation ceiling with a PDP that cost nothing ({cpus} CPUs over the OPA, ledger and "
             f"load-generator CPU ms per decision of the rows above): {', '.join(figures)}")
@@ -209,7 +208,7 @@ def _check_line(aam: Row | None, bases: Sequence[tuple[str, Row | None]], at: st
     if aam is None or aam.result is None:
         return f"{what}: AAM not measured -> not measured"
     figures, ratios = [f"AAM {aam.result.p99_ms:.2f} ms"], []
-    for name, base in bases:
+    for i, (name, base) in enumerate(bases):
         label = name.split(":")[0]
         if base is None or base.result is None:
             why = base.error.split(": ")[0][:100] if base is not None else "no row"
@@ -217,11 +216,11 @@ def _check_line(aam: Row | None, bases: Sequence[tuple[str, Row | None]], at: st
             continue
         x = aam.result.p99_ms / base.result.p99_ms
         figures.append(f"{label} {base.result.p99_ms:.2f} ms = x {x:.2f}")
-        ratios.append((label, x))
+        ratios.append((i, label, x))
     if not ratios:
         return f"{what}: {'; '.join(figures)} -> not measured"
-    label, x = ratios[0]
-    against = "" if label == bases[0][0].split(":")[0] else f" (against {label})"
+    i, label, x = ratios[0]
+    against = f" (against {label})" if i else ""
     return f"{what}: {'; '.join(figures)} -> {'met' if x <= CHECK_P99_X else 'short'}{against}"
 
 

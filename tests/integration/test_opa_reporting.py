@@ -11,7 +11,9 @@ any such configuration shows up as a refused POST.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -20,6 +22,7 @@ import yaml
 from compiler import compile_paths
 from pdp.bundles import BUNDLE_PATH, BundleStore, HttpServer
 from pdp.opa import free_port
+from pdp.procs import wait_until
 from tests.integration.pdp import EXAMPLES, request, running_stack, stub
 from tests.servers import run_opa
 
@@ -38,38 +41,34 @@ def test_managed_opa_posts_nothing_to_the_pdp() -> None:
 def test_shipped_sidecar_config_posts_nothing_to_the_pdp(tmp_path: Path) -> None:
     store = BundleStore()
     store.publish(compile_paths([EXAMPLES]))
-    http = HttpServer("127.0.0.1", free_port(), store)
-    http.start()
-    try:
+    with _http_server(store) as http:
         config = yaml.safe_load((ROOT / "deploy" / "opa" / "config.yaml").read_text())
         config["services"]["aam"]["url"] = http.url
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(config))
         with run_opa("--config-file", str(path), "--shutdown-grace-period", "2") as opa:
-            _wait_for_bundle(opa.url)
+            wait_until(lambda: requests.get(f"{opa.url}/health?bundles", timeout=1).ok, 20,
+                       "OPA bundle")
             r = requests.post(f"{opa.url}/v1/data/aam/authz/decision", timeout=5, json={"input": {
                 "identity": {"spiffe_id": "spiffe://prod/agent/finance-analyst"},
                 "tool": "salesforce.accounts", "action": "read"}})
             assert r.json()["result"]["policy"] == "finance-analyst-readonly"
         assert http.unexpected == Counter()
-    finally:
-        store.close()
-        http.stop()
 
 
 def test_the_bundle_server_refuses_writes_and_counts_them() -> None:
-    store = BundleStore()
-    http = HttpServer("127.0.0.1", free_port(), store)
-    http.start()
-    try:
+    with _http_server(BundleStore()) as http:
         assert requests.post(f"{http.url}/logs", data=b"x", timeout=5).status_code == 405
         assert requests.put(f"{http.url}{BUNDLE_PATH}", data=b"x", timeout=5).status_code == 405
         assert http.unexpected == Counter({"POST /logs": 1, f"PUT {BUNDLE_PATH}": 1})
+
+
+@contextlib.contextmanager
+def _http_server(store: BundleStore) -> Iterator[HttpServer]:
+    http = HttpServer("127.0.0.1", free_port(), store)
+    http.start()
+    try:
+        yield http
     finally:
         store.close()
         http.stop()
-
-
-def _wait_for_bundle(url: str) -> None:
-    from pdp.procs import wait_until
-    wait_until(lambda: requests.get(f"{url}/health?bundles", timeout=1).ok, 20, "OPA bundle")
