@@ -17,10 +17,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pdp import procs
 from pdp.http1 import Http1Connection
+
+if TYPE_CHECKING:
+    from pdp.bundlesigner import Verification
 
 DECISION_PATH = "/v1/data/aam/authz/decision"
 # The decision plus the rules that matched (rego/aam/explain.rego), for --explain.
@@ -119,12 +122,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class OpaProcess:
-    """A child OPA server pulling its bundle from the PDP's bundle service."""
+    """A child OPA server pulling its bundle from the PDP's bundle service.
+
+    With ``verification`` OPA activates only bundles signed by the PDP's key;
+    its config file (public key, or the HMAC secret) is 0600 in a private
+    temporary directory.
+    """
 
     def __init__(self, binary: str, addr: str, bundle_url: str, workdir: Path | None = None,
-                 gogc: int = 100) -> None:
+                 gogc: int = 100, verification: Verification | None = None) -> None:
         host, _, port = addr.rpartition(":")
         self.gogc = gogc
+        self.verification = verification
         self.host = host or "127.0.0.1"
         self.port = int(port) or free_port(self.host)
         self.binary = binary
@@ -145,19 +154,26 @@ class OpaProcess:
         # turns OPA's decision-log plugin on and sends it to the first service
         # (the PDP), buffering every decision in memory without a limit. The
         # PDP writes the audit trail itself.
-        return json.dumps({
-            "services": {"aam": {"url": self.bundle_url}},
-            "bundles": {"aam": {
-                "service": "aam",
-                "resource": "bundles/aam.tar.gz",
-                "polling": {"min_delay_seconds": 1, "max_delay_seconds": 2,
-                            "long_polling_timeout_seconds": 10},
-            }},
-        }, indent=2)
+        bundle: dict[str, Any] = {
+            "service": "aam",
+            "resource": "bundles/aam.tar.gz",
+            "polling": {"min_delay_seconds": 1, "max_delay_seconds": 2,
+                        "long_polling_timeout_seconds": 10},
+        }
+        config: dict[str, Any] = {"services": {"aam": {"url": self.bundle_url}},
+                                  "bundles": {"aam": bundle}}
+        if self.verification is not None:
+            bundle["signing"] = self.verification.opa_signing()
+            config["keys"] = self.verification.opa_keys()
+        return json.dumps(config, indent=2)
 
     def start(self, timeout_s: float = 20.0) -> None:
         cfg = self.workdir / "opa-config.json"
-        cfg.write_text(self.config())
+        # 0600 whatever the umask, an existing file included: it may hold an HMAC secret.
+        fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.config())
         log = open(self.workdir / "opa.log", "wb")  # noqa: SIM115 - lives as long as OPA
         self.proc = subprocess.Popen(
             [self.binary, "run", "--server", "--skip-version-check", "--shutdown-grace-period", "2",

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from aam.v1 import pdp_pb2
 from pdp.opa import OpaProcess, free_port
 from pdp.stack import Stack
-from tests.integration.pdp import FINANCE, request, running_stack, stub
+from tests.integration.pdp import FINANCE, request, running_stack, signing_key_file, stub
 from tests.servers import opa_binary, wait_until
 
 ALLOW, DENY = pdp_pb2.DECISION_ALLOW, pdp_pb2.DECISION_DENY
@@ -68,15 +68,17 @@ class Load:
 
 
 @pytest.fixture
-def external_opa_stack() -> Iterator[tuple[Stack, int]]:
+def external_opa_stack(tmp_path: Path) -> Iterator[tuple[Stack, int]]:
     """A PDP pointed at an OPA it does not manage, so the test can kill and restart it."""
     port = free_port()
-    with running_stack(opa_url=f"http://127.0.0.1:{port}", opa_timeout_ms=300) as stack:
+    with running_stack(opa_url=f"http://127.0.0.1:{port}", opa_timeout_ms=300,
+                       bundle_signing_key=str(signing_key_file(tmp_path))) as stack:
         yield stack, port
 
 
 def start_opa(stack: Stack, port: int) -> OpaProcess:
-    opa = OpaProcess(opa_binary(), f"127.0.0.1:{port}", stack.http.url)  # type: ignore[union-attr]
+    opa = OpaProcess(opa_binary(), f"127.0.0.1:{port}", stack.http.url,  # type: ignore[union-attr]
+                     verification=stack.signer.verification)  # type: ignore[union-attr]
     opa.start()
     return opa
 

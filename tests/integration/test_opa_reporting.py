@@ -21,6 +21,8 @@ import yaml
 
 from compiler import compile_paths
 from pdp.bundles import BUNDLE_PATH, BundleStore, HttpServer
+from pdp.bundlesigner import BundleSigner
+from pdp.config import Settings
 from pdp.opa import free_port
 from pdp.procs import wait_until
 from tests.integration.pdp import EXAMPLES, request, running_stack, stub
@@ -39,14 +41,23 @@ def test_managed_opa_posts_nothing_to_the_pdp() -> None:
 
 
 def test_shipped_sidecar_config_posts_nothing_to_the_pdp(tmp_path: Path) -> None:
-    store = BundleStore()
+    """...and verifies the PDP's signature with the public key given as its comments say."""
+    config = yaml.safe_load((ROOT / "deploy" / "opa" / "config.yaml").read_text())
+    keyid = config["bundles"]["aam"]["signing"]["keyid"]
+    defaults = Settings()
+    assert (config["keys"][keyid]["algorithm"], keyid) == (defaults.bundle_signing_alg,
+                                                           defaults.bundle_signing_key_id)
+    signer = BundleSigner.ephemeral(defaults.bundle_signing_alg, keyid)
+    public = tmp_path / "bundle-signing.pub.pem"
+    public.write_text(signer.verification.key)
+    store = BundleStore(signer)
     store.publish(compile_paths([EXAMPLES]))
     with _http_server(store) as http:
-        config = yaml.safe_load((ROOT / "deploy" / "opa" / "config.yaml").read_text())
         config["services"]["aam"]["url"] = http.url
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(config))
-        with run_opa("--config-file", str(path), "--shutdown-grace-period", "2") as opa:
+        with run_opa("--config-file", str(path), "--set-file", f"keys.{keyid}.key={public}",
+                     "--shutdown-grace-period", "2") as opa:
             wait_until(lambda: requests.get(f"{opa.url}/health?bundles", timeout=1).ok, 20,
                        "OPA bundle")
             r = requests.post(f"{opa.url}/v1/data/aam/authz/decision", timeout=5, json={"input": {
