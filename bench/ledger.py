@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from aam.v1 import pdp_pb2, pdp_pb2_grpc  # noqa: E402
+from pdp.ledger.keyring import ensure_file  # noqa: E402
 from pdp.opa import free_port  # noqa: E402
 from tests.servers import VENV_BIN, opa_binary, run_postgres, stop, wait_until  # noqa: E402
 
@@ -59,7 +60,9 @@ def pdp(policies: Path, ledger_url: str, tmp: Path) -> Iterator[str]:
     env.update({"AAM_PLAINTEXT": "true", "AAM_LEDGER_URL": ledger_url, "AAM_LEDGER_MIGRATE": "true",
                 "AAM_OPA_BINARY": opa_binary(), "AAM_LOG_LEVEL": "warning",
                 # a loaded 2-core machine must not turn slow answers into denies
-                "AAM_OPA_TIMEOUT_MS": "5000", "AAM_LEDGER_TIMEOUT_MS": "5000"})
+                "AAM_OPA_TIMEOUT_MS": "5000", "AAM_LEDGER_TIMEOUT_MS": "5000",
+                "AAM_AUDIT_KEY_FILE": str(ensure_file(tmp / "audit.key").path),
+                "AAM_AUDIT_ANCHOR_FILE": str(tmp / "audit.anchor")})
     log = tmp / "pdp.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(VENV_BIN / "aam"), "serve", "--policies", str(policies),

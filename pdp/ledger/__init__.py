@@ -4,6 +4,8 @@ Stores register by URL scheme behind the :class:`Ledger` protocol:
 ``postgresql://`` (or a libpq ``host=...`` string) for production and several
 PDP replicas, ``sqlite:///path`` for the zero-config ``aam up``. An empty URL
 or ``off`` means no ledger (budgets then deny with ``ledger_unavailable``).
+Audit rows are keyed under the audit keyring the store is opened with
+(pdp/ledger/chain.py); a store opened without one writes no audit row.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from pdp.ledger.keyring import Keyring
 from pdp.ledger.types import (
     Admission,
     Ask,
     AuditEntry,
     AuditFilter,
     AuditRow,
+    ChainHead,
     Committed,
     LedgerError,
     LedgerUnavailable,
@@ -30,6 +34,11 @@ __all__ = [
 
 
 class Ledger(Protocol):
+    # The audit keyring new rows are keyed under (None: the store writes no audit row).
+    keyring: Keyring | None
+    # This process's chain head: its newest row, or what its anchor names before that.
+    head: ChainHead | None
+
     def migrate(self, grant_role: str = "") -> list[str]:
         """Apply pending migrations (idempotent); return the names applied."""
 
@@ -52,34 +61,40 @@ class Ledger(Protocol):
     def audit_rows(self, flt: AuditFilter) -> list[AuditRow]:
         """Audit rows in chain order, with the settled cost of each decision."""
 
+    def audit_hash(self, seq: int) -> str | None:
+        """The hash the chain holds at ``seq`` (None: no such row)."""
+
     def close(self) -> None: ...
 
 
-def open_ledger(url: str, pool_size: int = 8, timeout_s: float = 2.0) -> Ledger | None:
-    """The store for ``url``; ``None`` when the ledger is off."""
+def open_ledger(url: str, pool_size: int = 8, timeout_s: float = 2.0,
+                keyring: Keyring | None = None) -> Ledger | None:
+    """The store for ``url``; ``None`` when the ledger is off. Without ``keyring`` the
+    store reads, reserves and settles but refuses to append audit rows (decisions deny)."""
     scheme = url.split(":", 1)[0].lower() if "://" in url or url.startswith("sqlite:") else ""
     if url in ("", "off"):
         return None
     if scheme in _REGISTRY:
-        return _REGISTRY[scheme](url, pool_size, timeout_s)
+        return _REGISTRY[scheme](url, pool_size, timeout_s, keyring)
     if "=" in url:  # libpq key=value connection string
-        return _REGISTRY["postgresql"](url, pool_size, timeout_s)
+        return _REGISTRY["postgresql"](url, pool_size, timeout_s, keyring)
     raise LedgerError(f"unsupported ledger URL scheme {scheme or url.split(':', 1)[0]!r}"
                       " (use postgresql://..., sqlite:///path or off)")
 
 
-def _postgres(url: str, pool_size: int, timeout_s: float) -> Ledger:
+def _postgres(url: str, pool_size: int, timeout_s: float, keyring: Keyring | None) -> Ledger:
     from pdp.ledger.postgres import PostgresLedger
 
-    return PostgresLedger(url, pool_size, timeout_s)
+    return PostgresLedger(url, pool_size, timeout_s, keyring)
 
 
-def _sqlite(url: str, pool_size: int, timeout_s: float) -> Ledger:
+def _sqlite(url: str, pool_size: int, timeout_s: float, keyring: Keyring | None) -> Ledger:
     from pdp.ledger.sqlite import SqliteLedger
 
-    return SqliteLedger(url.removeprefix("sqlite://").removeprefix("sqlite:"), timeout_s)
+    return SqliteLedger(url.removeprefix("sqlite://").removeprefix("sqlite:"), timeout_s,
+                        keyring=keyring)
 
 
-_REGISTRY: dict[str, Callable[[str, int, float], Ledger]] = {
+_REGISTRY: dict[str, Callable[[str, int, float, Keyring | None], Ledger]] = {
     "postgresql": _postgres, "postgres": _postgres, "sqlite": _sqlite,
 }

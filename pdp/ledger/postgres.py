@@ -1,11 +1,14 @@
 """The PostgreSQL ledger: psycopg 3 with a connection pool, one function call per step.
 
-Each step is one round trip to a PL/pgSQL function (``aam_reserve``,
-``aam_finish``, ``aam_settle``) that serialises per workload with advisory
-locks, so several PDP processes sharing the database never over-spend a
-budget or over-count a rate window. A connection broken by a database restart
-is retried once on a fresh one; every step is idempotent per decision id, so
-the retry cannot double-count.
+Each step calls a PL/pgSQL function (``aam_reserve``, ``aam_prepare_many``,
+``aam_settle``) that serialises per workload with advisory locks, so several
+PDP processes sharing the database never over-spend a budget or over-count a
+rate window. An audit batch is one transaction: ``aam_prepare_many`` reserves,
+releases and takes the chain lock, then the PDP keys the rows (HMAC in Python:
+the audit key never reaches the database, see pdp/ledger/chain.py) and inserts
+them, then commits. A connection broken by a database restart is retried once
+on a fresh one; every step is idempotent per decision id, so the retry cannot
+double-count.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pdp.ledger import migrations
+from pdp.ledger.keyring import Keyring
 from pdp.ledger.types import (
     Admission,
     Ask,
     AuditFilter,
     AuditRow,
+    ChainHead,
     LedgerError,
     LedgerUnavailable,
     RateWindow,
@@ -38,10 +43,19 @@ log = logging.getLogger("aam.ledger")
 T = TypeVar("T")
 MIGRATION_LOCK = 4  # advisory lock class held while migrating
 STATEMENT_TIMEOUT_S = 10  # a hung database fails decisions instead of holding them
+# The rows of one batch, hashed by the PDP (one parameter, encoded in C by json).
+INSERT_ROWS = (
+    "INSERT INTO aam_audit (seq, ts, decision_id, workload, outcome, body, prev_hash, hash, key_id)"
+    " SELECT x.seq, x.ts, x.id, x.workload, x.outcome, x.body, x.prev, x.hash, x.key"
+    " FROM jsonb_to_recordset(%s::jsonb) AS x(seq bigint, ts timestamptz, id text, workload text,"
+    " outcome text, body text, prev text, hash text, key text)")
+
 
 class PostgresLedger(WriterBacked):
-    def __init__(self, conninfo: str, pool_size: int = 8, timeout_s: float = 2.0) -> None:
+    def __init__(self, conninfo: str, pool_size: int = 8, timeout_s: float = 2.0,
+                 keyring: Keyring | None = None) -> None:
         self.timeout_s = timeout_s
+        self.keyring = keyring
         self.pool = ConnectionPool(
             conninfo, min_size=1, max_size=max(1, pool_size), timeout=timeout_s,
             kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout_s)),
@@ -121,18 +135,42 @@ class PostgresLedger(WriterBacked):
             raise
 
     def _write_batch(self, batch: list[Pending]) -> None:
+        key = self.audit_key()
         items = json.dumps([_item(p) for p in batch], separators=(",", ":"))
+        mine = self.head.seq if self.head is not None else 0
 
-        def run(conn: psycopg.Connection) -> list[dict[str, Any]]:
-            row = conn.execute("SELECT aam_commit_many(%s::jsonb)", (items,),
-                               prepare=True).fetchone()
-            assert row is not None
-            return list(row[0])
+        def run(conn: psycopg.Connection) -> tuple[dict[str, Any], ChainHead | None]:
+            # Pipelined: BEGIN travels with the first statement and COMMIT with the
+            # insert, so a batch costs two round trips, not four.
+            with conn.pipeline(), conn.transaction():
+                row = conn.execute("SELECT aam_prepare_many(%s::jsonb, %s)", (items, mine),
+                                   prepare=True).fetchone()
+                assert row is not None
+                doc: dict[str, Any] = row[0]
+                self.check_head(doc["mine"] if mine else None)
+                rows = self.chain(batch, [bool(i["keep"]) for i in doc["items"]], doc["existing"],
+                                  ChainHead(int(doc["seq"]), doc["hash"]), key)
+                if rows:
+                    conn.execute(INSERT_ROWS, (json.dumps(
+                        [{"seq": lk.seq, "ts": e.ts, "id": e.decision_id, "workload": e.workload,
+                          "outcome": e.outcome, "body": e.body, "prev": lk.prev_hash,
+                          "hash": lk.hash, "key": key.id} for lk, e in rows],
+                        separators=(",", ":")),), prepare=True)
+            return doc, (ChainHead(rows[-1][0].seq, rows[-1][0].hash) if rows else None)
 
-        for p, out in zip(batch, self._run("audit", run), strict=True):
-            p.seq = int(out["seq"]) if out["seq"] is not None else 0
+        doc, head = self._run("audit", run)
+        for p, out in zip(batch, doc["items"], strict=True):
             if p.ask is not None:
                 p.admission = _admission(out["admission"], p.ask.cost_micro)
+        if head is not None:
+            self.head = head
+
+    def audit_hash(self, seq: int) -> str | None:
+        def run(conn: psycopg.Connection) -> str | None:
+            row = conn.execute("SELECT hash FROM aam_audit WHERE seq = %s", (seq,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return self._run("audit query", run)
 
     def settle(self, decision_id: str, tokens: int, cost_micro: int, owner: str = "") -> Settlement:
         def run(conn: psycopg.Connection) -> Settlement:
@@ -154,7 +192,7 @@ class PostgresLedger(WriterBacked):
         def run(conn: psycopg.Connection) -> list[AuditRow]:
             rows = conn.execute(query.encode(), args).fetchall()  # type: ignore[call-overload]
             return [AuditRow(r[0], r[1].astimezone(UTC).isoformat(), *r[2:8],
-                             cost_micro=r[8], settlement=r[9]) for r in rows]
+                             cost_micro=r[8], settlement=r[9], key_id=r[10]) for r in rows]
 
         return self._run("audit query", run)
 
@@ -170,10 +208,9 @@ def _grant(conn: psycopg.Connection, role: str) -> None:
 
 
 def _item(p: Pending) -> dict[str, Any]:
-    """One decision of an aam_commit_many batch (see 0002_commit_many.sql)."""
+    """One decision of an aam_prepare_many batch (see 0004_keyed_audit.sql)."""
     e = p.entry
-    item: dict[str, Any] = {"id": e.decision_id, "workload": e.workload, "ts": e.ts,
-                            "outcome": e.outcome, "body": e.body, "release": p.release,
+    item: dict[str, Any] = {"id": e.decision_id, "workload": e.workload, "release": p.release,
                             "ask": p.ask is not None}
     if p.ask is not None:
         a, lim = p.ask, p.ask.limits

@@ -2,7 +2,8 @@
 
 Same schema and semantics as PostgreSQL; each step is one ``BEGIN IMMEDIATE``
 transaction (SQLite's single writer serialises them, also across processes)
-committed with ``synchronous=FULL`` before the PDP answers.
+committed with ``synchronous=FULL`` before the PDP answers. Audit rows are
+keyed exactly as on PostgreSQL (pdp/ledger/chain.py), inside that transaction.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from pdp.ledger import migrations
-from pdp.ledger.chain import row_hash
+from pdp.ledger.keyring import Keyring
 from pdp.ledger.types import (
     GENESIS,
     Admission,
     Ask,
-    AuditEntry,
     AuditFilter,
     AuditRow,
+    ChainHead,
     LedgerError,
     LedgerUnavailable,
     RateWindow,
@@ -38,7 +39,9 @@ RATE_WINDOW_S = 60.0
 
 
 class SqliteLedger(WriterBacked):
-    def __init__(self, path: str, timeout_s: float = 2.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: str, timeout_s: float = 2.0, clock: Callable[[], float] = time.time,
+                 keyring: Keyring | None = None) -> None:
+        self.keyring = keyring
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.clock = clock
@@ -150,40 +153,48 @@ class SqliteLedger(WriterBacked):
         )
 
     def _write_batch(self, batch: list[Pending]) -> None:
-        def run(c: sqlite3.Connection) -> None:
+        key = self.audit_key()
+
+        def run(c: sqlite3.Connection) -> ChainHead | None:
+            keep = []
             for p in batch:
                 if p.ask is not None:
                     p.admission = self._reserve_in(c, p.ask)
                     if not p.admission.reserved:
+                        keep.append(False)
                         continue
-                p.seq = self._finish_one(c, p.entry, p.release)
+                keep.append(True)
+                if p.release:
+                    _release(c, p.entry.decision_id)
+            if self.head is not None:
+                mine = c.execute("SELECT hash FROM aam_audit WHERE seq = ?",
+                                 (self.head.seq,)).fetchone()
+                self.check_head(mine[0] if mine else None)
+            last = c.execute("SELECT seq, hash FROM aam_audit ORDER BY seq DESC LIMIT 1").fetchone()
+            ids = [p.entry.decision_id for p, k in zip(batch, keep, strict=True) if k]
+            existing = dict(c.execute(
+                f"SELECT decision_id, seq FROM aam_audit WHERE decision_id IN"
+                f" ({','.join('?' * len(ids))})", ids).fetchall()) if ids else {}
+            rows = self.chain(batch, keep, existing,
+                              ChainHead(*last) if last else ChainHead(0, GENESIS), key)
+            c.executemany("INSERT INTO aam_audit (seq, ts, decision_id, workload, outcome, body,"
+                          " prev_hash, hash, key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          [(lk.seq, e.ts, e.decision_id, e.workload, e.outcome, e.body,
+                            lk.prev_hash, lk.hash, key.id) for lk, e in rows])
+            return ChainHead(rows[-1][0].seq, rows[-1][0].hash) if rows else None
 
-        self._tx("audit", run)
+        head = self._tx("audit", run)
+        if head is not None:
+            self.head = head
 
-    @staticmethod
-    def _finish_one(c: sqlite3.Connection, entry: AuditEntry, release: bool) -> int:
-        if release:
-            row = c.execute("UPDATE aam_reservations SET state = 'released' WHERE decision_id = ?"
-                            " AND state = 'reserved' RETURNING workload, day_key, month_key,"
-                            " reserved_micro, route, rate_second, tokens",
-                            (entry.decision_id,)).fetchone()
-            if row:
-                c.execute("UPDATE aam_budget_windows SET reserved_micro = reserved_micro - ?"
-                          " WHERE workload = ? AND window_key IN (?, ?)",
-                          (row[3], row[0], row[1], row[2]))
-                c.execute("UPDATE aam_rate_buckets SET requests = requests - 1, tokens = tokens - ?"
-                          " WHERE sec = ? AND scope IN (?, ?)",
-                          (row[6], row[5], "w:" + row[0], "r:" + row[4]))
-        seen = c.execute("SELECT seq FROM aam_audit WHERE decision_id = ?",
-                         (entry.decision_id,)).fetchone()
-        if seen:
-            return int(seen[0])
-        last = c.execute("SELECT seq, hash FROM aam_audit ORDER BY seq DESC LIMIT 1").fetchone()
-        seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
-        c.execute("INSERT INTO aam_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                  (seq, entry.ts, entry.decision_id, entry.workload, entry.outcome, entry.body,
-                   prev, row_hash(prev, seq, entry.body)))
-        return seq
+    def audit_hash(self, seq: int) -> str | None:
+        with self._lock:
+            try:
+                row = self.conn.execute("SELECT hash FROM aam_audit WHERE seq = ?",
+                                        (seq,)).fetchone()
+            except sqlite3.Error as exc:
+                raise LedgerUnavailable(f"ledger audit query: {exc}") from None
+        return None if row is None else str(row[0])
 
     def settle(self, decision_id: str, tokens: int, cost_micro: int, owner: str = "") -> Settlement:
         def run(c: sqlite3.Connection) -> Settlement:
@@ -221,10 +232,22 @@ class SqliteLedger(WriterBacked):
             ts = datetime.fromisoformat(r[1])
             if (since and ts < since) or (until and ts >= until):
                 continue
-            rows.append(AuditRow(*r[:8], cost_micro=r[8], settlement=r[9]))
+            rows.append(AuditRow(*r[:8], cost_micro=r[8], settlement=r[9], key_id=r[10]))
             if flt.limit is not None and len(rows) >= flt.limit:
                 break
         return rows
+
+
+def _release(c: sqlite3.Connection, decision_id: str) -> None:
+    """A denied decision's reservation goes back, and it stops counting against the rate."""
+    row = c.execute("UPDATE aam_reservations SET state = 'released' WHERE decision_id = ?"
+                    " AND state = 'reserved' RETURNING workload, day_key, month_key,"
+                    " reserved_micro, route, rate_second, tokens", (decision_id,)).fetchone()
+    if row:
+        c.execute("UPDATE aam_budget_windows SET reserved_micro = reserved_micro - ?"
+                  " WHERE workload = ? AND window_key IN (?, ?)", (row[3], row[0], row[1], row[2]))
+        c.execute("UPDATE aam_rate_buckets SET requests = requests - 1, tokens = tokens - ?"
+                  " WHERE sec = ? AND scope IN (?, ?)", (row[6], row[5], "w:" + row[0], "r:" + row[4]))
 
 
 def _window(c: sqlite3.Connection, workload: str, key: str) -> tuple[int, int]:

@@ -125,11 +125,20 @@ class AuditRow:
     hash: str
     cost_micro: int | None = None
     settlement: str = ""
+    key_id: str = ""  # the audit key that keyed the hash; "" = a legacy (unkeyed) row
 
     def record(self) -> dict[str, Any]:
         import json
 
         return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """The newest row a PDP wrote (or its anchor names): where its chain must still reach."""
+
+    seq: int
+    hash: str
 
 
 @dataclass(frozen=True)
@@ -159,7 +168,7 @@ class AuditFilter:
             where.append(f"a.ts < {placeholder}")
             args.append(self.until)
         query = ("SELECT a.seq, a.ts, a.decision_id, a.workload, a.outcome, a.body, a.prev_hash,"
-                 " a.hash, r.cost_micro, coalesce(r.state, '') FROM aam_audit a"
+                 " a.hash, r.cost_micro, coalesce(r.state, ''), a.key_id FROM aam_audit a"
                  " LEFT JOIN aam_reservations r ON r.decision_id = a.decision_id"
                  + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY a.seq")
         return query, args

@@ -8,7 +8,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pdp.ledger.types import Admission, Ask, AuditEntry, Committed, LedgerError, LedgerUnavailable
+from pdp.ledger.chain import Link, link
+from pdp.ledger.keyring import AuditKey, Keyring
+from pdp.ledger.types import (
+    Admission,
+    Ask,
+    AuditEntry,
+    ChainHead,
+    Committed,
+    LedgerError,
+    LedgerUnavailable,
+)
 
 log = logging.getLogger("aam.ledger")
 MAX_BATCH = 256
@@ -93,9 +103,51 @@ class AuditWriter:
 
 
 class WriterBacked:
-    """The Ledger steps both stores route through their :class:`AuditWriter`."""
+    """The Ledger steps both stores route through their :class:`AuditWriter`, and the
+    chain state the writer keeps: the audit keyring and this process's chain head."""
 
     writer: AuditWriter
+    keyring: Keyring | None = None
+    # The newest row this process appended or, before its first append, the one its
+    # anchor names (Stack sets it). Every batch first checks the chain still holds it:
+    # rows cut from the end or rewritten under a PDP stop its appends (decisions deny)
+    # instead of being covered by new rows chained onto the shortened chain.
+    head: ChainHead | None = None
+
+    def audit_key(self) -> AuditKey:
+        """The key this batch's rows are written under; without a keyring, nothing is."""
+        if self.keyring is None:
+            raise LedgerError("ledger audit: no audit key loaded (audit_key_file); "
+                              "audit rows are only written keyed")
+        return self.keyring.current()
+
+    def chain(self, batch: list[Pending], keep: list[bool], existing: dict[str, int],
+              head: ChainHead, key: AuditKey) -> list[tuple[Link, AuditEntry]]:
+        """Give each kept decision its seq (the existing one for a decision already in
+        the chain: a retry appends nothing) and chain the new rows after ``head``.
+        Sets ``p.seq`` (0: not kept, nothing written); returns the rows to insert."""
+        fresh: list[Pending] = []
+        chosen: set[str] = set()
+        for p, kept in zip(batch, keep, strict=True):
+            did = p.entry.decision_id
+            if kept and did not in existing and did not in chosen:
+                chosen.add(did)
+                fresh.append(p)
+        links = link(head.seq, head.hash, key, [p.entry.body for p in fresh])
+        seq_of = {p.entry.decision_id: lk.seq for p, lk in zip(fresh, links, strict=True)}
+        for p, kept in zip(batch, keep, strict=True):
+            # A decision twice in one batch gets the first one's row.
+            p.seq = (existing.get(p.entry.decision_id) or seq_of[p.entry.decision_id]) if kept else 0
+        return [(lk, p.entry) for p, lk in zip(fresh, links, strict=True)]
+
+    def check_head(self, stored_hash: str | None) -> None:
+        """``stored_hash``: the hash the chain holds now at ``head.seq`` (None: no such row)."""
+        head = self.head
+        if head is None or stored_hash == head.hash:
+            return
+        what = "is gone" if stored_hash is None else "was rewritten"
+        raise LedgerError(f"ledger audit: chain broken: seq {head.seq}, which this PDP wrote or "
+                          f"anchored, {what}; appends stop (run `aam audit verify`)")
 
     def finish(self, entry: AuditEntry, release: bool) -> int:
         """Hand the row to the audit writer and wait until its batch has committed."""

@@ -8,9 +8,12 @@ from pathlib import Path
 import psycopg
 
 from pdp.ledger import Ledger, open_ledger
+from pdp.ledger.keyring import Keyring
 from tests.servers import Postgres
 
 _ids = itertools.count(1)
+# The audit keyring of the ledgers fresh_ledger opens (in memory: no file to leak).
+KEYRING = Keyring.generate()
 
 
 def fresh_database(pg: Postgres) -> str:
@@ -28,7 +31,7 @@ def fresh_ledger(kind: str, pg: Postgres | None, tmp_path: Path) -> tuple[Ledger
         url = fresh_database(pg)
     else:
         url = f"sqlite://{tmp_path / 'ledger.sqlite3'}"
-    ledger = open_ledger(url, 4, 5.0)
+    ledger = open_ledger(url, 4, 5.0, KEYRING)
     assert ledger is not None
     ledger.migrate()
     return ledger, url

@@ -12,8 +12,10 @@ import pytest
 
 from aam.cli.main import run
 from pdp.ledger import AuditFilter, open_ledger
+from pdp.ledger.keyring import Keyring
 from pdp.ledger.types import Ask, Limits
 from tests.integration.ledgers import fresh_database
+from tests.integration.pdp import audit_key_file
 from tests.integration.test_ledger_contract import entry
 from tests.servers import Postgres
 
@@ -24,7 +26,7 @@ def cli(*argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def test_pdp_role_can_append_but_not_rewrite(postgres: Postgres) -> None:
+def test_pdp_role_can_append_but_not_rewrite(postgres: Postgres, tmp_path: Path) -> None:
     admin = fresh_database(postgres)
     role = f"pdp_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
@@ -36,7 +38,7 @@ def test_pdp_role_can_append_but_not_rewrite(postgres: Postgres) -> None:
 
     pdp_dsn = admin.replace(f"user={postgres.user}", f"user={role}").replace(
         f"password={postgres.password}", "password=pdp-pw")
-    ledger = open_ledger(pdp_dsn)
+    ledger = open_ledger(pdp_dsn, keyring=Keyring.load(audit_key_file(tmp_path)))
     assert ledger is not None
     a = Ask(uuid.uuid4().hex, "spiffe://t/a", "", 10, 0, Limits(daily_micro=100), 60)
     assert ledger.reserve(a).reserved
@@ -51,8 +53,8 @@ def test_pdp_role_can_append_but_not_rewrite(postgres: Postgres) -> None:
         assert conn.execute("SELECT count(*) FROM aam_audit").fetchone() == (1,)
 
 
-def _seed(dsn: str, n: int) -> list[str]:
-    ledger = open_ledger(dsn)
+def _seed(dsn: str, n: int, key: Path) -> list[str]:
+    ledger = open_ledger(dsn, keyring=Keyring.load(key))
     assert ledger is not None
     ledger.migrate()
     ids = [uuid.uuid4().hex for _ in range(n)]
@@ -70,10 +72,11 @@ def _as_superuser(dsn: str, *stmts: str) -> None:
             conn.execute(s)
 
 
-def test_verify_names_modified_deleted_and_reordered_rows(postgres: Postgres) -> None:
+def test_verify_names_modified_deleted_and_reordered_rows(postgres: Postgres, tmp_path: Path) -> None:
     dsn = fresh_database(postgres)
-    ids = _seed(dsn, 10)
-    code, out, _ = cli("audit", "verify", "--ledger-url", dsn)
+    key = audit_key_file(tmp_path)
+    ids = _seed(dsn, 10, key)
+    code, out, _ = cli("audit", "verify", "--ledger-url", dsn, "--key-file", str(key))
     assert (code, out.strip()) == (0, "audit chain intact: 10 row(s)")
 
     _as_superuser(
@@ -88,7 +91,7 @@ def test_verify_names_modified_deleted_and_reordered_rows(postgres: Postgres) ->
         "UPDATE aam_audit SET seq = 8 WHERE seq = 9",
         "UPDATE aam_audit SET seq = 9 WHERE seq = -8",
     )
-    code, out, _ = cli("audit", "verify", "--ledger-url", dsn)
+    code, out, _ = cli("audit", "verify", "--ledger-url", dsn, "--key-file", str(key))
     assert code == 1
     lines = out.strip().splitlines()
     assert lines[-1] == "audit chain BROKEN: 5 problem(s) in 9 row(s)"
@@ -99,17 +102,18 @@ def test_verify_names_modified_deleted_and_reordered_rows(postgres: Postgres) ->
     assert lines[4] == f"seq 10 (decision {ids[9]}): reordered: chains to seq 8, not to seq 9"
 
 
-def test_verify_detects_a_column_changed_without_its_body(postgres: Postgres) -> None:
+def test_verify_detects_a_column_changed_without_its_body(postgres: Postgres, tmp_path: Path) -> None:
     dsn = fresh_database(postgres)
-    ids = _seed(dsn, 3)
+    key = audit_key_file(tmp_path)
+    ids = _seed(dsn, 3, key)
     _as_superuser(dsn, "UPDATE aam_audit SET outcome = 'allow' WHERE seq = 1")
-    code, out, _ = cli("audit", "verify", "--ledger-url", dsn)
+    code, out, _ = cli("audit", "verify", "--ledger-url", dsn, "--key-file", str(key))
     assert code == 1 and out.startswith(f"seq 1 (decision {ids[0]}): modified")
 
 
 def test_audit_query_filters(postgres: Postgres, tmp_path: Path) -> None:
     dsn = fresh_database(postgres)
-    ids = _seed(dsn, 6)
+    ids = _seed(dsn, 6, audit_key_file(tmp_path))
     code, out, err = cli("audit", "query", "--ledger-url", dsn, "--outcome", "deny", "--json")
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]

@@ -16,7 +16,7 @@ import pytest
 from pdp.ledger import Ask, AuditEntry, AuditFilter, Ledger
 from pdp.ledger.chain import canonical, verify
 from pdp.ledger.types import Limits
-from tests.integration.ledgers import fresh_ledger
+from tests.integration.ledgers import KEYRING, fresh_ledger
 
 W = "spiffe://prod/agent/a"
 
@@ -113,7 +113,7 @@ def test_commit_reserves_and_audits_together_or_writes_nothing(ledger: Ledger) -
     ledger.finish(entry(uuid.uuid4().hex, "deny"), release=False)
     rows = ledger.audit_rows(AuditFilter())
     assert [r.outcome for r in rows] == ["allow", "allow", "deny"]
-    assert verify(rows) == (3, [])
+    assert verify(rows, KEYRING) == (3, [])
 
 
 def test_commits_from_many_threads_never_overspend(ledger: Ledger) -> None:
@@ -126,7 +126,7 @@ def test_commits_from_many_threads_never_overspend(ledger: Ledger) -> None:
         done = list(pool.map(lambda a: ledger.commit(a, entry(a.decision_id)), asks))
     assert sum(d.admission.reserved for d in done) == 10
     rows = ledger.audit_rows(AuditFilter())
-    assert len(rows) == 10 and verify(rows) == (10, [])
+    assert len(rows) == 10 and verify(rows, KEYRING) == (10, [])
 
 
 def test_unsettled_reservations_expire(ledger: Ledger) -> None:
@@ -182,7 +182,7 @@ def test_audit_chain_appends_verifies_and_filters(ledger: Ledger) -> None:
     assert ledger.finish(entry(ids[0]), release=False) == 1  # a retry appends nothing
     rows = ledger.audit_rows(AuditFilter())
     assert [r.decision_id for r in rows] == ids
-    assert verify(rows) == (5, [])
+    assert verify(rows, KEYRING) == (5, [])
     assert [r.seq for r in ledger.audit_rows(AuditFilter(workload=W, outcome="allow"))] == [1, 3]
     assert [r.seq for r in ledger.audit_rows(AuditFilter(decision_id=ids[3]))] == [4]
     since = rows[2].ts
