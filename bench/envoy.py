@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from pdp.config import Settings, split_addr
+from pdp.ledger.keyring import ensure_file
 from pdp.opa import free_port
+from pdp.secretfile import ensure_secret
 from pdp.stack import Stack
 from tests.e2e.envoy import run_envoy
 from tests.servers import VENV_BIN, opa_binary
@@ -72,9 +74,9 @@ def direct_response(conf: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def envoy(pdp_port: int, authz: bool, concurrency: int) -> Iterator[int]:
+def envoy(pdp_port: int, authz: bool, concurrency: int, token: str) -> Iterator[int]:
     with run_envoy(pdp_port=pdp_port, upstream_port=free_port(), tls=None, ext_authz=authz,
-                   concurrency=concurrency, edit=direct_response) as proxy:
+                   concurrency=concurrency, pdp_token=token, edit=direct_response) as proxy:
         yield proxy.port
 
 
@@ -122,19 +124,23 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="aam-bench-") as tmp:
         mapping = Path(tmp) / "mapping.toml"
         mapping.write_text("trust_xfcc = true\n")
+        token_file = Path(tmp) / "gateway.token"  # Envoy's proof on the plaintext hop
+        token = ensure_secret(token_file).decode().strip()
         settings = Settings.load(
             env={}, grpc_addr=f"127.0.0.1:{free_port()}", plaintext=True,
             policies=str(policies_without_credentials(Path(tmp) / "policies")),
             opa_binary=opa_binary(), log_level="warning",
-            extauthz_mapping=str(mapping), shutdown_grace_s=0.5,
-            ledger_url=f"sqlite://{tmp}/ledger.sqlite3", ledger_migrate=True)
+            extauthz_mapping=str(mapping), shutdown_grace_s=0.5, gateway_token_file=str(token_file),
+            ledger_url=f"sqlite://{tmp}/ledger.sqlite3", ledger_migrate=True,
+            audit_key_file=str(ensure_file(Path(tmp) / "audit.key").path),
+            audit_anchor_file=f"{tmp}/audit.anchor")
         stack = Stack(settings)
         stack.start()
         results: list[Result] = []
         try:
             pdp_port = split_addr(settings.grpc_addr)[1]
             for authz in (False, True):
-                with envoy(pdp_port, authz, args.envoy_workers) as port:
+                with envoy(pdp_port, authz, args.envoy_workers, token) as port:
                     for case in CASES if authz else ["tool allow"]:
                         for c in conns:
                             wrk(port, case, c, 1)  # warm-up

@@ -76,9 +76,10 @@ def _run(argv: list[str], timeout_s: float, stdin: bytes | None = None) -> bytes
     return proc.stdout
 
 
-def ghz(addr: str, call: str, payload: dict[str, Any], load: Load, protoset: Path) -> Result:
+def ghz(addr: str, call: str, payload: dict[str, Any], load: Load, protoset: Path,
+        metadata: dict[str, str] | None = None) -> Result:
     argv = [tool("ghz"), "--insecure", "--protoset", str(protoset), "--call", call,
-            "-d", json.dumps(payload),
+            "-d", json.dumps(payload), *(["-m", json.dumps(metadata)] if metadata else []),
             "-z", f"{load.duration_s:g}s", "-t", "5s", "-O", "json", "--connections", "2",
             "--duration-stop", "ignore"]
     if load.rate:

@@ -95,7 +95,8 @@ Stack = AamStack | ExtAuthzStack
 def drive(s: Scenario, stack: Stack, load: Load) -> Result:
     if s.target in ("aam", "extauthz"):
         assert s.proto is not None
-        return loadgen.ghz(stack.grpc_addr, s.call, s.payload, load, _protoset(s.proto))
+        return loadgen.ghz(stack.grpc_addr, s.call, s.payload, load, _protoset(s.proto),
+                           stack.metadata)
     if s.target == "opa":
         return loadgen.vegeta(stack.opa_url + s.call, s.payload, load)
     raise ValueError(f"unknown target {s.target!r}")
@@ -116,13 +117,15 @@ def check(s: Scenario, stack: Stack) -> None:
     if s.call == scenarios.CHECK:
         with grpc.insecure_channel(stack.grpc_addr) as ch:
             req = json_format.ParseDict(s.payload, external_auth_pb2.CheckRequest())
-            resp = external_auth_pb2_grpc.AuthorizationStub(ch).Check(req, timeout=5)
+            resp = external_auth_pb2_grpc.AuthorizationStub(ch).Check(
+                req, timeout=5, metadata=tuple(stack.metadata.items()))
         allow = resp.status.code == code_pb2.OK
         detail = [resp.status.message]
     elif s.target == "aam":
         with grpc.insecure_channel(stack.grpc_addr) as ch:
             req = json_format.ParseDict(s.payload, pdp_pb2.AuthorizeRequest())
-            resp = pdp_pb2_grpc.PolicyDecisionServiceStub(ch).Authorize(req, timeout=5)
+            resp = pdp_pb2_grpc.PolicyDecisionServiceStub(ch).Authorize(
+                req, timeout=5, metadata=tuple(stack.metadata.items()))
         allow = resp.decision == pdp_pb2.DECISION_ALLOW
         detail = [r.code for r in resp.reasons]
     else:

@@ -30,7 +30,10 @@ from compiler import compile_paths
 from compiler.testsuite import FRESH_LEDGER
 from pdp import procs
 from pdp.config import DEFAULT_TOOLS_DIR
+from pdp.identity import GATEWAY_TOKEN_HEADER
+from pdp.ledger.keyring import ensure_file
 from pdp.opa import free_port
+from pdp.secretfile import ensure_secret
 
 
 class TargetError(RuntimeError):
@@ -50,24 +53,34 @@ class AamStack:
         self._tmp = tempfile.TemporaryDirectory(prefix="aam-bench-stack-")
         self.log = Path(self._tmp.name) / "pdp.log"
         self.out = Path(self._tmp.name) / "pdp.out"
+        # The load generator asks as the gateway does, presenting the gateway token.
+        self.token_file = Path(self._tmp.name) / "gateway.token"
+        self.metadata: dict[str, str] = {}
 
     def start(self, timeout_s: float = 120.0) -> AamStack:
         aam = Path(sys.executable).parent / "aam"
         # A fresh embedded ledger per stack (aam up's default store), not the user's own.
         ledger = f"sqlite://{self._tmp.name}/ledger.sqlite3"
+        ensure_secret(self.token_file)
+        self.metadata = {GATEWAY_TOKEN_HEADER: self.token_file.read_text().strip()}
         argv = [str(aam), "up", "--policies", str(self.policies), "--grpc-addr", self.grpc_addr,
-                "--no-watch", "--no-vault", "--ledger-url", ledger]
+                "--no-watch", "--no-vault", "--ledger-url", ledger,
+                "--gateway-token-file", str(self.token_file)]
         if self.settings:
             conf = Path(self._tmp.name) / "pdp.toml"
             conf.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in {
                 "plaintext": True, "grpc_addr": self.grpc_addr, "policies": str(self.policies),
-                "ledger_url": ledger, "ledger_migrate": True, **self.settings}.items()))
+                "ledger_url": ledger, "ledger_migrate": True,
+                "gateway_token_file": str(self.token_file),
+                "audit_key_file": str(self._audit_key()),
+                "audit_anchor_file": f"{self._tmp.name}/audit.anchor", **self.settings}.items()))
             argv = [str(aam), "serve", "--config", str(conf)]
         with open(self.out, "wb") as out, open(self.log, "wb") as err:
             self.proc = subprocess.Popen(
                 argv,
                 stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                env=_env(),
+                # aam up keeps its audit key and anchor in the state dir: this stack's own.
+                env={**_env(), "XDG_STATE_HOME": self._tmp.name},
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -80,6 +93,11 @@ class AamStack:
             time.sleep(0.1)
         self.stop()
         raise TargetError(f"aam up not ready within {timeout_s:.0f} s: {self._tail()}")
+
+    def _audit_key(self) -> Path:
+        path = Path(self._tmp.name) / "audit.key"
+        ensure_file(path)
+        return path
 
     def _tail(self) -> str:
         return (self.out.read_text(errors="replace") + self.log.read_text(errors="replace"))[-1500:]
@@ -240,6 +258,7 @@ class ExtAuthzStack:
         self.policies = policies
         self.grpc_addr = f"127.0.0.1:{free_port()}"
         self.opa_url = ""
+        self.metadata: dict[str, str] = {}  # the Go baselines take no gateway token
         self.proc: subprocess.Popen[bytes] | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix=f"aam-bench-{server.stack}-")
 

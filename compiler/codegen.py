@@ -10,6 +10,7 @@ from typing import Any
 
 from compiler import toolcredential
 from compiler.model import (
+    DEFAULT_TOOL_PRICE_USD,
     AgentPolicy,
     Conditions,
     Constraint,
@@ -55,9 +56,11 @@ def _conditions(g: ToolGrant, cond: Conditions) -> dict[str, Any]:
     return out
 
 
-def _tool(g: ToolGrant) -> dict[str, Any]:
+def _tool(g: ToolGrant, prices: dict[str, float]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "rule": g.rule,
+        "price_usd": g.price_usd if g.price_usd is not None
+        else prices.get(g.resource, DEFAULT_TOOL_PRICE_USD),
         "actions": dict.fromkeys(sorted(g.actions), True),
         "deny": {a: f"{g.rule}.deny" for a in sorted(g.deny)},
     }
@@ -68,8 +71,8 @@ def _tool(g: ToolGrant) -> dict[str, Any]:
     return out
 
 
-def _policy(p: AgentPolicy) -> dict[str, Any]:
-    tools = {g.resource: _tool(g) for g in p.tools}
+def _policy(p: AgentPolicy, prices: dict[str, float]) -> dict[str, Any]:
+    tools = {g.resource: _tool(g, prices) for g in p.tools}
     out: dict[str, Any] = {
         "name": p.name,
         "binding": dict(sorted(p.binding.items())),
@@ -122,8 +125,10 @@ def _route(r: ModelRoute) -> dict[str, Any]:
 
 def generate(ps: PolicySet) -> dict[str, Any]:
     """The ``data.aam.compiled`` document, without its revision."""
+    prices = {t.resource: t.price_usd for t in ps.tools if t.price_usd is not None}
     return {
-        "policies": {p.workload: _policy(p) for p in sorted(ps.policies, key=lambda p: p.workload)},
+        "policies": {p.workload: _policy(p, prices)
+                     for p in sorted(ps.policies, key=lambda p: p.workload)},
         "routes": {r.name: _route(r) for r in sorted(ps.routes, key=lambda r: r.name)},
         "credentials": toolcredential.generate(ps),
     }

@@ -12,6 +12,10 @@ from typing import Any
 from compiler.source import Document
 from compiler.toolcredential import ToolCredential
 
+# What one tool call reserves against a budget when neither the grant nor the
+# Tool declares a price: small, but never zero, so a spent budget denies.
+DEFAULT_TOOL_PRICE_USD = 0.001
+
 CONSTRAINT_RULES = ("required", "forbidden", "min", "max", "allowed_values", "forbidden_values",
                     "pattern", "max_length")
 
@@ -66,6 +70,7 @@ class ToolGrant:
     index: int  # position in spec.tools, so messages can name the rule
     constraints: tuple[Constraint, ...] = ()
     conditions: Conditions | None = None
+    price_usd: float | None = None  # None: the Tool's, else DEFAULT_TOOL_PRICE_USD
 
     @property
     def rule(self) -> str:
@@ -101,6 +106,7 @@ class AgentPolicy:
                     for j, c in enumerate(t.get("constraints", ()))
                 ),
                 conditions=Conditions.from_spec(t.get("conditions")),
+                price_usd=float(t["price_usd"]) if "price_usd" in t else None,
             )
             for i, t in enumerate(spec.get("tools", ()))
         )
@@ -181,12 +187,14 @@ class Tool:
     actions: tuple[str, ...]
     input_schema: dict[str, Any] | None
     doc: Document
+    price_usd: float | None = None
 
     @classmethod
     def from_doc(cls, doc: Document) -> Tool:
         spec = doc.value["spec"]
         return cls(doc.value["metadata"]["name"], spec["resource"], tuple(spec["actions"]),
-                   spec.get("inputSchema"), doc)
+                   spec.get("inputSchema"), doc,
+                   float(spec["price_usd"]) if "price_usd" in spec else None)
 
 
 @dataclass(frozen=True)

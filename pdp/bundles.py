@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
 
 from compiler import Bundle
 
@@ -31,16 +33,26 @@ class Published:
     body: bytes
 
 
-class BundleStore:
-    """The bundle currently published; swapped atomically, waited on by long polls."""
+class Signer(Protocol):
+    def sign(self, bundle: Bundle) -> Bundle: ...
 
-    def __init__(self) -> None:
+
+class BundleStore:
+    """The bundle currently published; swapped atomically, waited on by long polls.
+
+    With a ``signer`` every bundle is signed as it is published (once, not per
+    poll). The ETag stays the revision: a new signature alone is not a new bundle.
+    """
+
+    def __init__(self, signer: Signer | None = None) -> None:
+        self.signer = signer
         self._current: Published | None = None
         self._changed = threading.Condition()
         self._closed = False
 
     def publish(self, bundle: Bundle) -> Published:
-        pub = Published(bundle.revision, f'"{bundle.revision}"', bundle.to_tar_gz())
+        served = bundle if self.signer is None else self.signer.sign(bundle)
+        pub = Published(bundle.revision, f'"{bundle.revision}"', served.to_tar_gz())
         with self._changed:
             self._current = pub
             self._changed.notify_all()
@@ -65,6 +77,18 @@ class BundleStore:
 
 
 Route = Callable[[BaseHTTPRequestHandler], None]
+
+
+class _QuietHTTPServer(ThreadingHTTPServer):
+    """socketserver prints a traceback to stderr for any error in a handler, a
+    client that hangs up mid-response included; here that is one log line."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        exc = sys.exc_info()[1]
+        hung_up = isinstance(exc, ConnectionError | TimeoutError)
+        (log.debug if hung_up else log.warning)(
+            "http client connection ended with an error",
+            extra={"fields": {"client": str(client_address), "error": type(exc).__name__}})
 
 
 class HttpServer:
@@ -99,7 +123,7 @@ class HttpServer:
 
         self.unexpected: Counter[str] = Counter()  # "METHOD /path" of refused requests
         self._unexpected_lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd = _QuietHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="aam-http", daemon=True)
 

@@ -23,9 +23,11 @@ DEFAULT_TOOLS_DIR = Path(
 )
 
 
-# Where aam up keeps its embedded ledger.
-DEFAULT_SQLITE_LEDGER = Path(
-    os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "aam" / "ledger.sqlite3"
+# Where aam up keeps its state: the embedded ledger and the development secrets
+# (gateway token, audit key, audit anchor), each a 0600 file (pdp/secretfile.py).
+DEFAULT_STATE_DIR = Path(
+    os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "aam"
+DEFAULT_SQLITE_LEDGER = DEFAULT_STATE_DIR / "ledger.sqlite3"
 
 
 class ConfigError(ValueError):
@@ -54,6 +56,15 @@ class Settings:
     # 400 collects a quarter as often as Go's default 100, for about a fifth less OPA
     # CPU per decision (bench/RESULTS.md) at the cost of a larger heap between GCs.
     opa_gogc: int = 400
+    # --- Signing of the bundle served to OPA (OPA refuses unsigned or altered ones) ---
+    # File (mode 0600) with the key that signs every published bundle: a PEM private
+    # key (RS256, ES256) or the HMAC secret (HS256). Empty: a managed OPA gets an
+    # ephemeral key pair made at start; an external OPA (opa_url) requires a key,
+    # whose public half its config names (deploy/opa/config.yaml).
+    bundle_signing_key: str = ""
+    bundle_signing_alg: str = "ES256"
+    # Key id in the signature and OPA's config (keys.<id>, bundles.aam.signing.keyid).
+    bundle_signing_key_id: str = "aam"
     # HTTP listener serving bundles to OPA (and /metrics), "host:port".
     http_addr: str = "127.0.0.1:0"
     # gRPC worker threads.
@@ -79,8 +90,14 @@ class Settings:
     # domain (from tls_cert's URI SAN).
     trust_domains: tuple[str, ...] = ()
     # SPIFFE IDs of gateways that may ask on behalf of other workloads. Any
-    # other caller may only ask about itself.
+    # other caller may only ask about itself. Only gateways receive credential
+    # values, may call Check and may report usage (RecordUsage).
     trusted_gateways: tuple[str, ...] = ()
+    # Plaintext mode only: a file (mode 0600, at least 32 characters) holding the
+    # token a gateway sends as gRPC metadata x-aam-gateway-token. Its holder is a
+    # trusted gateway; without it a plaintext port has no gateway, so it answers
+    # no credential value and refuses Check and RecordUsage. aam up writes one.
+    gateway_token_file: str = ""
     # When a gateway asks on behalf of an agent, the agent's JWT-SVID must be
     # forwarded (Identity.jwt_svid) and is verified against jwt_bundle.
     require_jwt_svid: bool = False
@@ -122,6 +139,19 @@ class Settings:
     ledger_state_ttl_ms: int = 1000
     # Token estimate for a model call that does not send one (prices the reservation).
     default_estimated_tokens: int = 4096
+    # --- Keyed audit chain (README "Keyed chain and anchors") ---
+    # Keyring file (JSON, mode 0600) with the HMAC keys that key every audit row;
+    # required whenever ledger_url is set: the PDP refuses to start without it.
+    # `aam audit key init FILE` creates one, `aam audit key rotate FILE` adds a new
+    # current key (a running PDP picks it up within a second). aam up: audit.key in
+    # its state directory.
+    audit_key_file: str = ""
+    # File this PDP writes signed checkpoints of the chain head to (one file per
+    # replica), so `aam audit verify --anchor` sees rows cut from the end of the
+    # chain. Empty: no anchor (such a cut goes unseen). aam up: audit.anchor.
+    audit_anchor_file: str = ""
+    # Seconds between anchor writes (only when the head moved; also on shutdown).
+    audit_anchor_interval_s: float = 1.0
 
     @classmethod
     def load(
@@ -161,6 +191,7 @@ class Settings:
             raise ConfigError("opa_gogc must be positive (Go's default is 100)")
         if self.max_workers <= 0:
             raise ConfigError("max_workers must be positive")
+        self._validate_bundle_signing()
         if self.require_jwt_svid and not self.jwt_bundle:
             raise ConfigError("require_jwt_svid needs jwt_bundle (a JWKS file)")
         for value in self.trusted_gateways:
@@ -170,7 +201,22 @@ class Settings:
             raise ConfigError("ledger_state_ttl_ms must not be negative")
         if self.ledger_pool_size <= 0 or self.ledger_timeout_ms <= 0 or self.reservation_ttl_s <= 0:
             raise ConfigError("ledger_pool_size, ledger_timeout_ms and reservation_ttl_s must be positive")
+        if self.audit_anchor_interval_s <= 0:
+            raise ConfigError("audit_anchor_interval_s must be positive")
         self._validate_broker()
+
+    def _validate_bundle_signing(self) -> None:
+        from compiler.sign import ALGORITHMS  # here: config stays cheap to import
+
+        if self.bundle_signing_alg not in ALGORITHMS:
+            raise ConfigError(f"bundle_signing_alg must be one of {', '.join(ALGORITHMS)}, "
+                              f"got {self.bundle_signing_alg!r}")
+        if not self.bundle_signing_key_id.strip():
+            raise ConfigError("bundle_signing_key_id must not be empty")
+        if self.opa_url and not self.bundle_signing_key:
+            raise ConfigError("opa_url needs bundle_signing_key: an OPA the PDP does not manage "
+                              "verifies bundles only with a key its own config names "
+                              "(deploy/opa/config.yaml)")
 
     def _validate_broker(self) -> None:
         if self.broker != "vault":

@@ -147,10 +147,32 @@ class Engine:
             decision = self._decide_optimistic(req, decision_id)
         if decision is None:
             decision = self._decide_checked(req, decision_id)
+        self._done(req, decision, started)
+        return decision
+
+    def refuse(self, req: Request, reason: Reason) -> Decision:
+        """A deny given before the policy is asked (a transport could not map the
+        request): logged, audited and counted like every other decision."""
+        started = time.perf_counter()
+        decision = Decision(allow=False, reasons=(reason,), policy="",
+                            decision_id=new_decision_id(), revision="")
+        if self.gate is not None:
+            fields = _audit_fields(req, decision)
+            try:
+                self.gate.audit(decision.decision_id, fields)
+            except LedgerError as exc:
+                log.error("ledger unavailable", extra={"fields": {
+                    "decision_id": decision.decision_id, "workload": req.spiffe_id,
+                    "error": str(exc)}})
+                self.gate.defer(None, decision.decision_id, fields)
+        self._done(req, decision, started)
+        return decision
+
+    def _done(self, req: Request, decision: Decision, started: float) -> None:
         log.info(
             "decision",
             extra={"fields": {
-                "decision_id": decision_id, "request_id": req.request_id,
+                "decision_id": decision.decision_id, "request_id": req.request_id,
                 "workload": req.spiffe_id, "model": req.model, "tool": req.tool,
                 "action": req.action, "allow": decision.allow, "policy": decision.policy,
                 "reasons": [r.code for r in decision.reasons], "revision": decision.revision,
@@ -160,7 +182,6 @@ class Engine:
         elapsed = time.perf_counter() - started
         for observe in self.observers:
             observe(req, decision, elapsed)
-        return decision
 
     def _decide_optimistic(self, req: Request, decision_id: str) -> Decision | None:
         """One OPA query on this PDP's cached ledger state, then one ledger batch that
@@ -172,14 +193,14 @@ class Engine:
         gate = self.gate
         assert gate is not None
         m = gate.meter(decision_id, req.spiffe_id, req.model, req.estimated_tokens,
-                       req.estimated_cost_usd)
+                       req.estimated_cost_usd, tool=req.tool)
         state = gate.cached_state(m)
         if state is None:
             return None
         decision, _ = self._evaluate(self.build_input(req, m, state), decision_id)
         if not decision.allow and any(r.code in LIMIT_REASONS for r in decision.reasons):
             return None
-        if decision.allow and m.ask is not None and req.model and req.estimated_cost_usd <= 0:
+        if decision.allow and m.ask is not None and req.model:
             price = _reserve_price(decision)  # the one pricing rule: routes.rego's
             if price is None:
                 return None
@@ -210,7 +231,8 @@ class Engine:
                 quote_error = exc  # answered engine_unavailable below, and audited
             try:  # reserve before deciding: one ledger round trip
                 metered = self.gate.admit(decision_id, req.spiffe_id, req.model,
-                                          req.estimated_tokens, req.estimated_cost_usd, quote)
+                                          req.estimated_tokens, req.estimated_cost_usd, quote,
+                                          tool=req.tool)
             except LedgerError as exc:
                 return self._ledger_unavailable(req, decision_id, exc)
         input_doc = self.build_input(req, metered)
@@ -243,9 +265,10 @@ class Engine:
     def _quote(self, req: Request) -> float | None:
         """What the ledger reserves for a model call: routes.rego's price of the chain
         (``reserve_usd``), asked before the budget state is known. One pricing rule for
-        route selection and reservation. None for a tool call (the caller's cost)."""
-        if not req.model or req.estimated_cost_usd > 0 or self.gate is None:
-            return None  # a caller's whole-call estimate prices every target alike
+        route selection and reservation; a caller's estimate can raise it, never lower
+        it. None for a tool call (priced from its grant by the Gate)."""
+        if not req.model or self.gate is None:
+            return None
         tokens = req.estimated_tokens if req.estimated_tokens > 0 else self.gate.default_tokens
         value = self.opa.query(QUOTE_PATH, self.build_input(replace(req, estimated_tokens=tokens)))
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -282,7 +305,7 @@ class Engine:
 
 def _audit_fields(req: Request, decision: Decision) -> dict[str, Any]:
     return {
-        "workload": req.spiffe_id, "policy": decision.policy, "revision": decision.revision,
+        "workload": req.spiffe_id or "unknown", "policy": decision.policy, "revision": decision.revision,
         "action": {"model": req.model, "tool": req.tool, "action": req.action},
         "reasons": [{"code": r.code, "message": r.message} for r in decision.reasons],
         "params": req.params, "context": req.context,

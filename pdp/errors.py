@@ -6,15 +6,25 @@ import grpc
 
 
 class ServiceError(Exception):
-    """An error a caller may see: a status code and a message without secrets."""
+    """An error a caller may see: a status code and a message without secrets.
+
+    ``reason`` is the stable machine-readable code the audit trail records for a
+    refusal (e.g. ``not_self``); it is set where the error is raised, never
+    derived from the message."""
 
     code = grpc.StatusCode.INTERNAL
+    default_reason = "internal"
+
+    def __init__(self, message: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or self.default_reason
 
 
 class InvalidRequest(ServiceError):
     """A request field is malformed; ``field`` names it for the caller."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "invalid_request"
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
@@ -23,10 +33,12 @@ class InvalidRequest(ServiceError):
 
 class PermissionDenied(ServiceError):
     code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "permission_denied"
 
 
 class Unauthenticated(ServiceError):
     code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "unauthenticated"
 
 
 class Unimplemented(ServiceError):

@@ -24,9 +24,9 @@ from google.rpc import code_pb2, status_pb2
 
 from pdp import identity as identities
 from pdp.config import ConfigError, Settings
-from pdp.engine import Decision, Engine, Reason, Request, new_decision_id
-from pdp.errors import InvalidRequest, PermissionDenied
-from pdp.httpmap import HttpMapping, HttpRequest, MappingError, to_request
+from pdp.engine import Decision, Engine, Reason, Request
+from pdp.errors import InvalidRequest
+from pdp.httpmap import HttpMapping, HttpRequest, MappingError, to_request, workload_of
 from pdp.service import guarded
 from pdp.validate import MAX_REQUEST_ID, validate
 
@@ -57,12 +57,10 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
     def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
-        # Check names any workload and answers with its credential: over mTLS only a
-        # trusted gateway (Envoy's SVID in trusted_gateways) may ask.
-        caller = self.identity.authenticate(context)
-        if not self.settings.plaintext and not caller.gateway:
-            raise PermissionDenied(
-                f"caller {caller.spiffe_id} is not a trusted gateway; only gateways may call Check")
+        # Check names any workload and answers with its credential: only a trusted
+        # gateway may ask (Envoy's SVID in trusted_gateways, or the gateway token on
+        # a plaintext port).
+        self.identity.require_gateway(context, "call Check")
         http = from_check_request(request)
         req: Request | None = None
         try:
@@ -70,15 +68,21 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             size = len(http.body) + sum(len(k) + len(v) for k, v in http.context_extensions.items())
             validate(req, size, self.settings.max_request_bytes)
         except (MappingError, InvalidRequest) as exc:
+            # Denied before policy evaluation, but audited and counted like any decision.
             code = exc.code if isinstance(exc, MappingError) else "invalid_request"
-            decision = Decision(allow=False, reasons=(Reason(code, str(exc)),), policy="",
-                                decision_id=new_decision_id(), revision="")
-            log.info("decision", extra={"fields": {
-                "decision_id": decision.decision_id, "request_id": http.request_id,
-                "allow": False, "reasons": [code], "method": http.method,
-                "path": http.path.split("?", 1)[0][:200]}})
-            return to_check_response(self.mapping, decision, req)
+            unmapped = req or Request(spiffe_id=self._workload(http), request_id=http.request_id,
+                                      context={"http": {"method": http.method,
+                                                        "path": http.path.split("?", 1)[0][:200]}})
+            return to_check_response(self.mapping, self.engine.refuse(unmapped, Reason(code, str(exc))),
+                                     req)
         return to_check_response(self.mapping, self.engine.decide(req), req)
+
+    def _workload(self, http: HttpRequest) -> str:
+        """The caller's workload for the audit row of an unmappable request, if known."""
+        try:
+            return workload_of(self.mapping, http)
+        except MappingError:
+            return ""
 
 
 def from_check_request(msg: external_auth_pb2.CheckRequest) -> HttpRequest:

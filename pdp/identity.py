@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hmac
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from cryptography import x509
 from compiler import spiffe
 from pdp.config import ConfigError, Settings
 from pdp.errors import PermissionDenied, ServiceError, Unauthenticated
+from pdp.secretfile import read_secret
 
 log = logging.getLogger("aam.identity")
 
@@ -38,9 +40,22 @@ log = logging.getLogger("aam.identity")
 JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512")
 
 
+# gRPC metadata a gateway sends on a plaintext port to prove it is one (the
+# contents of gateway_token_file). Over mTLS the gateway's SVID is the proof.
+GATEWAY_TOKEN_HEADER = "x-aam-gateway-token"
+
+
+class JwtSvidInvalid(Unauthenticated):
+    default_reason = "jwt_svid_invalid"
+
+
 @dataclass(frozen=True)
 class Caller:
-    """The authenticated peer; ``spiffe_id`` is empty on an explicit plaintext port."""
+    """The authenticated peer; ``spiffe_id`` is empty on an explicit plaintext port.
+
+    ``gateway`` is what decides who receives credential values, may call Check
+    and may report usage: a configured trusted gateway over mTLS, or the holder
+    of the gateway token on a plaintext port."""
 
     spiffe_id: str
     gateway: bool = False
@@ -52,7 +67,9 @@ class Refusal:
 
     caller: str
     asserted: str
-    code: str  # stable: unauthenticated, untrusted_domain, not_self, jwt_svid_invalid
+    # stable: unauthenticated, untrusted_domain, not_self, jwt_svid_invalid,
+    # not_gateway, gateway_token_invalid
+    code: str
     message: str
 
 
@@ -76,15 +93,65 @@ class Identity(Protocol):
         """Return the caller if it may ask about ``asserted``; raise a ServiceError if not."""
         ...
 
+    def require_gateway(self, context: grpc.ServicerContext, what: str) -> Caller:
+        """Return the caller if it is a trusted gateway; else raise PermissionDenied
+        (audited), naming ``what`` it may not do."""
+        ...
+
+
+def _not_gateway(caller: str, what: str, how: str) -> PermissionDenied:
+    who = f"caller {caller}" if caller else "this caller"
+    return PermissionDenied(f"{who} is not a trusted gateway; only gateways may {what} ({how})",
+                            reason="not_gateway")
+
 
 class PlaintextIdentity:
-    """No peer identity: only ever used when ``plaintext = true`` is set explicitly."""
+    """No peer identity: only ever used when ``plaintext = true`` is set explicitly.
+
+    Anyone on the port may ask about any workload, so nothing secret is answered
+    unless the caller sends the gateway token (metadata ``x-aam-gateway-token``)
+    from ``gateway_token_file``. Without a configured token there is no gateway.
+    """
+
+    def __init__(self, gateway_token: bytes | None = None, audit: AuditHook = log_refusal) -> None:
+        self.token = gateway_token
+        self.audit = audit
 
     def authenticate(self, context: grpc.ServicerContext) -> Caller:
-        return Caller("")
+        sent = next((v for k, v in context.invocation_metadata() or () if k == GATEWAY_TOKEN_HEADER),
+                    None)
+        if sent is None:
+            return Caller("")
+        given = sent.encode() if isinstance(sent, str) else bytes(sent)
+        if self.token is None or not hmac.compare_digest(given, self.token):
+            message = ("the gateway token does not match gateway_token_file"
+                       if self.token is not None else
+                       "a gateway token was sent but this PDP has no gateway_token_file")
+            self.audit(Refusal("", "", "gateway_token_invalid", message))
+            raise Unauthenticated(message, reason="gateway_token_invalid")
+        return Caller("", gateway=True)
 
     def check(self, context: grpc.ServicerContext, asserted: str, jwt_svid: str) -> Caller:
-        return Caller("")
+        return self.authenticate(context)
+
+    def require_gateway(self, context: grpc.ServicerContext, what: str) -> Caller:
+        caller = self.authenticate(context)
+        if not caller.gateway:
+            how = (f"on a plaintext port a gateway sends the {GATEWAY_TOKEN_HEADER} metadata"
+                   if self.token is not None else
+                   "this plaintext PDP has no gateway_token_file, so it has no gateways")
+            exc = _not_gateway("", what, how)
+            self.audit(Refusal("", "", exc.reason, str(exc)))
+            raise exc
+        return caller
+
+
+def read_gateway_token(path: str) -> bytes:
+    """The gateway token: the file's first line, at least 32 characters."""
+    token = read_secret(path, "gateway_token_file").strip()
+    if len(token) < 32:
+        raise ConfigError(f"gateway_token_file {path}: the token must be at least 32 characters")
+    return token
 
 
 # --- X.509-SVID --------------------------------------------------------------
@@ -189,29 +256,29 @@ class JwtSvidVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise Unauthenticated("identity.jwt_svid: not a JWT") from None
+            raise JwtSvidInvalid("identity.jwt_svid: not a JWT") from None
         alg, kid = header.get("alg"), header.get("kid")
         if alg not in JWT_ALGORITHMS:
-            raise Unauthenticated(f"identity.jwt_svid: algorithm {alg!r} is not allowed")
+            raise JwtSvidInvalid(f"identity.jwt_svid: algorithm {alg!r} is not allowed")
         key = keys.get(str(kid)) if kid is not None else None
         if key is None:
-            raise Unauthenticated(f"identity.jwt_svid: key id {kid!r} is not in the trust bundle")
+            raise JwtSvidInvalid(f"identity.jwt_svid: key id {kid!r} is not in the trust bundle")
         try:
             claims = jwt.decode(token, key, algorithms=[alg], audience=self.audience,
                                 options={"require": ["exp", "sub", "aud"]})
         except jwt.ExpiredSignatureError:
-            raise Unauthenticated("identity.jwt_svid: expired") from None
+            raise JwtSvidInvalid("identity.jwt_svid: expired") from None
         except jwt.InvalidAudienceError:
-            raise Unauthenticated(
+            raise JwtSvidInvalid(
                 f"identity.jwt_svid: audience does not include {self.audience!r}") from None
         except jwt.MissingRequiredClaimError as exc:
-            raise Unauthenticated(f"identity.jwt_svid: missing the {exc.claim!r} claim") from None
+            raise JwtSvidInvalid(f"identity.jwt_svid: missing the {exc.claim!r} claim") from None
         except jwt.InvalidSignatureError:
-            raise Unauthenticated("identity.jwt_svid: signature does not verify") from None
+            raise JwtSvidInvalid("identity.jwt_svid: signature does not verify") from None
         except jwt.PyJWTError as exc:
-            raise Unauthenticated(f"identity.jwt_svid: invalid ({type(exc).__name__})") from None
+            raise JwtSvidInvalid(f"identity.jwt_svid: invalid ({type(exc).__name__})") from None
         if claims.get("sub") != subject:
-            raise Unauthenticated(
+            raise JwtSvidInvalid(
                 f"identity.jwt_svid: subject {str(claims.get('sub'))[:200]!r} is not the "
                 f"asserted workload {subject!r}")
 
@@ -241,33 +308,38 @@ class SpiffeIdentity:
                 return Caller(caller, gateway=caller in self.gateways)
             return self._authorize(caller, asserted, jwt_svid)
         except ServiceError as exc:
-            code = ("not_self" if isinstance(exc, PermissionDenied)
-                    else "jwt_svid_invalid" if str(exc).startswith("identity.jwt_svid")
-                    else "untrusted_domain" if "which is not trusted" in str(exc)
-                    else "unauthenticated")
-            self.audit(Refusal(caller, asserted, code, str(exc)))
+            self.audit(Refusal(caller, asserted, exc.reason, str(exc)))
             raise
+
+    def require_gateway(self, context: grpc.ServicerContext, what: str) -> Caller:
+        caller = self.authenticate(context)
+        if not caller.gateway:
+            exc = _not_gateway(caller.spiffe_id, what, "gateways are listed in trusted_gateways")
+            self.audit(Refusal(caller.spiffe_id, "", exc.reason, str(exc)))
+            raise exc
+        return caller
 
     def _check_domain(self, caller: str) -> None:
         domain = spiffe.parse(caller).trust_domain
         if domain not in self.trust_domains:
             raise Unauthenticated(
                 f"caller {caller} is in trust domain {domain!r}, which is not trusted "
-                f"(trusted: {', '.join(sorted(self.trust_domains))})")
+                f"(trusted: {', '.join(sorted(self.trust_domains))})", reason="untrusted_domain")
 
     def _authorize(self, caller: str, asserted: str, jwt_svid: str) -> Caller:
         if caller in self.gateways:
             if jwt_svid or (self.require_jwt and asserted != caller):
                 if not jwt_svid:
-                    raise Unauthenticated(
+                    raise JwtSvidInvalid(
                         f"identity.jwt_svid: required when gateway {caller} asks for {asserted}")
                 if self.jwt is None:
-                    raise Unauthenticated("identity.jwt_svid: no jwt_bundle configured to verify it")
+                    raise JwtSvidInvalid("identity.jwt_svid: no jwt_bundle configured to verify it")
                 self.jwt.verify(jwt_svid, asserted)
             return Caller(caller, gateway=True)
         if caller == asserted:
             return Caller(caller)
-        raise PermissionDenied(f"caller {caller} may only ask about itself, not {asserted}")
+        raise PermissionDenied(f"caller {caller} may only ask about itself, not {asserted}",
+                               reason="not_self")
 
 
 def own_trust_domain(cert_pem: bytes) -> str:
@@ -302,7 +374,11 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials:
 
 def from_settings(settings: Settings, audit: AuditHook = log_refusal) -> Identity:
     if settings.plaintext:
-        return PlaintextIdentity()
+        token = read_gateway_token(settings.gateway_token_file) if settings.gateway_token_file else None
+        return PlaintextIdentity(token, audit)
+    if settings.gateway_token_file:
+        raise ConfigError("gateway_token_file is for plaintext mode; over mTLS a gateway is a "
+                          "SPIFFE ID in trusted_gateways")
     _require_tls(settings)
     domains = frozenset(settings.trust_domains) or frozenset(
         {own_trust_domain(_read("tls_cert", settings.tls_cert))})

@@ -79,6 +79,10 @@ class Metrics:
         if "engine_unavailable" in codes:
             self.opa_errors.inc()
 
+    def refused(self, code: str) -> None:
+        """A caller refused before any decision (identity): counted as a deny."""
+        self.decisions.labels("deny", code).inc()
+
     def route(self) -> Callable[[BaseHTTPRequestHandler], None]:
         def serve(h: BaseHTTPRequestHandler) -> None:
             body = generate_latest(self.registry)

@@ -81,7 +81,9 @@ def to_request(msg: pdp_pb2.AuthorizeRequest) -> Request:
     )
 
 
-def to_response(d: Decision, request_id: str) -> pdp_pb2.AuthorizeResponse:
+def to_response(d: Decision, request_id: str, *, reveal: bool = False) -> pdp_pb2.AuthorizeResponse:
+    """The decision as the caller may see it: the credential's value only when
+    ``reveal`` (the caller is an authenticated trusted gateway)."""
     resp = pdp_pb2.AuthorizeResponse(
         decision=pdp_pb2.DECISION_ALLOW if d.allow else pdp_pb2.DECISION_DENY,
         reasons=[pdp_pb2.Reason(code=r.code, message=r.message) for r in d.reasons],
@@ -94,7 +96,10 @@ def to_response(d: Decision, request_id: str) -> pdp_pb2.AuthorizeResponse:
         routes.fill(resp.route, d.route, explain=d.explanation is not None)
     if d.allow and d.credential is not None:
         resp.credential.header = d.credential.header
-        resp.credential.value = d.credential.value
+        if reveal:
+            resp.credential.value = d.credential.value
+        else:
+            resp.credential.withheld = True
         resp.credential.expires_at.FromNanoseconds(int(d.credential.expires_at * 1e9))
         resp.credential.lease_accessor = d.credential.lease_accessor
     if not d.allow and d.retry_after_s is not None:
@@ -117,13 +122,16 @@ class PolicyDecisionServicer(pdp_pb2_grpc.PolicyDecisionServiceServicer):
         req = to_request(request)
         validate(req, request.params.ByteSize() + request.context.ByteSize(),
                  self.settings.max_request_bytes)
-        self.identity.check(context, req.spiffe_id, request.identity.jwt_svid)
-        return to_response(self.engine.decide(req), request.request_id)
+        caller = self.identity.check(context, req.spiffe_id, request.identity.jwt_svid)
+        return to_response(self.engine.decide(req), request.request_id, reveal=caller.gateway)
 
     @guarded
     def RecordUsage(
         self, request: pdp_pb2.RecordUsageRequest, context: grpc.ServicerContext
     ) -> pdp_pb2.RecordUsageResponse:
+        # The gateway saw what the call really cost; an agent reporting its own usage
+        # would set its own price.
+        self.identity.require_gateway(context, "report usage")
         if not request.decision_id:
             raise InvalidRequest("decision_id", "required")
         if len(request.decision_id) > 64:
@@ -132,14 +140,11 @@ class PolicyDecisionServicer(pdp_pb2_grpc.PolicyDecisionServiceServicer):
             raise InvalidRequest("tokens", "must not be negative")
         if not math.isfinite(request.cost_usd) or not 0 <= request.cost_usd <= 1e9:
             raise InvalidRequest("cost_usd", "must be a finite number between 0 and 1e9")
-        # Only an authenticated caller may settle usage, and an agent only its own.
-        caller = self.identity.authenticate(context)
-        owner = "" if caller.gateway else caller.spiffe_id
         gate = self.engine.gate
         if gate is None:
             raise Unimplemented("usage recording needs the ledger, which is not configured")
         try:
-            done = gate.settle(request.decision_id, request.tokens, request.cost_usd, owner)
+            done = gate.settle(request.decision_id, request.tokens, request.cost_usd)
         except LedgerError:
             raise Unavailable("the ledger is unavailable; report the usage again later") from None
         if done.state in ("unknown", "released"):

@@ -14,15 +14,19 @@ from pathlib import Path
 from compiler import Bundle, CompileError, compile_paths
 from compiler.bundle import DATA_PATH
 from pdp import broker as brokers
+from pdp import bundlesigner
 from pdp.broker import Broker
 from pdp.broker.metrics import BrokerCollector
 from pdp.bundles import BUNDLE_PATH, BundleStore, HttpServer
+from pdp.bundlesigner import BundleSigner
 from pdp.config import Settings, split_addr
 from pdp.engine import Engine
 from pdp.extauthz import ExtAuthzServer, register
 from pdp.identity import AuditHook, Refusal, log_refusal
 from pdp.identity import from_settings as identity_from_settings
-from pdp.ledger import Ledger, LedgerError, open_ledger
+from pdp.ledger import Ledger, LedgerError
+from pdp.ledger import startup as ledger_startup
+from pdp.ledger.anchor import AnchorWriter
 from pdp.ledger.gate import CompiledView, Gate
 from pdp.metrics import METRICS_PATH, Metrics
 from pdp.opa import OpaClient, OpaProcess
@@ -48,6 +52,8 @@ class Stack:
         self.broker: Broker | None = None
         self.view = CompiledView()  # the served bundle's data, for ledger limits and prices
         self.ledger: Ledger | None = None
+        self.anchors: AnchorWriter | None = None  # checkpoints of the audit chain's head
+        self.signer: BundleSigner | None = None  # signs every bundle published to OPA
 
     def compile(self) -> Bundle:
         return compile_paths([self.policies])
@@ -62,20 +68,24 @@ class Stack:
 
     def _start(self) -> None:
         s = self.settings
+        signer = bundlesigner.from_settings(s)  # first: a bad key stops the start here
+        self.signer = self.store.signer = signer
         self.broker = brokers.build(s)
         self.broker.start()
         self.metrics.registry.register(BrokerCollector(self.broker))
         self._publish(self.compile())
-        self.ledger = open_ledger(s.ledger_url, s.ledger_pool_size, s.ledger_timeout_ms / 1000)
-        if self.ledger is not None and s.ledger_migrate:
-            self.ledger.migrate()
+        # Keyed (refuses to start without audit_key_file), migrated, anchor checked.
+        self.ledger, self.anchors = ledger_startup.open_for(s)
+        if self.anchors is not None:
+            self.anchors.start()
         host, port = split_addr(s.http_addr, "http_addr")
         self.http = HttpServer(host, port, self.store)
         self.http.routes[METRICS_PATH] = self.metrics.route()
         self.http.start()
         opa_url = s.opa_url
         if not opa_url:
-            self.opa = OpaProcess(s.opa_path(), s.opa_addr, self.http.url, gogc=s.opa_gogc)
+            self.opa = OpaProcess(s.opa_path(), s.opa_addr, self.http.url, gogc=s.opa_gogc,
+                                  verification=signer.verification)
             self.opa.start()
             opa_url = self.opa.url
         gate = None if self.ledger is None else Gate(
@@ -84,7 +94,7 @@ class Stack:
         engine = Engine(OpaClient(opa_url, s.opa_timeout_ms / 1000), observers=[self.metrics.observe],
                         broker=self.broker, gate=gate)
         self.engine = engine
-        identity = identity_from_settings(s, audit=self._refusal_hook(gate))
+        identity = identity_from_settings(s, audit=self._refusal_hook(gate, self.metrics))
         self.grpc = GrpcServer(s, PolicyDecisionServicer(engine, s, identity))
         if s.extauthz_addr:
             self.extauthz = ExtAuthzServer(s, engine, identity)
@@ -107,13 +117,15 @@ class Stack:
         self.store.publish(bundle)
 
     @staticmethod
-    def _refusal_hook(gate: Gate | None) -> AuditHook:
-        """Identity refusals go to the log and, with a ledger, to the audit table."""
-        if gate is None:
-            return log_refusal
+    def _refusal_hook(gate: Gate | None, metrics: Metrics) -> AuditHook:
+        """Identity refusals go to the log, the decision counter and, with a ledger,
+        the audit table."""
 
         def hook(refusal: Refusal) -> None:
             log_refusal(refusal)
+            metrics.refused(refusal.code)
+            if gate is None:
+                return
             try:
                 gate.record_refusal(refusal.caller, refusal.asserted, refusal.code, refusal.message)
             except LedgerError:
@@ -168,7 +180,8 @@ class Stack:
             log.error("managed OPA exited; restarting",
                       extra={"fields": {"exit_code": opa.proc.returncode}})
             opa.stop()
-            fresh = OpaProcess(opa.binary, f"{opa.host}:{opa.port}", opa.bundle_url, gogc=opa.gogc)
+            fresh = OpaProcess(opa.binary, f"{opa.host}:{opa.port}", opa.bundle_url, gogc=opa.gogc,
+                               verification=opa.verification)
             try:
                 fresh.start()
             except (RuntimeError, OSError) as exc:
@@ -214,8 +227,11 @@ class Stack:
             self.broker.close()
             self.broker = None
         if self.ledger:
-            self.ledger.close()
+            self.ledger.close()  # the audit writer drains first ...
             self.ledger = None
+        if self.anchors:
+            self.anchors.stop()  # ... so the last anchor names the final head
+            self.anchors = None
 
     def wait(self) -> None:
         self._stop.wait()

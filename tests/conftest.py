@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import servers
+from tests import servers, vaultsetup
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +23,11 @@ def postgres() -> Iterator[servers.Postgres]:
 def openbao() -> Iterator[servers.OpenBao]:
     with servers.run_openbao() as bao:
         yield bao
+
+
+@pytest.fixture(scope="module")
+def vault(postgres: servers.Postgres, openbao: servers.OpenBao,
+          tmp_path_factory: pytest.TempPathFactory) -> vaultsetup.VaultSetup:
+    """OpenBao configured as an operator would (AppRole, KV, database and token engines),
+    with a fresh KV secret per test module."""
+    return vaultsetup.setup(openbao, postgres, tmp_path_factory.mktemp("vault"))

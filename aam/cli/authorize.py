@@ -11,6 +11,7 @@ import grpc
 from google.protobuf import json_format
 
 from aam.v1 import pdp_pb2, pdp_pb2_grpc
+from pdp.identity import GATEWAY_TOKEN_HEADER
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", help="private key of --cert (PEM)")
     p.add_argument("--ca", help="trust bundle (PEM) to verify the PDP's certificate")
     p.add_argument("--jwt-svid-file", help="file holding the agent's JWT-SVID (gateways)")
+    p.add_argument("--gateway-token-file",
+                   help="on a plaintext port, ask as the gateway: send this file's token "
+                        "(the PDP's gateway_token_file) as x-aam-gateway-token")
     p.set_defaults(func=run)
 
 
@@ -69,7 +73,11 @@ def render(resp: pdp_pb2.AuthorizeResponse) -> str:
     if resp.HasField("route"):
         lines.extend(_route(resp.route))
     if resp.HasField("credential"):
-        lines.append(f"  credential header {resp.credential.header} (value withheld)")
+        c = resp.credential
+        why = ("not sent: this caller is not a trusted gateway" if c.withheld
+               else "sent to this gateway, not printed")
+        lines.append(f"  credential header {c.header}, expires {c.expires_at.ToJsonString()}"
+                     + (f", lease {c.lease_accessor}" if c.lease_accessor else "") + f" (value {why})")
     if resp.HasField("explanation"):
         lines.extend(_explanation(json_format.MessageToDict(resp.explanation)))
     return "\n".join(lines)
@@ -135,13 +143,25 @@ def _withheld(resp: pdp_pb2.AuthorizeResponse) -> pdp_pb2.AuthorizeResponse:
         return resp
     shown = pdp_pb2.AuthorizeResponse()
     shown.CopyFrom(resp)
-    shown.credential.value = "(withheld)"
+    if shown.credential.value:
+        shown.credential.value = "(not printed)"
     return shown
+
+
+def _metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    if not getattr(args, "gateway_token_file", None):
+        return ()
+    try:
+        token = Path(args.gateway_token_file).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"--gateway-token-file: {exc.strerror}") from None
+    return ((GATEWAY_TOKEN_HEADER, token),)
 
 
 def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     try:
         req = build_request(args)
+        metadata = _metadata(args)
         channel = _channel(args)
     except ValueError as exc:
         print(f"aam authorize: error: {exc}", file=stderr)
@@ -149,7 +169,7 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     with channel:
         stub = pdp_pb2_grpc.PolicyDecisionServiceStub(channel)
         try:
-            resp = stub.Authorize(req, timeout=args.timeout)
+            resp = stub.Authorize(req, timeout=args.timeout, metadata=metadata)
         except grpc.RpcError as exc:
             print(f"aam authorize: error: {exc.code().name}: {exc.details()}", file=stderr)
             return 1

@@ -13,8 +13,11 @@ import requests
 
 from compiler import CompileError, compile_paths
 from pdp import devvault, logs
-from pdp.config import DEFAULT_SQLITE_LEDGER, ConfigError, Settings, split_addr
+from pdp.config import DEFAULT_SQLITE_LEDGER, DEFAULT_STATE_DIR, ConfigError, Settings, split_addr
 from pdp.ledger import LedgerError
+from pdp.ledger.keyring import ensure_file
+from pdp.ledger.startup import up_anchor_file, up_key_file
+from pdp.secretfile import ensure_secret
 from pdp.stack import Stack
 
 
@@ -26,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="republish the bundle when a policy file changes (default on)")
     up.add_argument("--ledger-url", default=f"sqlite://{DEFAULT_SQLITE_LEDGER}",
                     help="ledger store (default: embedded SQLite; postgresql://... or off)")
+    up.add_argument("--gateway-token-file", type=Path, default=DEFAULT_STATE_DIR / "gateway.token",
+                    help="the token a gateway sends (metadata x-aam-gateway-token) to receive "
+                         "credential values, call Check and report usage; created (mode 0600) "
+                         f"when missing (default {DEFAULT_STATE_DIR / 'gateway.token'})")
     up.add_argument("--vault", action=argparse.BooleanOptionalAction, default=True,
                     help="start an OpenBao dev server for the credential broker when the bao "
                          "binary is available (default on)")
@@ -55,11 +62,14 @@ def run_up(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         if not _is_loopback(args.grpc_addr):
             raise ConfigError("aam up serves plaintext gRPC and binds loopback only; "
                               "use aam serve with TLS for other addresses")
+        ensure_secret(args.gateway_token_file)  # plaintext authenticates no one else
         base = dict(grpc_addr=args.grpc_addr, plaintext=True, watch=args.watch,
                     policies=str(args.policies) if args.policies else None,
-                    ledger_url=args.ledger_url, ledger_migrate=True)
+                    ledger_url=args.ledger_url, ledger_migrate=True,
+                    gateway_token_file=str(args.gateway_token_file))
+        base.update(_audit_files(args.ledger_url))
         settings = Settings.load(env={}, **base)
-    except ConfigError as exc:
+    except (ConfigError, OSError) as exc:
         print(f"aam up: error: {exc}", file=stderr)
         return 2
     dev = None
@@ -113,14 +123,23 @@ def _serve(settings: Settings, stdout: TextIO, stderr: TextIO, banner: bool) -> 
     revision = stack.store.current.revision if stack.store.current else "?"
     print(f"policies   {settings.policies} (bundle revision {revision[:12]}"
           f"{', watching for changes' if settings.watch else ''})", file=stdout)
-    print(f"bundles    {stack.bundle_url}", file=stdout)
+    signing = f" ({stack.signer.describe()})" if stack.signer else ""
+    print(f"bundles    {stack.bundle_url}{signing}", file=stdout)
     print(f"opa        {stack.opa_url}{' (managed)' if stack.opa else ''}", file=stdout)
     print(f"broker     {settings.broker}" + (f" ({settings.vault_addr})" if settings.broker == "vault"
           else " (no Vault: actions that need a credential are denied credential_unavailable)"),
           file=stdout)
     print(f"ledger     {_ledger_label(settings.ledger_url)}", file=stdout)
+    if settings.ledger_url not in ("", "off"):
+        print(f"audit      keyed by {settings.audit_key_file}; anchors to "
+              f"{settings.audit_anchor_file or '(none: a cut tail goes unseen)'}", file=stdout)
     print(f"grpc       {settings.grpc_addr} aam.v1.PolicyDecisionService"
           f"{' (plaintext, loopback)' if settings.plaintext else ' (mTLS)'}", file=stdout)
+    if settings.plaintext:
+        print("gateways   " + (f"send metadata x-aam-gateway-token: the contents of "
+                               f"{settings.gateway_token_file}" if settings.gateway_token_file else
+                               "none (no gateway_token_file): no credential values, Check or "
+                               "RecordUsage"), file=stdout)
     extauthz_addr = (f"{split_addr(settings.extauthz_addr)[0]}:{stack.extauthz.port}"
                      if stack.extauthz else settings.grpc_addr)
     print(f"ext_authz  {extauthz_addr} envoy.service.auth.v3.Authorization (Envoy)", file=stdout)
@@ -139,6 +158,14 @@ def _serve(settings: Settings, stdout: TextIO, stderr: TextIO, banner: bool) -> 
         print("stopping...", file=stdout)
         stack.stop()
     return 0
+
+
+def _audit_files(ledger_url: str) -> dict[str, str]:
+    """aam up's audit keyring (created when missing) and its anchor for this ledger."""
+    if ledger_url in ("", "off"):
+        return {}
+    ensure_file(up_key_file())
+    return {"audit_key_file": str(up_key_file()), "audit_anchor_file": str(up_anchor_file(ledger_url))}
 
 
 def _ledger_label(url: str) -> str:

@@ -120,16 +120,18 @@ class ModelRoute(_message.Message):
     def __init__(self, alias: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[RouteTarget, _Mapping]]] = ..., allow_fallbacks: _Optional[bool] = ..., sort: _Optional[str] = ..., limits: _Optional[_Union[RouteLimits, _Mapping]] = ..., excluded: _Optional[_Iterable[_Union[ExcludedTarget, _Mapping]]] = ...) -> None: ...
 
 class CredentialGrant(_message.Message):
-    __slots__ = ("header", "value", "expires_at", "lease_accessor")
+    __slots__ = ("header", "value", "expires_at", "lease_accessor", "withheld")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     LEASE_ACCESSOR_FIELD_NUMBER: _ClassVar[int]
+    WITHHELD_FIELD_NUMBER: _ClassVar[int]
     header: str
     value: str
     expires_at: _timestamp_pb2.Timestamp
     lease_accessor: str
-    def __init__(self, header: _Optional[str] = ..., value: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_accessor: _Optional[str] = ...) -> None: ...
+    withheld: bool
+    def __init__(self, header: _Optional[str] = ..., value: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_accessor: _Optional[str] = ..., withheld: _Optional[bool] = ...) -> None: ...
 
 class AuthorizeResponse(_message.Message):
     __slots__ = ("decision", "reasons", "policy", "decision_id", "bundle_revision", "route", "credential", "request_id", "explanation", "retry_after")

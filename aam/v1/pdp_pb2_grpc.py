@@ -67,8 +67,10 @@ class PolicyDecisionServiceServicer:
 
     def RecordUsage(self, request, context):
         """Report what an allowed action really consumed, so the reservation taken
-        by Authorize is settled. Idempotent per decision_id. Callers must
-        authenticate like for Authorize.
+        by Authorize is settled. Idempotent per decision_id. Only a trusted
+        gateway may report usage (it saw the provider's bill); any other caller,
+        an agent settling its own decision included, gets PERMISSION_DENIED
+        (audited). Who is a gateway: see CredentialGrant.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -144,19 +144,22 @@ class Gate:
         self._backlog_lock = threading.Lock()
 
     def estimate(self, model: str, tokens: int, cost_usd: float,
-                 quote_usd: float | None = None) -> tuple[int, int]:
+                 quote_usd: float | None = None, floor_usd: float = 0.0) -> tuple[int, int]:
         """(cost in micro-USD, tokens). A model call costs ``quote_usd``, the price
-        routes.rego gives its chain (the one pricing rule); else the caller's cost."""
+        routes.rego gives its chain (the one pricing rule, which already counts the
+        caller's estimate); anything else the caller's cost, but never less than
+        ``floor_usd`` (a tool's declared price)."""
         if model and tokens <= 0:
             tokens = self.default_tokens
         if quote_usd is not None:
-            return usd_to_micro(quote_usd), tokens
-        return usd_to_micro(cost_usd) if cost_usd > 0 else 0, tokens
+            return usd_to_micro(max(quote_usd, cost_usd)), tokens
+        cost = max(cost_usd, floor_usd)
+        return usd_to_micro(cost) if cost > 0 else 0, tokens
 
     def admit(self, decision_id: str, workload: str, model: str, tokens: int,
-              cost_usd: float, quote_usd: float | None = None) -> Metered:
+              cost_usd: float, quote_usd: float | None = None, tool: str = "") -> Metered:
         """Reserve before OPA decides. Raises LedgerError when the store fails."""
-        m = self.meter(decision_id, workload, model, tokens, cost_usd, quote_usd)
+        m = self.meter(decision_id, workload, model, tokens, cost_usd, quote_usd, tool)
         if m.ask is None:
             return m
         admission = self.ledger.reserve(m.ask)
@@ -165,12 +168,16 @@ class Gate:
         return replace(m, admission=admission)
 
     def meter(self, decision_id: str, workload: str, model: str, tokens: int,
-              cost_usd: float, quote_usd: float | None = None) -> Metered:
+              cost_usd: float, quote_usd: float | None = None, tool: str = "") -> Metered:
         """Limits and price of a request, from the compiled policy; no ledger call."""
         policy = self.view.policy(workload)
-        cost, tokens = self.estimate(model, tokens, cost_usd, quote_usd)
         if policy is None:
+            cost, tokens = self.estimate(model, tokens, cost_usd, quote_usd)
             return Metered(None, DEFAULT_RECORD, model, cost, tokens)
+        grant = (policy.get("tools") or {}).get(tool) if tool and not model else None
+        price = grant.get("price_usd") if isinstance(grant, dict) else None
+        cost, tokens = self.estimate(model, tokens, cost_usd, quote_usd,
+                                     float(price) if isinstance(price, int | float) else 0.0)
         budget, rate = policy.get("budget") or {}, policy.get("rate") or {}
         route = self.view.route(model)
         route_rate = (route or {}).get("rate") or {}
@@ -237,6 +244,10 @@ class Gate:
             self.cache.put(m.ask, m.admission, False)
         if self._backlog:
             self._flush_backlog()
+
+    def audit(self, decision_id: str, fields: dict[str, Any]) -> None:
+        """A deny that metered nothing (refused before the policy was asked): its row."""
+        self.finish(Metered(None, DEFAULT_RECORD, "", 0, 0), decision_id, fields, False)
 
     def defer(self, m: Metered | None, decision_id: str, fields: dict[str, Any]) -> None:
         """A decision answered ``ledger_unavailable``: audit it (and release what it may have

@@ -83,3 +83,38 @@ test_hand_written_state_without_remaining if {
 	codes(d) == {"budget_exhausted"}
 	startswith(d.reasons[0].message, "spent 74.50 of 75.00 USD today")
 }
+
+# Tool calls are priced by their grant (price_usd, compiled with a default), and a
+# caller's estimate can only raise that price: a spent budget denies a tool call
+# whatever the caller claims it costs.
+tool_fixture := object.union(fixture, {"policies": {"spiffe://prod/agent/a": {"tools": {
+	"crm.accounts": {"rule": "spec.tools[0]", "actions": {"read": true}, "deny": {}, "price_usd": 0.001},
+}}}})
+
+tool_req(cost, st) := object.union(req(cost, st), {"model": "", "tool": "crm.accounts", "action": "read"})
+
+test_spent_budget_denies_a_tool_call_with_a_zero_estimate if {
+	d := authz.decision with input as tool_req(0, state(window(75, 0, 75, 0, 60), window(75, 0, 1000, 925, 9000)))
+		with data.aam.compiled as tool_fixture
+	codes(d) == {"budget_exhausted"}
+	contains(d.reasons[0].message, "this call may cost up to 0.00 USD")
+}
+
+test_tool_call_within_budget_costs_its_declared_price if {
+	inp := tool_req(0, state(window(1, 0, 75, 74, 60), window(1, 0, 1000, 999, 9000)))
+	d := authz.decision with input as inp with data.aam.compiled as tool_fixture
+	d.allow
+	authz.call_cost_usd == 0.001 with input as inp with data.aam.compiled as tool_fixture
+	dear := tool_req(2, state(window(1, 0, 75, 74, 60), window(1, 0, 1000, 999, 9000)))
+	authz.call_cost_usd == 2 with input as dear with data.aam.compiled as tool_fixture
+}
+
+test_per_request_cap_uses_the_declared_tool_price if {
+	pricey := object.union(tool_fixture, {"policies": {"spiffe://prod/agent/a": {"tools": {
+		"crm.accounts": {"price_usd": 6},
+	}}}})
+	d := authz.decision with input as tool_req(0.01, state(window(0, 0, 75, 75, 60), window(0, 0, 1000, 1000, 9000)))
+		with data.aam.compiled as pricey
+	codes(d) == {"budget_exhausted"}
+	contains(d.reasons[0].message, "per-request cap")
+}

@@ -39,12 +39,11 @@ estimate_cost := input.estimate.cost_usd if is_number(input.estimate.cost_usd)
 
 price(t, side) := object.get(t, sprintf("%s_price_per_mtok", [side]), 0)
 
-# The cost of one call on target t: the caller's whole-call estimate when it
-# sends one (as the ledger prices it), else the estimated tokens at the
-# target's dearer price (a completion may be all output).
-target_cost(t) := estimate_cost if {
-	estimate_cost > 0
-} else := (estimate_tokens * max([price(t, "input"), price(t, "output")])) / 1000000
+# The cost of one call on target t: the estimated tokens at the target's
+# dearer price (a completion may be all output), or the caller's whole-call
+# estimate when that is higher. A caller's estimate can raise a price, never
+# lower it: an agent does not set its own price.
+target_cost(t) := max([estimate_cost, (estimate_tokens * max([price(t, "input"), price(t, "output")])) / 1000000])
 
 region_ok(patterns, region) if {
 	region != ""
@@ -236,10 +235,13 @@ deny contains reason("budget_exhausted", msg) if {
 
 # What one call costs for the budget rules (budget.rego, the ledger's
 # reservation): the routed chain's reservation price; with nothing left, the
-# cheapest target the budget priced out; for anything else the caller's estimate.
+# cheapest target the budget priced out; for a tool call its declared price
+# (tools.rego); for anything else the caller's estimate.
 call_cost_usd := reserve_usd if {
 	route_def
 	count(chain) > 0
 } else := min([target_cost(route_def.targets[i]) | some i in priced_out]) if {
 	count(priced_out) > 0
+} else := tool_cost_usd if {
+	tool_requested
 } else := estimate_cost

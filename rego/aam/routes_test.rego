@@ -205,7 +205,16 @@ test_call_cost_follows_the_chain if {
 	authz.call_cost_usd == 0.5 with input as tool with data.aam.compiled as pol
 }
 
-test_caller_cost_wins_over_token_pricing if {
-	d := decide(route({}), {}, {"estimate": {"tokens": 10000, "cost_usd": 0.02}})
+# A caller's estimate can raise the price, never lower it: an agent does not set
+# its own price (10,000 tokens on the dearest target cost more than 1e-12 USD).
+test_caller_cost_raises_token_pricing if {
+	d := decide(route({}), {}, {"estimate": {"tokens": 10, "cost_usd": 0.02}})
 	d.route.limits.reserve_usd == 0.02
+}
+
+test_caller_cost_never_lowers_token_pricing if {
+	cheap := decide(route({}), {}, {"estimate": {"tokens": 10000, "cost_usd": 1e-12}})
+	honest := decide(route({}), {}, {"estimate": {"tokens": 10000}})
+	cheap.route.limits.reserve_usd == honest.route.limits.reserve_usd
+	honest.route.limits.reserve_usd > 0.001
 }

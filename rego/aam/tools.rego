@@ -3,6 +3,13 @@ package aam.authz
 
 grant := policy.tools[input.tool]
 
+# What a tool call costs against the budget: the price the grant declares
+# (compiled from the AgentPolicy or the Tool, with a default), or the
+# caller's estimate when that is higher; never less than the declared price.
+tool_cost_usd := max([estimate_cost, object.get(grant, "price_usd", 0)]) if grant
+
+tool_cost_usd := estimate_cost if not grant
+
 deny contains reason("tool_not_granted", msg) if {
 	tool_requested
 	policy

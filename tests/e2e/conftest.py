@@ -11,12 +11,10 @@ from typing import Any
 import pytest
 
 from pdp.stack import Stack
-from tests import vaultsetup
 from tests.e2e.envoy import Envoy, PdpTls, Tls, run_envoy
-from tests.e2e.pdp import FINANCE, pdp_port, pdp_stack
+from tests.e2e.pdp import FINANCE, pdp_port, pdp_stack, pdp_token
 from tests.e2e.pki import Svid, TrustDomain
 from tests.e2e.upstream import RecordingUpstream
-from tests.servers import OpenBao, Postgres
 from tests.vaultsetup import VaultSetup
 
 STRANGER = "spiffe://prod/agent/stranger"
@@ -72,13 +70,6 @@ def upstream() -> Iterator[RecordingUpstream]:
 
 
 @pytest.fixture(scope="module")
-def vault(postgres: Postgres, openbao: OpenBao,
-          tmp_path_factory: pytest.TempPathFactory) -> VaultSetup:
-    """OpenBao configured as an operator would; the example ToolCredential's KV secret."""
-    return vaultsetup.setup(openbao, postgres, tmp_path_factory.mktemp("vault"))
-
-
-@pytest.fixture(scope="module")
 def stack(vault: VaultSetup) -> Iterator[Stack]:
     with pdp_stack(vault) as s:
         yield s
@@ -86,5 +77,6 @@ def stack(vault: VaultSetup) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def envoy(pki: Pki, stack: Stack, upstream: RecordingUpstream) -> Iterator[Envoy]:
-    with run_envoy(pdp_port=pdp_port(stack), upstream_port=upstream.port, tls=pki.tls) as e:
+    with run_envoy(pdp_port=pdp_port(stack), upstream_port=upstream.port, tls=pki.tls,
+                   pdp_token=pdp_token(stack)) as e:
         yield e

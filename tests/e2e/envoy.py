@@ -19,6 +19,7 @@ from typing import Any
 import requests
 import yaml
 
+from pdp.identity import GATEWAY_TOKEN_HEADER
 from pdp.opa import free_port
 from tests.servers import VENV_BIN, require_binary, stop, wait_until
 
@@ -35,10 +36,12 @@ class Tls:
 
 
 def render(*, listen_port: int, admin_port: int, pdp_port: int, upstream_port: int,
-           tls: Tls | None, ext_authz: bool = True, pdp_tls: PdpTls | None = None) -> dict[str, Any]:
+           tls: Tls | None, ext_authz: bool = True, pdp_tls: PdpTls | None = None,
+           pdp_token: str = "") -> dict[str, Any]:
     """The shipped config with our addresses. ``tls=None``: a plaintext listener that
     forwards the caller's x-forwarded-client-cert (for a PDP that trusts it).
-    ``pdp_tls=None``: plaintext HTTP/2 to a PDP on loopback."""
+    ``pdp_tls=None``: plaintext HTTP/2 to a PDP on loopback, proving Envoy is the
+    gateway with ``pdp_token`` (the PDP's gateway_token_file) as gRPC metadata."""
     conf = copy.deepcopy(yaml.safe_load(TEMPLATE.read_text()))
     conf["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=admin_port)
     res = conf["static_resources"]
@@ -57,6 +60,11 @@ def render(*, listen_port: int, admin_port: int, pdp_port: int, upstream_port: i
         validator = ctx["validation_context"]["custom_validator_config"]["typed_config"]
         validator["trust_domains"] = [{"name": tls.trust_domain,
                                        "trust_bundle": {"filename": str(tls.bundle)}}]
+    if pdp_tls is None and pdp_token:
+        for f in hcm_conf["http_filters"]:
+            if f["name"] == EXT_AUTHZ:
+                f["typed_config"]["grpc_service"]["initial_metadata"] = [
+                    {"key": GATEWAY_TOKEN_HEADER, "value": pdp_token}]
     if not ext_authz:
         hcm_conf["http_filters"] = [f for f in hcm_conf["http_filters"] if f["name"] != EXT_AUTHZ]
         for vh in hcm_conf["route_config"]["virtual_hosts"]:
@@ -112,13 +120,15 @@ class Envoy:
 @contextlib.contextmanager
 def run_envoy(*, pdp_port: int, upstream_port: int, tls: Tls | None,
               ext_authz: bool = True, concurrency: int = 1, pdp_tls: PdpTls | None = None,
+              pdp_token: str = "",
               edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Iterator[Envoy]:
     """The real Envoy on deploy/envoy/envoy.yaml as rendered here; ``edit`` changes the
     rendered configuration first (bench/envoy.py answers in Envoy itself)."""
     binary = require_binary("envoy", str(VENV_BIN / "envoy"))
     port, admin = free_port(), free_port()
     conf = render(listen_port=port, admin_port=admin, pdp_port=pdp_port,
-                  upstream_port=upstream_port, tls=tls, ext_authz=ext_authz, pdp_tls=pdp_tls)
+                  upstream_port=upstream_port, tls=tls, ext_authz=ext_authz, pdp_tls=pdp_tls,
+                  pdp_token=pdp_token)
     if edit is not None:
         conf = edit(conf)
     with tempfile.TemporaryDirectory(prefix="aam-test-envoy-") as tmp:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import secrets
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -19,9 +20,10 @@ from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, exte
 from pdp.config import Settings, split_addr
 from pdp.engine import Credential, Decision, Reason, Request
 from pdp.extauthz import register
+from pdp.identity import GATEWAY_TOKEN_HEADER, PlaintextIdentity
 from pdp.opa import free_port
 from pdp.stack import Stack
-from tests.integration.pdp import EXAMPLES, running_stack
+from tests.integration.pdp import EXAMPLES, Metadata, gateway_metadata, running_stack
 from tests.vaultsetup import VaultSetup
 
 FINANCE = "spiffe://prod/agent/finance-analyst"
@@ -53,13 +55,26 @@ def pdp_port(stack: Stack) -> int:
     return split_addr(addr)[1]
 
 
+def pdp_token(stack: Stack) -> str:
+    """The gateway token Envoy presents to the stack's plaintext port."""
+    return gateway_metadata(stack)[0][1]
+
+
+# The gateway token of the servers serve() starts (Envoy presents it: run_envoy pdp_token).
+SERVE_TOKEN = secrets.token_hex(32)
+
+
 def serve(engine: Any) -> tuple[grpc.Server, external_auth_pb2_grpc.AuthorizationStub, int]:
-    """Only the Authorization service, over an engine of the test's choosing."""
+    """Only the Authorization service, over an engine of the test's choosing; the stub
+    presents the gateway token, as Envoy does."""
+    token = SERVE_TOKEN
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    register(server, engine, Settings.load(env={}, plaintext=True))
+    register(server, engine, Settings.load(env={}, plaintext=True),
+             identity=PlaintextIdentity(token.encode()))
     port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
     server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{port}"),
+                                     Metadata(((GATEWAY_TOKEN_HEADER, token),)))
     return server, external_auth_pb2_grpc.AuthorizationStub(channel), port
 
 

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2_grpc
@@ -21,7 +20,7 @@ from pdp.opa import OpaClient, free_port
 from pdp.stack import Stack
 from tests.e2e.conftest import FINANCE, Pki
 from tests.e2e.pdp import FakeBroker, Throttling, check_request, pdp_stack, pem, serve
-from tests.integration.pdp import EXAMPLES
+from tests.integration.pdp import EXAMPLES, gateway_channel
 from tests.vaultsetup import VaultSetup
 
 pytestmark = pytest.mark.integration
@@ -56,7 +55,7 @@ def recording(stack: Stack) -> Iterator[tuple[Recording, external_auth_pb2_grpc.
 @pytest.fixture(scope="module")
 def check(stack: Stack) -> Iterator[external_auth_pb2_grpc.AuthorizationStub]:
     """The Stack's own gRPC listener: Check is served beside Authorize."""
-    with grpc.insecure_channel(stack.settings.grpc_addr) as channel:
+    with gateway_channel(stack) as channel:
         yield external_auth_pb2_grpc.AuthorizationStub(channel)
 
 
@@ -248,7 +247,7 @@ def test_body_params_and_context_extensions_are_judged_by_the_policy(
              ("us-east-1", {"limit": 10}, ["condition_not_met"]),
              ("eu-west-1", {"limit": 500}, ["constraint_violated"])]
     with pdp_stack(vault, policies=str(policies)) as stack, \
-            grpc.insecure_channel(stack.settings.grpc_addr) as channel:
+            gateway_channel(stack) as channel:
         check = external_auth_pb2_grpc.AuthorizationStub(channel)
         for region, body, expected in cases:
             resp = check.Check(check_request(

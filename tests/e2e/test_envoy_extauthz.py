@@ -18,7 +18,16 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from pdp.opa import free_port
 from tests.e2e.conftest import ENVOY_ID, FINANCE, Pki, Svid
 from tests.e2e.envoy import Envoy, PdpTls, render, run_envoy
-from tests.e2e.pdp import Throttling, check_request, pdp_port, pdp_stack, pem, serve
+from tests.e2e.pdp import (
+    SERVE_TOKEN,
+    Throttling,
+    check_request,
+    pdp_port,
+    pdp_stack,
+    pdp_token,
+    pem,
+    serve,
+)
 from tests.e2e.upstream import RecordingUpstream
 from tests.integration.pdp import EXAMPLES
 from tests.servers import VENV_BIN
@@ -183,7 +192,8 @@ def test_agent_cannot_claim_an_identity_by_header(
 def test_pdp_down_means_envoy_denies(pki: Pki, upstream: RecordingUpstream,
                                      vault: VaultSetup) -> None:
     with pdp_stack(vault) as stack, \
-            run_envoy(pdp_port=pdp_port(stack), upstream_port=upstream.port, tls=pki.tls) as envoy, \
+            run_envoy(pdp_port=pdp_port(stack), upstream_port=upstream.port, tls=pki.tls,
+                      pdp_token=pdp_token(stack)) as envoy, \
             client(pki, pki.finance) as s:
         assert s.post(envoy.url + "/tools/salesforce.accounts/read?up", json={}).status_code == 200
         stack.stop()
@@ -199,7 +209,8 @@ def test_plaintext_listener_behind_trusted_proxy_takes_xfcc(
     mapping.write_text("trust_xfcc = true\n")
     with pdp_stack(vault, extauthz_mapping=str(mapping), extauthz_addr="127.0.0.1:0") as stack:
         port = stack.extauthz.port if stack.extauthz else 0
-        with run_envoy(pdp_port=port, upstream_port=upstream.port, tls=None) as envoy, \
+        with run_envoy(pdp_port=port, upstream_port=upstream.port, tls=None,
+                       pdp_token=pdp_token(stack)) as envoy, \
                 requests.Session() as s:
             s.trust_env = False
             path = "/tools/salesforce.accounts/read?plain"
@@ -219,7 +230,8 @@ def test_throttled_model_call_is_429_with_retry_after_through_envoy(
     checks what Envoy makes of the PDP's 429 (status, retry-after, body)."""
     server, _, port = serve(Throttling("budget_exhausted", 30.0))
     try:
-        with run_envoy(pdp_port=port, upstream_port=upstream.port, tls=pki.tls) as envoy, \
+        with run_envoy(pdp_port=port, upstream_port=upstream.port, tls=pki.tls,
+                       pdp_token=SERVE_TOKEN) as envoy, \
                 client(pki, pki.finance) as s:
             path = "/v1/chat/completions?throttled"
             resp = s.post(envoy.url + path, json={"model": "reasoning-high", "max_tokens": 10})
@@ -312,7 +324,8 @@ def test_budget_exhausted_model_call_is_429_from_the_real_ledger(
     finance = policies / "finance-analyst-readonly.yaml"
     finance.write_text(finance.read_text().replace("daily_usd: 75", "daily_usd: 0.01"))
     with pdp_stack(vault, policies=str(policies)) as stack, \
-            run_envoy(pdp_port=pdp_port(stack), upstream_port=upstream.port, tls=pki.tls) as envoy, \
+            run_envoy(pdp_port=pdp_port(stack), upstream_port=upstream.port, tls=pki.tls,
+                      pdp_token=pdp_token(stack)) as envoy, \
             client(pki, pki.finance) as s:
         cheap = s.post(envoy.url + "/v1/chat/completions?cheap",
                        json={"model": "reasoning-high", "max_tokens": 1})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +12,12 @@ from typing import Any
 import grpc
 
 from aam.v1 import pdp_pb2, pdp_pb2_grpc
+from pdp.bundlesigner import BundleSigner
 from pdp.config import Settings
+from pdp.identity import GATEWAY_TOKEN_HEADER
+from pdp.ledger.keyring import ensure_file
 from pdp.opa import free_port
+from pdp.secretfile import write_secret
 from pdp.stack import Stack
 from tests.servers import opa_binary
 
@@ -27,6 +32,11 @@ def running_stack(policies: Path = EXAMPLES, **overrides: Any) -> Iterator[Stack
     with tempfile.TemporaryDirectory(prefix="aam-test-ledger-") as tmp:
         overrides.setdefault("ledger_url", f"sqlite://{tmp}/ledger.sqlite3")
         overrides.setdefault("ledger_migrate", True)
+        if overrides["ledger_url"] not in ("", "off"):  # keyed and anchored, as aam up does
+            overrides.setdefault("audit_key_file", str(audit_key_file(Path(tmp))))
+            overrides.setdefault("audit_anchor_file", f"{tmp}/audit.anchor")
+        if overrides["plaintext"]:  # the proof a plaintext gateway sends, as aam up writes it
+            overrides.setdefault("gateway_token_file", str(gateway_token_file(Path(tmp))))
         settings = Settings.load(
             env={}, grpc_addr=f"127.0.0.1:{free_port()}",
             policies=str(policies), opa_binary=opa_binary(), **overrides)
@@ -38,8 +48,53 @@ def running_stack(policies: Path = EXAMPLES, **overrides: Any) -> Iterator[Stack
             stack.stop()
 
 
-def stub(stack: Stack) -> tuple[grpc.Channel, pdp_pb2_grpc.PolicyDecisionServiceStub]:
-    channel = grpc.insecure_channel(stack.settings.grpc_addr)
+def audit_key_file(directory: Path) -> Path:
+    """A fresh audit keyring (0600) in ``directory``, for audit_key_file."""
+    path = directory / "audit.key"
+    ensure_file(path)
+    return path
+
+
+def gateway_token_file(directory: Path) -> Path:
+    path = directory / "gateway.token"
+    write_secret(path, secrets.token_hex(32).encode() + b"\n")
+    return path
+
+
+def signing_key_file(directory: Path, algorithm: str = "ES256") -> Path:
+    """A fresh private key (or HMAC secret) in a 0600 file, for bundle_signing_key."""
+    path = directory / f"bundle-signing-{algorithm.lower()}.key"
+    write_secret(path, BundleSigner.ephemeral(algorithm).private)
+    return path
+
+
+def gateway_metadata(stack: Stack) -> tuple[tuple[str, str], ...]:
+    """What a gateway sends on the stack's plaintext port to be trusted as one."""
+    token = Path(stack.settings.gateway_token_file).read_text().strip()
+    return ((GATEWAY_TOKEN_HEADER, token),)
+
+
+class Metadata(grpc.UnaryUnaryClientInterceptor):
+    """Adds fixed metadata to every unary call (the gateway's proof)."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        details = details._replace(metadata=(*(details.metadata or ()), *self.metadata))
+        return continuation(details, request)
+
+
+def gateway_channel(stack: Stack) -> grpc.Channel:
+    """A plaintext channel that presents the gateway token on every call."""
+    return grpc.intercept_channel(grpc.insecure_channel(stack.settings.grpc_addr),
+                                  Metadata(gateway_metadata(stack)))
+
+
+def stub(stack: Stack, gateway: bool = False
+         ) -> tuple[grpc.Channel, pdp_pb2_grpc.PolicyDecisionServiceStub]:
+    """A client of the stack: an agent's (no proof), or with ``gateway`` a trusted gateway's."""
+    channel = gateway_channel(stack) if gateway else grpc.insecure_channel(stack.settings.grpc_addr)
     return channel, pdp_pb2_grpc.PolicyDecisionServiceStub(channel)
 
 

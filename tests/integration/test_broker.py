@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import socket
 import socketserver
@@ -28,6 +29,7 @@ from pdp.broker import Broker, CredentialSpec, CredentialUnavailable
 from pdp.broker.vault import RootTokenRefused, VaultBackend
 from pdp.bundles import BUNDLE_PATH
 from pdp.engine import Decision, Request
+from pdp.ledger import AuditFilter
 from pdp.opa import free_port
 from pdp.stack import Stack
 from tests import vaultsetup
@@ -39,12 +41,6 @@ CRM2 = "spiffe://prod/agent/crm-2"
 
 
 @pytest.fixture(scope="module")
-def vault(postgres: Postgres, openbao: OpenBao,
-          tmp_path_factory: pytest.TempPathFactory) -> vaultsetup.VaultSetup:
-    return vaultsetup.setup(openbao, postgres, tmp_path_factory.mktemp("vault"))
-
-
-@pytest.fixture(scope="module")
 def stack(vault: vaultsetup.VaultSetup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     pol = vaultsetup.policies(tmp_path_factory.mktemp("policies"))
     with running_stack(pol, **vault.settings()) as s:
@@ -52,7 +48,8 @@ def stack(vault: vaultsetup.VaultSetup, tmp_path_factory: pytest.TempPathFactory
 
 
 def authorize(stack: Stack, workload: str = CRM, **fields: object) -> pdp_pb2.AuthorizeResponse:
-    channel, pdp = stub(stack)
+    """As the gateway asks (the only caller that receives credential values)."""
+    channel, pdp = stub(stack, gateway=True)
     with channel:
         return pdp.Authorize(request(workload, **fields), timeout=10)
 
@@ -198,23 +195,26 @@ def test_token_file_login_with_a_scoped_token(vault: vaultsetup.VaultSetup, tmp_
     assert resp.credential.value == f"Bearer {vault.kv_secret}"
 
 
-def test_no_secret_in_logs_metrics_cli_or_agent_facing_fields(
-        vault: vaultsetup.VaultSetup, tmp_path: Path) -> None:
-    """A full flow with a known secret, then every surface is searched for it.
+def test_no_secret_in_logs_audit_cli_or_agent_facing_fields(
+        vault: vaultsetup.VaultSetup, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A full flow with known secrets, then every surface is searched for them.
 
-    Surfaces: every log line of the PDP (debug level), every agent-facing field of
-    every response (all but the gateway-only credential), the `aam authorize` output
-    (text and --json) and every route the PDP's HTTP side serves besides the bundle
-    (/metrics once it exists). The audit table belongs to the ledger, which is not
-    on this branch: its rows must be added here when it lands.
+    Surfaces: every log line of the PDP (debug level) and everything written to the
+    process's stdout/stderr, every field of every response an agent gets (all of
+    them: the credential's value must be empty), every gateway response but the
+    credential value, every audit row and `aam audit query` output, the `aam
+    authorize` output (text, --json, --explain, and as the gateway) and every route
+    the PDP's HTTP side serves besides the bundle (/metrics).
     """
     buf = io.StringIO()
     aam_log = logging.getLogger("aam")
     saved = (aam_log.handlers[:], aam_log.level, aam_log.propagate)
     logs.configure("debug", buf)
-    responses: list[pdp_pb2.AuthorizeResponse] = []
+    gateway_seen: list[pdp_pb2.AuthorizeResponse] = []
+    agent_seen: list[pdp_pb2.AuthorizeResponse] = []
     cli_out = io.StringIO()
     scraped: list[str] = []
+    audit_rows: list[str] = []
     try:
         with running_stack(vaultsetup.policies(tmp_path), **vault.settings()) as s:
             for tool, action in [("crm.accounts", "read"), ("crm.accounts", "update"),
@@ -222,9 +222,16 @@ def test_no_secret_in_logs_metrics_cli_or_agent_facing_fields(
                                  ("salesforce.vault", "read"), ("crm.reports", "read"),
                                  ("web.search", "query"), ("salesforce.accounts", "delete")]:
                 for explain in (False, True):
-                    responses.append(authorize(s, tool=tool, action=action, explain=explain,
-                                               params={"q": "x"}))
-            for extra in ([], ["--json"], ["--explain"]):
+                    gateway_seen.append(authorize(s, tool=tool, action=action, explain=explain,
+                                                  params={"q": "x"}))
+                    channel, agent = stub(s)
+                    with channel:
+                        agent_seen.append(agent.Authorize(request(
+                            CRM, tool=tool, action=action, explain=explain, params={"q": "x"}),
+                            timeout=10))
+            for extra in ([], ["--json"], ["--explain"],
+                          ["--gateway-token-file", s.settings.gateway_token_file],
+                          ["--json", "--gateway-token-file", s.settings.gateway_token_file]):
                 cli_main.run(["authorize", "--addr", s.settings.grpc_addr, "--workload", CRM,
                               "--tool", "salesforce.accounts", "--action", "read", *extra],
                              cli_out, cli_out)
@@ -233,27 +240,46 @@ def test_no_secret_in_logs_metrics_cli_or_agent_facing_fields(
                 scraped.append(requests.get(s.http.url + path, timeout=5).text)
             vaultsetup.policies(tmp_path, grant_crm=False)
             assert s.reload()  # revocation logs too
+            assert s.ledger is not None
+            audit_rows = [r.body for r in s.ledger.audit_rows(AuditFilter())]
+            # The PDP's own secrets must not leak either: the gateway token, the audit keys.
+            own = {Path(s.settings.gateway_token_file).read_text().strip(),
+                   *(k["secret"] for k in json.loads(Path(s.settings.audit_key_file).read_text())["keys"])}
+            for extra in ([], ["--json"]):
+                cli_main.run(["audit", "query", "--ledger-url", s.settings.ledger_url, *extra],
+                             cli_out, cli_out)
+            assert cli_main.run(["audit", "verify", "--ledger-url", s.settings.ledger_url,
+                                 "--key-file", s.settings.audit_key_file], cli_out, cli_out) == 0
+            cli_main.run(["audit", "key", "list", s.settings.audit_key_file], cli_out, cli_out)
     finally:
         aam_log.handlers[:], aam_log.level, aam_log.propagate = saved
 
-    issued = [r.credential.value for r in responses if r.HasField("credential")]
+    issued = [r.credential.value for r in gateway_seen if r.HasField("credential")]
     assert f"Bearer {vault.kv_secret}" in issued  # the flow really handled the secret
-    secrets_ = {vault.kv_secret}
+    assert any(r.HasField("credential") and r.credential.withheld for r in agent_seen)
+    secrets_ = {vault.kv_secret, *own}
+    assert all(len(x) >= 32 for x in own)
     for value in issued:
-        secrets_.add(value)
-        secrets_.update(p for p in value.replace("Bearer ", "").split(":") if len(p) >= 8)
-    agent_facing = []
-    for r in responses:
+        if value:
+            secrets_.add(value)
+            secrets_.update(p for p in value.replace("Bearer ", "").split(":") if len(p) >= 8)
+    shown_to_gateway = []
+    for r in gateway_seen:
         shown = pdp_pb2.AuthorizeResponse()
         shown.CopyFrom(r)
-        shown.ClearField("credential")
-        agent_facing.append(json_format.MessageToJson(shown))
+        shown.credential.ClearField("value")
+        shown_to_gateway.append(json_format.MessageToJson(shown))
     log_text = buf.getvalue()
     assert any('aam_broker_credentials_total{event="issued"}' in text for text in scraped)
     assert "credential issued" in log_text and "lease_accessor" in log_text
     assert "lease revoked" in log_text
-    surfaces = {"logs": log_text, "agent-facing responses": "\n".join(agent_facing),
-                "aam authorize output": cli_out.getvalue(), "http routes": "\n".join(scraped)}
+    assert len(audit_rows) >= len(gateway_seen) + len(agent_seen)
+    out, err = capfd.readouterr()
+    surfaces = {"logs": log_text, "process stdout/stderr": out + err,
+                "agent responses": "\n".join(json_format.MessageToJson(r) for r in agent_seen),
+                "gateway responses but the value": "\n".join(shown_to_gateway),
+                "audit rows": "\n".join(audit_rows),
+                "aam CLI output": cli_out.getvalue(), "http routes": "\n".join(scraped)}
     hits = {name: sum(text.count(sec) for sec in secrets_) for name, text in surfaces.items()}
     assert hits == dict.fromkeys(surfaces, 0)
 

@@ -83,7 +83,7 @@ def test_four_processes_never_overspend_or_overcount(postgres: Postgres, tmp_pat
                        ledger_state_ttl_ms=state_ttl_ms) as procs:
         addrs = [p.addr for p in procs]
         budget = hammer(addrs, lambda: request(BUDGET, model="summarization",
-                                               estimated_cost_usd=0.01))
+                                               estimated_tokens=1000, estimated_cost_usd=0.01))
         rated = hammer(addrs, lambda: request(RATED, model="summarization", estimated_tokens=10))
 
         assert [r for r in budget + rated if isinstance(r, Exception)] == []
@@ -106,7 +106,7 @@ def test_four_processes_never_overspend_or_overcount(postgres: Postgres, tmp_pat
         applied = Counter()
         for round_ in range(2):
             for i, decision_id in enumerate(allowed):
-                with grpc.insecure_channel(addrs[(i + round_) % 4]) as ch:
+                with procs[(i + round_) % 4].gateway_channel() as ch:
                     resp = pdp_pb2_grpc.PolicyDecisionServiceStub(ch).RecordUsage(
                         pdp_pb2.RecordUsageRequest(decision_id=decision_id, tokens=100,
                                                    cost_usd=0.01), timeout=10)

@@ -13,6 +13,7 @@ import pytest
 from aam.v1 import pdp_pb2, pdp_pb2_grpc
 from pdp.ledger import AuditFilter, open_ledger
 from pdp.ledger.chain import verify
+from pdp.ledger.keyring import Keyring
 from tests.integration.ledgers import fresh_database
 from tests.integration.pdp import EXAMPLES, FINANCE, request, running_stack, stub
 from tests.integration.processes import pdp_processes
@@ -29,7 +30,8 @@ def _policies(tmp_path: Path) -> Path:
 
 
 def _call(pdp: pdp_pb2_grpc.PolicyDecisionServiceStub) -> pdp_pb2.AuthorizeResponse:
-    return pdp.Authorize(request(BUDGET, model="summarization", estimated_cost_usd=0.01), timeout=10)
+    return pdp.Authorize(request(BUDGET, model="summarization", estimated_tokens=1000,
+                                estimated_cost_usd=0.01), timeout=10)
 
 
 def _settle(pdp: pdp_pb2_grpc.PolicyDecisionServiceStub, decision_id: str) -> bool:
@@ -45,7 +47,7 @@ def test_database_outage_denies_then_recovers_without_leaks(tmp_path: Path, chec
     with run_postgres() as pg, running_stack(_policies(tmp_path), ledger_url=pg.dsn,
                                              ledger_timeout_ms=500,
                                              ledger_state_ttl_ms=0 if checked else 60_000) as stack:
-        channel, pdp = stub(stack)
+        channel, pdp = stub(stack, gateway=True)
         gate = stack.engine.gate if stack.engine else None
         assert gate is not None
         step = "admit" if checked else "cached_state"
@@ -106,7 +108,7 @@ def test_database_outage_denies_then_recovers_without_leaks(tmp_path: Path, chec
         # Decisions answered during the outage are audited once the database is back.
         assert {r.decision_id for r in audit} == allowed | {r.decision_id for r in during}
         assert {r.outcome for r in audit if r.decision_id == cut.decision_id} == {"deny"}
-        assert verify(audit) == (len(audit), [])
+        assert verify(audit, Keyring.load(stack.settings.audit_key_file)) == (len(audit), [])
 
 
 def test_every_decision_a_client_saw_survives_kill_9(postgres: Postgres, tmp_path: Path) -> None:
@@ -146,4 +148,4 @@ def test_every_decision_a_client_saw_survives_kill_9(postgres: Postgres, tmp_pat
     ledger.close()
     recorded = {r.decision_id for r in audit}
     assert set(seen) <= recorded
-    assert verify(audit) == (len(audit), [])
+    assert verify(audit, Keyring.load(tmp_path / "audit.key")) == (len(audit), [])

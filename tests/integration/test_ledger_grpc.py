@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from aam.v1 import pdp_pb2
+from pdp.engine import QUOTE_PATH as QUOTE
 from pdp.ledger import AuditFilter
 from pdp.opa import DECISION_PATH as DECIDE
 from pdp.stack import Stack
@@ -25,7 +26,7 @@ def usage(decision_id: str, cost: float, tokens: int = 1000) -> pdp_pb2.RecordUs
 
 
 def test_budget_is_reserved_settled_and_explained(stack: Stack) -> None:
-    channel, pdp = stub(stack)
+    channel, pdp = stub(stack, gateway=True)
     with channel:
         first = pdp.Authorize(request(model="reasoning-high", estimated_cost_usd=74.20), timeout=5)
         assert first.decision == pdp_pb2.DECISION_ALLOW
@@ -73,7 +74,7 @@ def test_audit_rows_hold_what_the_policy_records(stack: Stack) -> None:
 
 def test_ledger_off_fails_budgets_closed() -> None:
     with running_stack(ledger_url="off") as s:
-        channel, pdp = stub(s)
+        channel, pdp = stub(s, gateway=True)
         with channel:
             resp = pdp.Authorize(request(model="reasoning-high"), timeout=5)
             assert resp.decision == pdp_pb2.DECISION_DENY
@@ -96,11 +97,13 @@ def test_optimistic_path_one_opa_query_and_limit_denies_confirmed_fresh() -> Non
             return query(path, doc)
 
         opa.query = counted  # type: ignore[method-assign]
-        channel, pdp = stub(s)
+        channel, pdp = stub(s, gateway=True)
         with channel:
             first = pdp.Authorize(request(model="reasoning-high", estimated_cost_usd=74.99), timeout=5)
             assert first.decision == pdp_pb2.DECISION_ALLOW
-            assert queries == [DECIDE]  # no cached view yet: reserve, then decide
+            # No cached view yet: price the route (the caller's estimate can only raise
+            # that price), reserve, then decide.
+            assert queries == [QUOTE, DECIDE]
             queries.clear()
             small = pdp.Authorize(request(model="reasoning-high", estimated_cost_usd=0.50), timeout=5)
             assert [r.code for r in small.reasons] == ["budget_exhausted"]
@@ -109,7 +112,8 @@ def test_optimistic_path_one_opa_query_and_limit_denies_confirmed_fresh() -> Non
             # The cached view still holds the 74.99 reservation; the ledger no longer does.
             again = pdp.Authorize(request(model="reasoning-high", estimated_cost_usd=0.50), timeout=5)
             assert again.decision == pdp_pb2.DECISION_ALLOW, again.reasons
-            assert queries == [DECIDE, DECIDE]  # cached view: deny; fresh state: allow
+            # cached view: deny; fresh state: price the route, reserve, allow
+            assert queries == [DECIDE, QUOTE, DECIDE]
             queries.clear()
             steady = pdp.Authorize(request(model="reasoning-high", estimated_tokens=1000), timeout=5)
             assert steady.decision == pdp_pb2.DECISION_ALLOW

@@ -1,4 +1,4 @@
-"""With mTLS: identity refusals are audited; an agent settles only its own usage."""
+"""With mTLS: identity refusals are audited; only a gateway settles usage."""
 
 from __future__ import annotations
 
@@ -40,7 +40,9 @@ def test_identity_refusal_is_an_audit_row(pki: Pki) -> None:
     assert [r["code"] for r in rows[0]["reasons"]] == ["not_self"]
 
 
-def test_agent_settles_only_its_own_usage(pki: Pki) -> None:
+def test_only_a_gateway_settles_usage(pki: Pki) -> None:
+    """An agent reporting its own usage would set its own price: PERMISSION_DENIED,
+    audited, and the reservation stays for the gateway to settle."""
     finance_ch, finance = _stub(pki, pki.ca.svid(FINANCE))
     other_ch, other = _stub(pki, pki.ca.svid(OTHER))
     gateway_ch, gateway = _stub(pki, pki.ca.svid(GATEWAY))
@@ -48,9 +50,16 @@ def test_agent_settles_only_its_own_usage(pki: Pki) -> None:
         mine = finance.Authorize(request(FINANCE, model="summarization", estimated_cost_usd=0.02),
                                  timeout=10)
         assert mine.decision == pdp_pb2.DECISION_ALLOW
-        report = pdp_pb2.RecordUsageRequest(decision_id=mine.decision_id, tokens=5, cost_usd=0.01)
-        with pytest.raises(grpc.RpcError) as err:
-            other.RecordUsage(report, timeout=10)
-        assert err.value.code() == grpc.StatusCode.NOT_FOUND
-        assert finance.RecordUsage(report, timeout=10).applied
-        assert not gateway.RecordUsage(report, timeout=10).applied  # a gateway may; already settled
+        report = pdp_pb2.RecordUsageRequest(decision_id=mine.decision_id, tokens=5, cost_usd=0)
+        for agent in (finance, other):
+            with pytest.raises(grpc.RpcError) as err:
+                agent.RecordUsage(report, timeout=10)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "only gateways may report usage" in (err.value.details() or "")
+        assert gateway.RecordUsage(report, timeout=10).applied
+        assert not gateway.RecordUsage(report, timeout=10).applied  # settled once
+    assert pki.stack.ledger is not None
+    refused = [r.record() for r in pki.stack.ledger.audit_rows(AuditFilter())
+               if r.record().get("event") == "identity_refused"
+               and r.record()["reasons"][0]["code"] == "not_gateway"]
+    assert {r["caller"] for r in refused} == {FINANCE, OTHER}

@@ -218,7 +218,7 @@ def test_authorize_explain_prints_order_and_exclusions(examples: Stack) -> None:
 def test_ledger_budget_skips_targets_and_reserves_the_chain_price(examples: Stack) -> None:
     """75 USD a day, 74.20 spent: 60k tokens cost anthropic 0.90, openai 0.60, bedrock 0.99.
     The ledger refuses the quote (0.99), the chain narrows to openai, and 0.60 is reserved."""
-    channel, pdp = stub(examples)
+    channel, pdp = stub(examples, gateway=True)
     with channel:
         spent = pdp.Authorize(request(FINANCE, model="summarization", estimated_cost_usd=74.20), timeout=5)
         assert pdp.RecordUsage(pdp_pb2.RecordUsageRequest(decision_id=spent.decision_id, tokens=1,

@@ -142,6 +142,7 @@ def test_aam_up_then_authorize_from_another_process(tmp_path: Path) -> None:
         text = "".join(banner)
         assert f"127.0.0.1:{port} aam.v1.PolicyDecisionService" in text
         assert "aam authorize" in text
+        assert "/bundles/aam.tar.gz (signed ES256, ephemeral key)" in text  # on by default
         assert f"ledger     sqlite://{tmp_path}/aam/ledger.sqlite3 (embedded)" in text
         assert "OpenBao dev server, 1 demo secret(s) seeded" in text
         outcomes = {}
@@ -154,6 +155,13 @@ def test_aam_up_then_authorize_from_another_process(tmp_path: Path) -> None:
             r = subprocess.run([AAM, "authorize", "--addr", f"127.0.0.1:{port}",
                                 "--workload", FINANCE, *extra], capture_output=True, text=True)
             outcomes[name] = (r.returncode, r.stdout)
+        token_file = tmp_path / "aam" / "gateway.token"
+        assert f"x-aam-gateway-token: the contents of {token_file}" in text
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        r = subprocess.run([AAM, "authorize", "--addr", f"127.0.0.1:{port}", "--workload", FINANCE,
+                            "--tool", "salesforce.accounts", "--action", "read",
+                            "--gateway-token-file", str(token_file)], capture_output=True, text=True)
+        outcomes["gateway-read"] = (r.returncode, r.stdout)
         r = subprocess.run([AAM, "authorize", "--addr", f"127.0.0.1:{port}", "--workload",
                             "spiffe://prod/agent/nobody", "--model", "reasoning-high"],
                            capture_output=True, text=True)
@@ -164,10 +172,12 @@ def test_aam_up_then_authorize_from_another_process(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert outcomes["model"][0] == 0 and outcomes["model"][1].startswith("ALLOW")
     # aam up runs an OpenBao dev server, so the brokered read is allowed with its
-    # credential, which goes to the gateway and is never printed.
+    # credential, which only a gateway receives (and the CLI never prints).
     assert outcomes["read"][0] == 0 and outcomes["read"][1].startswith("ALLOW")
-    assert "credential header authorization (value withheld)" in outcomes["read"][1]
-    assert "demo-" not in outcomes["read"][1] + stderr
+    assert "credential header authorization" in outcomes["read"][1]
+    assert "(value not sent: this caller is not a trusted gateway)" in outcomes["read"][1]
+    assert "(value sent to this gateway, not printed)" in outcomes["gateway-read"][1]
+    assert "demo-" not in outcomes["read"][1] + outcomes["gateway-read"][1] + stderr
     assert outcomes["export"][0] == 3 and "action_denied" in outcomes["export"][1]
     assert "spec.tools[0].deny" in outcomes["export"][1]
     assert outcomes["bad-model"][0] == 3 and "model_not_allowed" in outcomes["bad-model"][1]
