@@ -39,6 +39,10 @@ class Request:
     estimated_tokens: int = 0
     estimated_cost_usd: float = 0.0
     explain: bool = False
+    # On an MCP route, what the JSON-RPC body is (pdp/mcp.py): OPA's input.mcp.
+    mcp: dict[str, str] | None = None
+    # A discovery request: "models" lists the aliases the workload may call (input.list).
+    listing: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class Decision:
     explanation: dict[str, Any] | None = None
     credential: Credential | None = None
     retry_after_s: float | None = None
+    models: tuple[str, ...] = ()  # a models listing: the aliases the workload may call
 
 
 def new_decision_id() -> str:
@@ -105,6 +110,10 @@ class Engine:
             "context": req.context,
             "estimate": {"tokens": req.estimated_tokens, "cost_usd": req.estimated_cost_usd},
         }
+        if req.mcp is not None:
+            doc["mcp"] = req.mcp
+        if req.listing:
+            doc["list"] = req.listing
         if metered is not None and self.gate is not None:
             # Tokens as the ledger counted them; the cost stays the caller's, since
             # routes.rego prices each target itself (call_cost_usd).
@@ -193,7 +202,7 @@ class Engine:
         gate = self.gate
         assert gate is not None
         m = gate.meter(decision_id, req.spiffe_id, req.model, req.estimated_tokens,
-                       req.estimated_cost_usd, tool=req.tool)
+                       req.estimated_cost_usd, tool=_priced_tool(req))
         state = gate.cached_state(m)
         if state is None:
             return None
@@ -205,7 +214,7 @@ class Engine:
             if price is None:
                 return None
             m = m.priced(usd_to_micro(price))
-        if decision.allow and req.tool and self.broker is not None:
+        if decision.allow and req.tool and req.action and self.broker is not None:
             decision = self.broker.attach(req, decision)  # may turn the allow into a deny
         fields = _audit_fields(req, decision)
         try:
@@ -232,12 +241,12 @@ class Engine:
             try:  # reserve before deciding: one ledger round trip
                 metered = self.gate.admit(decision_id, req.spiffe_id, req.model,
                                           req.estimated_tokens, req.estimated_cost_usd, quote,
-                                          tool=req.tool)
+                                          tool=_priced_tool(req))
             except LedgerError as exc:
                 return self._ledger_unavailable(req, decision_id, exc)
         input_doc = self.build_input(req, metered)
         decision, matched = self._evaluate(input_doc, decision_id, req.explain, quote_error)
-        if decision.allow and req.tool and self.broker is not None:
+        if decision.allow and req.tool and req.action and self.broker is not None:
             decision = self.broker.attach(req, decision)
         if self.gate is not None and metered is not None:
             decision = self._record(req, decision, metered)
@@ -303,10 +312,21 @@ class Engine:
         return decision
 
 
+def _priced_tool(req: Request) -> str:
+    """The tool whose declared price the ledger reserves: none for an MCP message that
+    calls no tool (mcp.rego prices those at nothing too)."""
+    return req.tool if req.mcp is None or req.mcp.get("method") == "tools/call" else ""
+
+
 def _audit_fields(req: Request, decision: Decision) -> dict[str, Any]:
+    action: dict[str, Any] = {"model": req.model, "tool": req.tool, "action": req.action}
+    if req.mcp is not None:
+        action["mcp"] = req.mcp
+    if req.listing:
+        action["list"] = req.listing
     return {
         "workload": req.spiffe_id or "unknown", "policy": decision.policy, "revision": decision.revision,
-        "action": {"model": req.model, "tool": req.tool, "action": req.action},
+        "action": action,
         "reasons": [{"code": r.code, "message": r.message} for r in decision.reasons],
         "params": req.params, "context": req.context,
         "route": (decision.route or {}).get("alias", "") if decision.allow else "",
@@ -336,6 +356,7 @@ def _from_result(result: Any, decision_id: str) -> Decision:
         reasons = (Reason("denied", "denied by policy"),)
     route = result.get("route")
     retry = result.get("retry_after_s")
+    models = result.get("models")
     return Decision(
         allow=allow,
         reasons=reasons,
@@ -344,6 +365,8 @@ def _from_result(result: Any, decision_id: str) -> Decision:
         revision=str(result.get("revision", "")),
         route=route if isinstance(route, dict) else None,
         retry_after_s=float(retry) if isinstance(retry, int | float) and not allow else None,
+        models=tuple(m for m in models if isinstance(m, str)) if allow and isinstance(models, list)
+        else (),
     )
 
 

@@ -3,15 +3,18 @@
 Envoy's request becomes an :class:`~pdp.httpmap.HttpRequest`, the mapping makes it
 an engine request, and the decision goes back as an ``OkHttpResponse`` (credential
 injected, the agent's own credentials stripped, decision id and model route as
-headers and dynamic metadata) or a ``DeniedHttpResponse`` with a JSON body
-``{decision_id, reasons}``. Types come from ``xds-protos``, never hand copies.
+headers and dynamic metadata) or a ``DeniedHttpResponse`` whose body the route's
+client can read (pdp/replies.py: a JSON-RPC error on MCP routes, an OpenAI error on
+model routes, else ``{decision_id, reasons}``). A models listing is answered here
+too: a ``DeniedHttpResponse`` with status 200 (Envoy sends it to the client and
+never asks the upstream; the gRPC status must stay non-OK for that). Types come
+from ``xds-protos``, never hand copies.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from concurrent import futures
 from typing import Any
 
@@ -22,26 +25,29 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
+from pdp import extproc, replies
 from pdp import identity as identities
 from pdp.config import ConfigError, Settings
 from pdp.engine import Decision, Engine, Reason, Request
 from pdp.errors import InvalidRequest
-from pdp.httpmap import HttpMapping, HttpRequest, MappingError, to_request, workload_of
+from pdp.httpmap import (
+    HttpMapping,
+    HttpRequest,
+    MappingError,
+    Surface,
+    surface_of,
+    to_request,
+    workload_of,
+)
+from pdp.ledger.gate import CompiledView
+from pdp.replies import INTERNAL, THROTTLED
 from pdp.service import guarded
 from pdp.validate import MAX_REQUEST_ID, validate
 
 log = logging.getLogger("aam.extauthz")
 
 SERVICE_NAME = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
-# Denies that mean "try again later" rather than "not allowed".
-THROTTLED = frozenset({"budget_exhausted", "rate_limited"})
-DEFAULT_RETRY_AFTER_S = 60
-# Infrastructure failures: the agent gets a fixed sentence, never the internal detail.
-INTERNAL = {
-    "engine_unavailable": "the policy engine is unavailable; the request is denied",
-    "ledger_unavailable": "the usage ledger is unavailable; the request is denied",
-    "credential_unavailable": "no credential could be issued for this call; the request is denied",
-}
+__all__ = ["INTERNAL", "THROTTLED", "AuthorizationServicer", "ExtAuthzServer", "register"]
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
@@ -74,8 +80,11 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
                                       context={"http": {"method": http.method,
                                                         "path": http.path.split("?", 1)[0][:200]}})
             return to_check_response(self.mapping, self.engine.refuse(unmapped, Reason(code, str(exc))),
-                                     req)
-        return to_check_response(self.mapping, self.engine.decide(req), req)
+                                     req, surface_of(self.mapping, http))
+        d = self.engine.decide(req)
+        # The surface shapes a denial, and names an MCP message's id for the processor.
+        surface = surface_of(self.mapping, http) if not d.allow or req.mcp is not None else None
+        return to_check_response(self.mapping, d, req, surface)
 
     def _workload(self, http: HttpRequest) -> str:
         """The caller's workload for the audit row of an unmappable request, if known."""
@@ -110,12 +119,14 @@ def from_check_request(msg: external_auth_pb2.CheckRequest) -> HttpRequest:
 
 
 def to_check_response(
-    m: HttpMapping, d: Decision, req: Request | None
+    m: HttpMapping, d: Decision, req: Request | None, surface: Surface | None = None
 ) -> external_auth_pb2.CheckResponse:
-    metadata = _metadata(d, req)
+    metadata = _metadata(d, req, surface)
+    if d.allow and req is not None and req.listing:
+        return _answer(replies.models_list(d, m.decision_header), metadata)
     if d.allow:
         return _allow(m, d, metadata)
-    return _deny(m, d, metadata)
+    return _deny(m, d, metadata, surface or Surface())
 
 
 def _allow(m: HttpMapping, d: Decision, metadata: struct_pb2.Struct) -> external_auth_pb2.CheckResponse:
@@ -147,34 +158,39 @@ def _allow(m: HttpMapping, d: Decision, metadata: struct_pb2.Struct) -> external
         status=status_pb2.Status(code=code_pb2.OK), ok_response=ok, dynamic_metadata=metadata)
 
 
-def _deny(m: HttpMapping, d: Decision, metadata: struct_pb2.Struct) -> external_auth_pb2.CheckResponse:
-    codes = {r.code for r in d.reasons}
-    throttled = bool(codes & THROTTLED)
-    reasons = [{"code": r.code, "message": INTERNAL.get(r.code, r.message)} for r in d.reasons]
-    headers = [_header("content-type", "application/json"), _header(m.decision_header, d.decision_id)]
-    if throttled:
-        retry = d.retry_after_s if d.retry_after_s is not None else DEFAULT_RETRY_AFTER_S
-        headers.append(_header("retry-after", str(max(1, math.ceil(retry)))))
+def _deny(m: HttpMapping, d: Decision, metadata: struct_pb2.Struct,
+          surface: Surface) -> external_auth_pb2.CheckResponse:
+    throttled = any(r.code in THROTTLED for r in d.reasons)
+    return _answer(replies.denial(d, surface, m.decision_header), metadata,
+                   code_pb2.RESOURCE_EXHAUSTED if throttled else code_pb2.PERMISSION_DENIED)
+
+
+def _answer(reply: replies.Reply, metadata: struct_pb2.Struct,
+            grpc_code: int = code_pb2.PERMISSION_DENIED) -> external_auth_pb2.CheckResponse:
+    """Envoy answers the client with ``reply`` and never asks the upstream (the gRPC
+    status is non-OK even when ``reply`` is a 200)."""
     denied = external_auth_pb2.DeniedHttpResponse(
-        status=http_status_pb2.HttpStatus(
-            code=http_status_pb2.TooManyRequests if throttled else http_status_pb2.Forbidden),
-        headers=headers,
-        body=json.dumps({"decision_id": d.decision_id, "reasons": reasons}, separators=(",", ":")),
+        status=http_status_pb2.HttpStatus(code=reply.status),  # enum values are HTTP codes
+        headers=[_header(k, v) for k, v in reply.headers.items()],
+        body=reply.body.decode(),
     )
     return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(
-            code=code_pb2.RESOURCE_EXHAUSTED if throttled else code_pb2.PERMISSION_DENIED),
-        denied_response=denied, dynamic_metadata=metadata)
+        status=status_pb2.Status(code=grpc_code), denied_response=denied, dynamic_metadata=metadata)
 
 
-def _metadata(d: Decision, req: Request | None) -> struct_pb2.Struct:
-    """What Envoy's access log and later filters may see: never the credential."""
+def _metadata(d: Decision, req: Request | None, surface: Surface | None = None) -> struct_pb2.Struct:
+    """What Envoy's access log and later filters (the response processor) may see:
+    never the credential."""
     md: dict[str, Any] = {
         "decision_id": d.decision_id, "allow": d.allow, "policy": d.policy,
         "revision": d.revision, "reasons": [r.code for r in d.reasons],
     }
     if req is not None:
         md.update(workload=req.spiffe_id, model=req.model, tool=req.tool, action=req.action)
+        if req.mcp is not None:
+            # The JSON-RPC id as JSON text: a Struct would turn 7 into 7.0.
+            rpc_id = surface.rpc_id if surface is not None else None
+            md["mcp"] = {**req.mcp, "id": json.dumps(rpc_id)}
     if d.allow and d.route:
         targets = [t for t in d.route.get("targets", ()) if isinstance(t, dict)]
         md["route"] = {
@@ -194,9 +210,14 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
 
 
 def register(server: grpc.Server, engine: Engine, settings: Settings,
-             identity: identities.Identity | None = None) -> AuthorizationServicer:
+             identity: identities.Identity | None = None,
+             view: CompiledView | None = None) -> AuthorizationServicer:
+    """Check on ``server``; with ``view`` (the served bundle's data) also the response
+    processor (ext_proc) that filters MCP tools/list results."""
     servicer = AuthorizationServicer(engine, settings, identity=identity)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)
+    if view is not None:
+        extproc.register(server, view, servicer.identity)
     return servicer
 
 
@@ -204,12 +225,13 @@ class ExtAuthzServer:
     """Check on its own listener (``extauthz_addr``), with the same TLS settings as grpc_addr."""
 
     def __init__(self, settings: Settings, engine: Engine,
-                 identity: identities.Identity | None = None) -> None:
+                 identity: identities.Identity | None = None,
+                 view: CompiledView | None = None) -> None:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers,
                                        thread_name_prefix="aam-extauthz"),
             options=[("grpc.so_reuseport", 0)])
-        register(self.server, engine, settings, identity)
+        register(self.server, engine, settings, identity, view)
         if settings.plaintext:
             self.port = self.server.add_insecure_port(settings.extauthz_addr)
         else:

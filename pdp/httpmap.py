@@ -10,6 +10,19 @@ can be replaced by a TOML file named by the ``extauthz_mapping`` setting.
 Anything the mapping cannot read with certainty is a :class:`MappingError`,
 which the gateway turns into a deny: unknown routes, unreadable bodies, a
 workload identity that is missing or ambiguous.
+
+Routes, first match wins:
+
+- ``POST`` to a ``model_paths`` entry: a model call (body ``model``, ``max_tokens``).
+- ``GET models_path`` (``/v1/models``): a models listing, answered by the PDP.
+- ``tool_routes``: ``/tools/{resource}/{action}`` (params = the JSON body) and
+  ``/mcp/{resource}`` (``mcp = true``): every message on an MCP route is read from
+  its JSON-RPC body by :mod:`pdp.mcp` (tools/call -> action = the tool, params =
+  its arguments; other messages -> ``input.mcp``, judged by rego/aam/mcp.rego);
+  an MCP route may not match on headers, which the client controls.
+
+:func:`surface_of` says how a denial is shaped for the client: a JSON-RPC error
+on MCP routes, an OpenAI error object on model routes, else AAM's own body.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ from typing import Any
 
 from cryptography import x509
 
+from pdp import mcp
 from pdp.config import ConfigError
 from pdp.engine import Request
 
@@ -60,9 +74,12 @@ class ToolRoute:
 
     ``path`` is a template whose ``{resource}`` and ``{action}`` segments are
     taken from the request path (a segment matches no ``/``); ``resource`` and
-    ``action`` give fixed values instead. With ``mcp = true`` the body is an MCP
-    JSON-RPC ``tools/call``: the action is ``params.name`` and the params are
-    ``params.arguments``; otherwise the params are the JSON object body.
+    ``action`` give fixed values instead. With ``mcp = true`` the route carries an
+    MCP server over streamable HTTP (POST, GET, DELETE): each message is read from
+    its JSON-RPC body (:mod:`pdp.mcp`), a ``tools/call`` giving the action
+    (``params.name``) and params (``params.arguments``); such a route may not match
+    on ``headers``, since a client that chooses its headers would choose its rule.
+    Otherwise the params are the JSON object body.
     """
 
     path: str
@@ -81,6 +98,9 @@ class ToolRoute:
             raise ConfigError(f"tool route {self.path!r}: needs {{resource}} in path or resource =")
         if not (self.mcp or self.action or "action" in names):
             raise ConfigError(f"tool route {self.path!r}: needs {{action}} in path, action = or mcp")
+        if self.mcp and (self.headers or self.action or "action" in names):
+            raise ConfigError(f"tool route {self.path!r}: an mcp route takes the action from the "
+                              "JSON-RPC body only (no headers, action or {action})")
 
     def match(self, method: str, path: str, headers: Mapping[str, str]) -> dict[str, str] | None:
         if self.method and method != self.method:
@@ -99,8 +119,13 @@ class HttpMapping:
     # First matching rule wins.
     tool_routes: tuple[ToolRoute, ...] = (
         ToolRoute("/tools/{resource}/{action}"),
-        ToolRoute("/mcp/{resource}", mcp=True),
+        ToolRoute("/mcp/{resource}", method="", mcp=True),
     )
+    # GET here lists the model aliases the workload may call (answered by the PDP,
+    # OpenAI list shape); "" = not mapped.
+    models_path: str = "/v1/models"
+    # Denials under these path prefixes (and on model_paths) are OpenAI error objects.
+    openai_prefixes: tuple[str, ...] = ("/v1/",)
     # Take the workload from x-forwarded-client-cert (only behind a trusted proxy
     # that sanitizes it); otherwise only the TLS peer Envoy saw counts.
     trust_xfcc: bool = False
@@ -162,6 +187,9 @@ def to_request(m: HttpMapping, http: HttpRequest) -> Request:
     workload = workload_of(m, http)
     path = http.path.split("?", 1)[0]
     context = dict(http.context_extensions)
+    if http.method == "GET" and m.models_path and path == m.models_path:
+        return Request(spiffe_id=workload, listing="models", context=context,
+                       request_id=http.request_id)
     if http.method == "POST" and path in m.model_paths:
         body = _json_body(http)
         model = body.get("model") if isinstance(body, dict) else None
@@ -179,11 +207,12 @@ def to_request(m: HttpMapping, http: HttpRequest) -> Request:
             continue
         resource = route.resource or found.get("resource", "")
         if route.mcp:
-            action, params = _mcp_call(http)
-        else:
-            action = route.action or found.get("action", "")
-            params = _params(http)
-        return Request(spiffe_id=workload, tool=resource, action=action, params=params,
+            msg = read_mcp(http)
+            return Request(spiffe_id=workload, tool=resource, action=msg.name,
+                           params=msg.arguments, context=context, request_id=http.request_id,
+                           mcp=msg.as_input())
+        return Request(spiffe_id=workload, tool=resource,
+                       action=route.action or found.get("action", ""), params=_params(http),
                        context=context, request_id=http.request_id)
     raise MappingError("route_not_mapped",
                        f"{http.method} {path[:200]} is neither a model call nor a mapped tool route")
@@ -274,17 +303,40 @@ def _params(http: HttpRequest) -> dict[str, Any]:
     return body
 
 
-def _mcp_call(http: HttpRequest) -> tuple[str, dict[str, Any]]:
-    body = _json_body(http)
-    if not isinstance(body, dict) or body.get("jsonrpc") != "2.0":
-        raise MappingError("invalid_request", "MCP body must be one JSON-RPC 2.0 request object")
-    if body.get("method") != "tools/call":
-        raise MappingError("route_not_mapped", "only MCP tools/call requests are authorized here")
-    params = body.get("params")
-    name = params.get("name") if isinstance(params, dict) else None
-    if not isinstance(name, str) or not name:
-        raise MappingError("invalid_request", "MCP tools/call without params.name")
-    arguments = params.get("arguments", {})  # type: ignore[union-attr]
-    if not isinstance(arguments, dict):
-        raise MappingError("invalid_request", "MCP params.arguments must be an object")
-    return name, arguments
+def read_mcp(http: HttpRequest) -> mcp.Message:
+    """The one MCP message of a request on an MCP route, from its body."""
+    if http.partial_body:
+        raise MappingError("invalid_request", "request body was truncated before authorization")
+    try:
+        body = mcp.loads(http.body) if http.method == "POST" and http.body else None
+        return mcp.read(http.method, body, http.headers)
+    except mcp.Unreadable as exc:
+        raise MappingError("invalid_request", str(exc)) from None
+
+
+# --- how a denial is shown ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class Surface:
+    """The client a denial goes to: ``mcp`` (a JSON-RPC error echoing ``rpc_id``),
+    ``openai`` (an OpenAI error object) or ``plain`` (AAM's own body)."""
+
+    kind: str = "plain"
+    rpc_id: Any = None
+
+
+def surface_of(m: HttpMapping, http: HttpRequest) -> Surface:
+    """Decided by the route alone, so a request that cannot be mapped is shaped too."""
+    path = http.path.split("?", 1)[0]
+    if (http.method == "POST" and path in m.model_paths) or (m.models_path and path == m.models_path):
+        return Surface("openai")
+    for route in m.tool_routes:
+        if route.match(http.method, path, http.headers) is None:
+            continue
+        if route.mcp:
+            found, rpc_id = mcp.peek_id(http.body) if http.method == "POST" else (False, None)
+            return Surface("mcp", rpc_id if found else None)
+        break
+    if any(path.startswith(p) for p in m.openai_prefixes):
+        return Surface("openai")
+    return Surface()

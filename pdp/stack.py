@@ -97,10 +97,10 @@ class Stack:
         identity = identity_from_settings(s, audit=self._refusal_hook(gate, self.metrics))
         self.grpc = GrpcServer(s, PolicyDecisionServicer(engine, s, identity))
         if s.extauthz_addr:
-            self.extauthz = ExtAuthzServer(s, engine, identity)
+            self.extauthz = ExtAuthzServer(s, engine, identity, self.view)
             self.extauthz.start()
         else:
-            register(self.grpc.server, engine, s, identity)
+            register(self.grpc.server, engine, s, identity, self.view)
         self.grpc.start()
         if self.opa is not None:
             threading.Thread(target=self._supervise_opa, name="aam-opa-supervisor",

@@ -12,6 +12,8 @@ from pdp.errors import InvalidRequest
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,252}$")
 _ACTION = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_MCP_METHOD = re.compile(r"^[A-Za-z0-9_./-]{0,128}$")
+MCP_MESSAGES = frozenset({"request", "notification", "response", "stream", "end_session"})
 MAX_REQUEST_ID = 128
 
 
@@ -25,11 +27,16 @@ def validate(req: Request, payload_bytes: int, max_payload_bytes: int) -> None:
         spiffe.parse(req.spiffe_id)
     except spiffe.InvalidSpiffeID as exc:
         raise InvalidRequest("identity.spiffe_id", str(exc)) from None
-    if not req.model and not req.tool:
+    if req.listing:
+        if req.listing != "models" or req.model or req.tool:
+            raise InvalidRequest("list", "only \"models\" may be listed, with no model or tool")
+    elif not req.model and not req.tool:
         raise InvalidRequest("model", "one of model or tool is required")
     _check_name("model", req.model)
     _check_name("tool", req.tool)
-    if req.tool and not req.action:
+    if req.mcp is not None:
+        _check_mcp(req)
+    elif req.tool and not req.action:
         raise InvalidRequest("action", "action is required when tool is set")
     if req.action and not req.tool:
         raise InvalidRequest("tool", "tool is required when action is set")
@@ -44,6 +51,18 @@ def validate(req: Request, payload_bytes: int, max_payload_bytes: int) -> None:
         raise InvalidRequest("params", f"params and context exceed {max_payload_bytes} bytes")
     _check_depth("params", req.params)
     _check_depth("context", req.context)
+
+
+def _check_mcp(req: Request) -> None:
+    """An MCP message names its server; only tools/call names an action (the tool)."""
+    mcp = req.mcp or {}
+    method = mcp.get("method", "")
+    if not req.tool:
+        raise InvalidRequest("tool", "an MCP message must name its server")
+    if not _MCP_METHOD.match(method) or mcp.get("message") not in MCP_MESSAGES:
+        raise InvalidRequest("mcp", "not an MCP message the PDP can classify")
+    if (method == "tools/call") != bool(req.action):
+        raise InvalidRequest("action", "an MCP tools/call, and only it, names the tool as action")
 
 
 def _check_depth(field: str, value: Any, depth: int = 0) -> None:

@@ -34,6 +34,7 @@ reason(code, message) := {"code": code, "message": message}
 deny contains reason("empty_request", "the request names neither a model nor a tool") if {
 	not model_requested
 	not tool_requested
+	not models_list_requested
 }
 
 default allow := false
@@ -55,4 +56,5 @@ decision := {
 	"reasons": [r | some r in deny],
 	"route": route,
 	"revision": revision,
+	"models": listed_models,
 }

@@ -107,6 +107,6 @@ constraint_violation contains constraint_message(c, sprintf("must be a string or
 }
 
 deny contains reason("constraint_violated", msg) if {
-	tool_requested
+	tool_action_requested
 	some msg in constraint_violation
 }

@@ -40,6 +40,15 @@ matched contains match("tools.actions", sprintf("AgentPolicy %s %s.actions", [po
 	grant.actions[input.action]
 }
 
+matched contains match("mcp.session", sprintf("AgentPolicy %s %s (MCP %s %s: lifecycle or discovery)", [policy.name, grant.rule, input.mcp.message, input.mcp.method])) if {
+	mcp_session
+	grant
+}
+
+matched contains match("models.list", sprintf("AgentPolicy %s spec.models.allow", [policy.name])) if {
+	count(listed_models) > 0
+}
+
 matched contains match(sprintf("deny.%s", [r.code]), r.message) if {
 	some r in deny
 }

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from pdp.stack import Stack
+from tests.e2e.agents import AgentUpstream
 from tests.e2e.envoy import Envoy, PdpTls, Tls, run_envoy
 from tests.e2e.pdp import FINANCE, pdp_port, pdp_stack, pdp_token
 from tests.e2e.pki import Svid, TrustDomain
@@ -78,5 +79,20 @@ def stack(vault: VaultSetup) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def envoy(pki: Pki, stack: Stack, upstream: RecordingUpstream) -> Iterator[Envoy]:
     with run_envoy(pdp_port=pdp_port(stack), upstream_port=upstream.port, tls=pki.tls,
+                   pdp_token=pdp_token(stack)) as e:
+        yield e
+
+
+@pytest.fixture(scope="module")
+def agent_upstream() -> Iterator[AgentUpstream]:
+    """The MCP SDK's server and an OpenAI-compatible API, recording what reaches them."""
+    with AgentUpstream() as u:
+        yield u
+
+
+@pytest.fixture(scope="module")
+def agent_envoy(pki: Pki, stack: Stack, agent_upstream: AgentUpstream) -> Iterator[Envoy]:
+    """The shipped Envoy config in front of the agent upstream, the stack deciding."""
+    with run_envoy(pdp_port=pdp_port(stack), upstream_port=agent_upstream.port, tls=pki.tls,
                    pdp_token=pdp_token(stack)) as e:
         yield e

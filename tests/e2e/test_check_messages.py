@@ -141,7 +141,8 @@ def test_identity_problems_are_unauthenticated(
     ("not json", "/tools/salesforce.accounts/read", "invalid_request"),
     ([1, 2], "/tools/salesforce.accounts/read", "invalid_request"),
     ({"max_tokens": 5}, "/v1/chat/completions", "invalid_request"),
-    ({"jsonrpc": "2.0", "method": "tools/list"}, "/mcp/salesforce.accounts", "route_not_mapped"),
+    ([{"jsonrpc": "2.0", "id": 1, "method": "ping"}], "/mcp/salesforce.accounts", "invalid_request"),
+    ({"jsonrpc": "2.0", "method": "tools/list"}, "/mcp/salesforce.accounts", "mcp_method_not_allowed"),
     ({}, "/tools/salesforce.accounts/Not An Action", "invalid_request"),
     ({}, "/nowhere", "route_not_mapped"),
 ])
@@ -153,7 +154,9 @@ def test_malformed_or_unmapped_requests_are_denied(
         else json.dumps(body).encode()
     resp = check.Check(req)
     assert resp.denied_response.status.code == 403
-    assert [r["code"] for r in json.loads(resp.denied_response.body)["reasons"]] == [code]
+    denied = json.loads(resp.denied_response.body)
+    own = denied["error"]["data"] if path.startswith("/mcp/") else denied
+    assert [r["code"] for r in own["reasons"]] == [code]
 
 
 def test_context_extensions_and_estimate_reach_the_engine(
@@ -183,9 +186,14 @@ def test_budget_and_rate_denials_are_429_with_retry_after(pki: Pki, code: str,
         server.stop(0)
     assert resp.status.code == code_pb2.RESOURCE_EXHAUSTED
     assert resp.denied_response.status.code == 429
-    assert headers_of(resp.denied_response.headers)["retry-after"] == header
-    assert json.loads(resp.denied_response.body) == {
-        "decision_id": "d-1", "reasons": [{"code": code, "message": "over budget"}]}
+    headers = headers_of(resp.denied_response.headers)
+    assert headers["retry-after"] == header
+    # A budget resets in hours: clients are told not to retry (the OpenAI SDK would, twice).
+    assert headers.get("x-should-retry") == ("false" if code == "budget_exhausted" else None)
+    body = json.loads(resp.denied_response.body)
+    assert (body["decision_id"], body["reasons"]) == ("d-1", [{"code": code, "message": "over budget"}])
+    assert body["error"]["code"] == code  # a model route: an OpenAI error object
+    assert body["error"]["message"] == f"{code}: over budget (decision d-1)"
 
 
 def test_engine_failure_is_a_deny_without_internal_detail(pki: Pki) -> None:
@@ -256,3 +264,28 @@ def test_body_params_and_context_extensions_are_judged_by_the_policy(
             codes = [r["code"] for r in json.loads(resp.denied_response.body)["reasons"]] \
                 if resp.HasField("denied_response") else []
             assert codes == expected, (region, body)
+
+
+def test_models_listing_is_answered_by_check_itself(
+        check: external_auth_pb2_grpc.AuthorizationStub, pki: Pki) -> None:
+    resp = check.Check(check_request(certificate=pem(pki.finance.cert), method="GET",
+                                     path="/v1/models"))
+    assert resp.status.code == code_pb2.PERMISSION_DENIED  # or Envoy would ask the upstream
+    assert resp.denied_response.status.code == 200
+    body = json.loads(resp.denied_response.body)
+    assert body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == ["reasoning-high", "summarization"]
+    md = json_format.MessageToDict(resp.dynamic_metadata)
+    assert md["allow"] is True
+    assert headers_of(resp.denied_response.headers)["x-aam-decision-id"] == md["decision_id"]
+
+
+def test_mcp_metadata_tells_the_processor_what_the_message_was(
+        check: external_auth_pb2_grpc.AuthorizationStub, pki: Pki) -> None:
+    resp = check.Check(check_request(certificate=pem(pki.finance.cert), path="/mcp/salesforce.accounts",
+                                     body={"jsonrpc": "2.0", "id": 7, "method": "tools/list"}))
+    assert resp.WhichOneof("http_response") == "ok_response", resp
+    md = json_format.MessageToDict(resp.dynamic_metadata)
+    assert md["mcp"] == {"message": "request", "method": "tools/list", "id": "7"}
+    assert (md["tool"], md["action"], md["policy"]) == \
+        ("salesforce.accounts", "", "finance-analyst-readonly")

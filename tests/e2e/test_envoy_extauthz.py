@@ -52,10 +52,19 @@ def finance(pki: Pki) -> Iterator[requests.Session]:
 
 
 def denial(resp: requests.Response) -> tuple[str, list[str]]:
+    """(decision id, reason codes) of a denial in any of its shapes: AAM's own body, an
+    OpenAI error object around it (model routes), a JSON-RPC error (MCP routes)."""
     body = resp.json()
-    assert set(body) == {"decision_id", "reasons"}
-    assert resp.headers["x-aam-decision-id"] == body["decision_id"]
-    return body["decision_id"], [r["code"] for r in body["reasons"]]
+    if "jsonrpc" in body:
+        own = body["error"]["data"]
+        assert body["error"]["message"].startswith(own["reasons"][0]["code"] + ":")
+    else:
+        own = body
+        assert set(body) - {"error"} == {"decision_id", "reasons"}
+        if "error" in body:
+            assert body["error"]["code"] == body["reasons"][0]["code"]
+    assert resp.headers["x-aam-decision-id"] == own["decision_id"]
+    return own["decision_id"], [r["code"] for r in own["reasons"]]
 
 
 def test_allowed_tool_call_reaches_upstream_with_brokered_credential_only(
@@ -200,7 +209,12 @@ def test_pdp_down_means_envoy_denies(pki: Pki, upstream: RecordingUpstream,
         resp = s.post(envoy.url + "/tools/salesforce.accounts/read?down", json={})
         assert resp.status_code == 403
         assert "Traceback" not in resp.text
+        # MCP routes: ext_authz's 403 meets a response processor that is down too: 500.
+        mcp = s.post(envoy.url + "/mcp/salesforce.accounts?down", json={
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read"}})
+        assert mcp.status_code == 500
     assert upstream.find("/tools/salesforce.accounts/read?down") == []
+    assert upstream.find("/mcp/salesforce.accounts?down") == []
 
 
 def test_plaintext_listener_behind_trusted_proxy_takes_xfcc(
@@ -271,6 +285,10 @@ def test_mtls_to_the_pdp_envoy_as_trusted_gateway(pki: Pki, upstream: RecordingU
         assert resp.status_code == 200, resp.text
         denied = s.post(envoy.url + "/tools/salesforce.accounts/export?mtls-pdp", json={})
         assert denied.status_code == 403 and denial(denied)[1] == ["action_denied"]
+        # The response processor takes Envoy's SVID as a gateway's too (a tools/list is processed).
+        listed = s.post(envoy.url + "/mcp/salesforce.accounts?mtls-pdp",
+                        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert listed.status_code == 200 and listed.json() == {"upstream": "ok"}, listed.text
     (got,) = upstream.find(path)
     assert got.headers["authorization"] == f"Bearer {vault.kv_secret}"
 

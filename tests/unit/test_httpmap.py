@@ -9,7 +9,16 @@ from typing import Any
 import pytest
 
 from pdp.config import ConfigError
-from pdp.httpmap import HttpMapping, HttpRequest, MappingError, ToolRoute, to_request, workload_of
+from pdp.httpmap import (
+    HttpMapping,
+    HttpRequest,
+    MappingError,
+    Surface,
+    ToolRoute,
+    surface_of,
+    to_request,
+    workload_of,
+)
 
 WL = "spiffe://prod/agent/a"
 LAX = HttpMapping(require_peer_certificate=False)
@@ -68,7 +77,9 @@ def test_mcp_tools_call() -> None:
             "params": {"name": "list", "arguments": {"org": "x"}}}
     req = to_request(LAX, mcp(call))
     assert (req.tool, req.action, req.params) == ("github.repos", "list", {"org": "x"})
-    assert code_of(LAX, mcp({**call, "method": "tools/list"})) == "route_not_mapped"
+    listing = to_request(LAX, mcp({**call, "method": "tools/list", "params": {}}))
+    assert (listing.tool, listing.action, listing.mcp) == \
+        ("github.repos", "", {"message": "request", "method": "tools/list"})
     assert code_of(LAX, mcp([call])) == "invalid_request"
     assert code_of(LAX, mcp({**call, "params": {"arguments": {}}})) == "invalid_request"
     assert code_of(LAX, mcp({**call, "params": {"name": "x", "arguments": [1]}})) == "invalid_request"
@@ -143,3 +154,56 @@ def test_principal_needs_a_matching_certificate_by_default() -> None:
 def test_shipped_mapping_file_spells_out_the_defaults() -> None:
     shipped = Path(__file__).resolve().parents[2] / "deploy" / "envoy" / "mapping.toml"
     assert HttpMapping.load(str(shipped)) == HttpMapping()
+
+
+def test_mcp_routes_carry_the_whole_session() -> None:
+    def at(method: str, body: Any = None, **kw: Any) -> HttpRequest:
+        return http("/mcp/crm", body, method=method, **kw)
+
+    init = to_request(LAX, at("POST", {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                                       "params": {"protocolVersion": "2025-11-25"}}))
+    assert (init.tool, init.action, init.params, init.mcp) == \
+        ("crm", "", {}, {"message": "request", "method": "initialize"})
+    assert to_request(LAX, at("GET")).mcp == {"message": "stream", "method": ""}
+    assert to_request(LAX, at("DELETE")).mcp == {"message": "end_session", "method": ""}
+    assert code_of(LAX, at("PUT", {})) == "invalid_request"
+    assert code_of(LAX, at("POST", [{"jsonrpc": "2.0", "id": 1, "method": "ping"}])) == "invalid_request"
+    forged = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "export"}}
+    assert code_of(LAX, at("POST", forged, headers={"mcp-method": "tools/list"})) == "invalid_request"
+    assert code_of(LAX, at("POST", forged, partial_body=True)) == "invalid_request"
+    dup = b'{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/call"}'
+    assert code_of(LAX, at("POST", dup)) == "invalid_request"
+    assert code_of(LAX, at("POST", b"")) == "invalid_request"
+
+
+@pytest.mark.parametrize("route", [
+    "path = '/mcp/{resource}'\nmcp = true\nheaders = { 'mcp-method' = 'tools/call' }",
+    "path = '/mcp/{resource}/{action}'\nmcp = true",
+    "path = '/mcp/{resource}'\nmcp = true\naction = 'session'",
+])
+def test_an_mcp_route_cannot_be_chosen_by_the_client(tmp_path: Path, route: str) -> None:
+    """A header-matched MCP rule plus a catch-all let a client pick the rule that decides."""
+    f = tmp_path / "m.toml"
+    f.write_text("[[tool_routes]]\n" + route)
+    with pytest.raises(ConfigError, match="JSON-RPC body only"):
+        HttpMapping.load(str(f))
+
+
+def test_models_path_is_a_listing() -> None:
+    req = to_request(LAX, http("/v1/models", method="GET", context_extensions={"s": "m"}))
+    assert (req.listing, req.model, req.tool, req.context) == ("models", "", "", {"s": "m"})
+    assert code_of(LAX, http("/v1/models", {})) == "route_not_mapped"  # POST
+    off = HttpMapping(require_peer_certificate=False, models_path="")
+    assert code_of(off, http("/v1/models", method="GET")) == "route_not_mapped"
+
+
+def test_surface_follows_the_route() -> None:
+    call = {"jsonrpc": "2.0", "id": "x-1", "method": "tools/call", "params": {"name": "a"}}
+    assert surface_of(LAX, http("/mcp/crm", call)) == Surface("mcp", "x-1")
+    assert surface_of(LAX, http("/mcp/crm", b"{broken")) == Surface("mcp", None)
+    assert surface_of(LAX, http("/mcp/crm", method="GET")) == Surface("mcp", None)
+    assert surface_of(LAX, http("/v1/chat/completions?x", {})) == Surface("openai")
+    assert surface_of(LAX, http("/v1/models", method="GET")) == Surface("openai")
+    assert surface_of(LAX, http("/v1/embeddings", {})) == Surface("openai")
+    assert surface_of(LAX, http("/tools/crm/read", {})) == Surface()
+    assert surface_of(LAX, http("/elsewhere", {})) == Surface()
