@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
 import hvac
 import requests
 
-from compiler import CompileError, compile_paths
-from pdp import devvault, logs
+from compiler import CompileError, compile_paths, load
+from pdp import devgateway, devvault, logs
 from pdp.config import DEFAULT_SQLITE_LEDGER, DEFAULT_STATE_DIR, ConfigError, Settings, split_addr
 from pdp.ledger import LedgerError
 from pdp.ledger.keyring import ensure_file
@@ -36,6 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--vault", action=argparse.BooleanOptionalAction, default=True,
                     help="start an OpenBao dev server for the credential broker when the bao "
                          "binary is available (default on)")
+    up.add_argument("--mapping", type=Path,
+                    help="TOML file mapping HTTP requests to decisions (the extauthz_mapping setting)")
+    up.add_argument("--envoy", action="store_true",
+                    help="also start a real Envoy (mTLS, ext_authz to this PDP) in front of a demo "
+                         "upstream, and print the URLs and the sample agent's SVID for the mcp and "
+                         "openai SDKs")
+    up.add_argument("--envoy-port", type=int, default=0, help="Envoy's port (default: a free one)")
+    up.add_argument("--upstream", default="",
+                    help="with --envoy: send allowed requests to IP:PORT instead of the demo upstream")
+    up.add_argument("--agent", default="",
+                    help="with --envoy: the SPIFFE ID of the sample agent SVID (default: the "
+                         "finance-analyst example, else the first policy's workload)")
     up.set_defaults(func=run_up)
 
     sv = sub.add_parser("serve", help="run the PDP from a settings file and AAM_* env")
@@ -45,6 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     sv.add_argument("--opa-url", help="use this OPA instead of starting one")
     sv.add_argument("--watch", action=argparse.BooleanOptionalAction, default=None)
     sv.set_defaults(func=run_serve)
+
+
+# The sample agent aam up --envoy issues an SVID for, when the policies have it.
+DEMO_AGENT = "spiffe://prod/agent/finance-analyst"
 
 
 def _is_loopback(addr: str) -> bool:
@@ -66,7 +83,8 @@ def run_up(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         base = dict(grpc_addr=args.grpc_addr, plaintext=True, watch=args.watch,
                     policies=str(args.policies) if args.policies else None,
                     ledger_url=args.ledger_url, ledger_migrate=True,
-                    gateway_token_file=str(args.gateway_token_file))
+                    gateway_token_file=str(args.gateway_token_file),
+                    extauthz_mapping=str(args.mapping) if args.mapping else None)
         base.update(_audit_files(args.ledger_url))
         settings = Settings.load(env={}, **base)
     except (ConfigError, OSError) as exc:
@@ -88,7 +106,8 @@ def run_up(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         print(f"vault      {dev.addr} (OpenBao dev server, {dev.seeded} demo secret(s) seeded)",
               file=stdout)
     try:
-        return _serve(settings, stdout, stderr, banner=True)
+        return _serve(settings, stdout, stderr, banner=True,
+                      companion=_gateway(args) if args.envoy else None)
     finally:
         if dev is not None:
             dev.stop()
@@ -106,17 +125,33 @@ def run_serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     return _serve(settings, stdout, stderr, banner=False)
 
 
-def _serve(settings: Settings, stdout: TextIO, stderr: TextIO, banner: bool) -> int:
+# Starts what runs beside the stack (aam up --envoy); returns its banner and stop function.
+Companion = Callable[[Stack, TextIO], tuple[str, Callable[[], None]]]
+
+
+def _serve(settings: Settings, stdout: TextIO, stderr: TextIO, banner: bool,
+           companion: Companion | None = None) -> int:
     logs.configure(settings.log_level, stderr)
     stack = Stack(settings)
+    stop_companion: Callable[[], None] | None = None
+    companion_banner = ""
     try:
         stack.start()
+        if companion is not None:
+            try:
+                companion_banner, stop_companion = companion(stack, stdout)
+            except (ConfigError, RuntimeError, OSError):
+                raise
+            except Exception as exc:  # a demo component's own error: one line, not a traceback
+                raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
     except CompileError as exc:
         for d in exc.diagnostics:
             print(d, file=stderr)
+        stack.stop()
         return 1
     except (ConfigError, RuntimeError, OSError, LedgerError) as exc:
         print(f"aam: error: {exc}", file=stderr)
+        stack.stop()
         return 1
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stack.request_stop())
@@ -143,6 +178,8 @@ def _serve(settings: Settings, stdout: TextIO, stderr: TextIO, banner: bool) -> 
     extauthz_addr = (f"{split_addr(settings.extauthz_addr)[0]}:{stack.extauthz.port}"
                      if stack.extauthz else settings.grpc_addr)
     print(f"ext_authz  {extauthz_addr} envoy.service.auth.v3.Authorization (Envoy)", file=stdout)
+    if companion_banner:
+        print(companion_banner, file=stdout)
     if banner:
         print("\ntry, from another shell:\n"
               f"  aam authorize --addr {settings.grpc_addr} "
@@ -156,8 +193,34 @@ def _serve(settings: Settings, stdout: TextIO, stderr: TextIO, banner: bool) -> 
         stack.wait()
     finally:
         print("stopping...", file=stdout)
+        if stop_companion is not None:
+            stop_companion()
         stack.stop()
     return 0
+
+
+def _gateway(args: argparse.Namespace) -> Companion:
+    """aam up --envoy: Envoy (and the demo upstream) once the PDP answers."""
+
+    def start(stack: Stack, stdout: TextIO) -> tuple[str, Callable[[], None]]:
+        s = stack.settings
+        ps = load([Path(s.policies)])
+        agent = args.agent or next((p.workload for p in ps.policies if p.workload == DEMO_AGENT),
+                                   ps.policies[0].workload if ps.policies else DEMO_AGENT)
+        gw = devgateway.start(DEFAULT_STATE_DIR / "dev-gateway", pdp_port=split_addr(s.grpc_addr)[1],
+                              gateway_token=Path(s.gateway_token_file).read_text().strip(),
+                              agent_id=agent, tools=ps.tools, upstream=args.upstream,
+                              port=args.envoy_port, out=stdout)
+        mcp = [f"{gw.url}/mcp/{t.resource}" for t in ps.tools]
+        return (f"envoy      {gw.url} (mTLS: present the agent SVID below; CA {gw.agent.ca})\n"
+              f"  agent    {gw.agent.spiffe_id}: cert {gw.agent.cert}, key {gw.agent.key}\n"
+              f"  openai   base_url={gw.url}/v1\n"
+              + "".join(f"  mcp      {u}\n" for u in mcp)
+              + (f"  upstream {gw.upstream.url} (demo: an MCP server per Tool and a model endpoint; "
+                 "it reports here what reached it)" if gw.upstream else f"  upstream {args.upstream}"),
+                gw.stop)
+
+    return start
 
 
 def _audit_files(ledger_url: str) -> dict[str, str]:
