@@ -9,19 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
+
+Severity = Literal["error", "warning"]
 
 
 @dataclass(frozen=True, order=True)
 class Diagnostic:
-    """One error at a place in a source file (1-based line and column)."""
+    """One problem at a place in a source file (1-based line and column).
+
+    Compiles only ever report errors; ``aam import`` also reports warnings for
+    what it could not carry over, in the same located form."""
 
     file: str
     line: int
     col: int
     message: str
+    severity: Severity = "error"
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}: error: {self.message}"
+        return f"{self.file}:{self.line}:{self.col}: {self.severity}: {self.message}"
 
 
 class CompileError(Exception):

@@ -10,13 +10,14 @@ import argparse
 import sys
 from typing import TextIO
 
-from aam.cli import authorize, compile_cmd, ledger_cmd, serve, test_cmd
+from aam.cli import authorize, compile_cmd, import_cmd, ledger_cmd, serve, test_cmd
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aam", description="Agent Access Manager")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     compile_cmd.register(sub)
+    import_cmd.register(sub)
     serve.register(sub)
     authorize.register(sub)
     test_cmd.register(sub)
