@@ -10,7 +10,6 @@ The root token never leaves this module and dies with the server.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -25,7 +24,9 @@ import hvac
 import requests
 
 from compiler import Bundle
+from compiler.bundle import DATA_PATH
 from pdp import procs
+from pdp.compiled import Compiled
 from pdp.opa import free_port
 
 APPROLE = "aam-pdp"
@@ -42,14 +43,14 @@ def find_bao(configured: str = "") -> str | None:
 
 def kv_paths(bundle: Bundle) -> list[tuple[str, str, str]]:
     """(mount, path, key) of every KV secret the bundle's ToolCredentials read."""
-    data = json.loads(bundle.files["aam/compiled/data.json"])
+    compiled = Compiled.from_files(bundle.files, DATA_PATH)
     out = set()
-    for cred in data.get("credentials", {}).values():
-        if cred.get("engine") != "kv":
+    for cred in compiled.credentials.values():
+        if cred.engine != "kv":
             continue
-        for scope in cred.get("scopes", {}).values():
-            if scope.get("path"):
-                out.add((cred.get("mount", "secret"), scope["path"], scope.get("key", "value")))
+        for scope in cred.scopes.values():
+            if scope.path:
+                out.add((cred.mount, scope.path, scope.key or "value"))
     return sorted(out)
 
 

@@ -1,8 +1,20 @@
-"""The decision engine: assemble OPA's input in one place, ask OPA, fail closed.
+"""The decision pipeline: one request through named steps, failing closed at each.
 
-Transport layers (gRPC Authorize, Envoy Check) translate their messages to a
-:class:`Request` and a :class:`Decision` back; all policy logic lives in Rego
-and all input assembly lives here.
+Transport layers (gRPC Authorize, Envoy Check) check the caller's identity and
+translate their messages to a :class:`Request` and a :class:`Decision` back; all
+policy logic lives in Rego and all input assembly lives here. :meth:`Engine.decide`
+runs the steps in this order:
+
+    obligations (price, limits) -> evaluate (OPA) -> credential (the broker)
+    -> admit + audit (the ledger)
+
+Obligations are read from the compiled view of the revision OPA is known to have
+active, every step after OPA's answer from the view of the revision it answered
+with (the rule is pdp/compiled.py's). The ledger takes part in one of two ways,
+and :class:`Way` is the only place they differ: :data:`CHECKED` reserves before
+OPA decides, on exactly that state; :data:`OPTIMISTIC` lets OPA decide on this
+PDP's cached state and reserves after, checking every limit again. Without a
+ledger the gate is pdp/ledger/noop.py's and the steps are the same.
 """
 
 from __future__ import annotations
@@ -12,10 +24,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
+from pdp.compiled import Revision
 from pdp.ledger import LedgerError
-from pdp.ledger.gate import Gate, Metered
+from pdp.ledger.gate import LedgerGate, Metered
+from pdp.ledger.noop import NullGate
+from pdp.ledger.pricing import route_price
 from pdp.ledger.types import usd_to_micro
 from pdp.opa import DECISION_PATH, EXPLAIN_PATH, EngineUnavailable, OpaClient
 
@@ -89,18 +104,77 @@ class CredentialHook(Protocol):
     def attach(self, req: Request, decision: Decision) -> Decision: ...
 
 
+class NoCredentials:
+    """The hook when no broker is given: no action needs a brokered credential."""
+
+    def attach(self, req: Request, decision: Decision) -> Decision:
+        return decision
+
+
+class Obligations(NamedTuple):
+    """What a decision owes the ledger, worked out before OPA answers: its price and
+    limits (``metered``), the ``input.state`` OPA decides on (None: no ledger state), and
+    the revision they were read from. A tuple: built on every decision."""
+
+    revision: Revision
+    metered: Metered
+    state: dict[str, Any] | None
+    error: EngineUnavailable | None = None  # pricing failed: the decision is engine_unavailable
+
+
 class Engine:
     def __init__(self, opa: OpaClient, observers: Iterable[Observer] = (),
-                 broker: CredentialHook | None = None, gate: Gate | None = None) -> None:
+                 broker: CredentialHook | None = None, gate: LedgerGate | None = None) -> None:
         self.opa = opa
         self.observers = list(observers)
-        self.broker = broker
-        self.gate = gate  # the ledger: budgets, rates, audit; None when off
+        self.broker: CredentialHook = broker if broker is not None else NoCredentials()
+        # The ledger: budgets, rates, audit, and the compiled views they read.
+        self.gate: LedgerGate = gate if gate is not None else NullGate()
+
+    def decide(self, req: Request) -> Decision:
+        """Decide ``req`` (its identity is the transport's to check): on this PDP's cached
+        ledger state when the gate keeps one, else, or when that cannot answer, checked."""
+        started = time.perf_counter()
+        decision_id = new_decision_id()
+        decision = None
+        if self.gate.optimistic and not req.explain:
+            decision = self._through(OPTIMISTIC, req, decision_id)
+        if decision is None:
+            decision = self._through(CHECKED, req, decision_id)
+        assert decision is not None  # the checked way always answers
+        self._done(req, decision, started)
+        return decision
+
+    def _through(self, way: Way, req: Request, decision_id: str) -> Decision | None:
+        """The steps, in order; None when ``way`` cannot answer (it wrote nothing, and the
+        checked way then decides). Obligations come before OPA's answer because OPA
+        decides on the ledger state they describe."""
+        # 1. obligations: price and limits, from the revision OPA is known to decide with
+        try:
+            ob = way.obligations(self, req, decision_id, self.gate.revisions.active)
+        except LedgerError as exc:
+            return self._ledger_unavailable(req, decision_id, exc)
+        if ob is None:
+            return None
+        # 2. evaluate: OPA decides; every later step reads the revision it answered with
+        input_doc = self.build_input(req, ob.metered, ob.state)
+        decision, matched = self._evaluate(input_doc, decision_id, req.explain, ob.error)
+        revision = self.gate.revisions.decided(decision.revision) or ob.revision
+        ob = way.confirm(req, decision, ob, revision)
+        if ob is None:
+            return None
+        # 3. credential: the broker's, for an allowed tool action
+        decision = self._credential(req, decision)
+        # 4. admit + audit: durable before the answer
+        concluded = way.conclude(self, req, decision, ob, revision)
+        if concluded is not None and req.explain:
+            return _with_explanation(concluded, input_doc, matched)
+        return concluded
 
     def build_input(self, req: Request, metered: Metered | None = None,
                     state: dict[str, Any] | None = None) -> dict[str, Any]:
-        """OPA's input document: the only place it is assembled. ``state`` overrides
-        the state of ``metered``'s admission (the optimistic path's cached view)."""
+        """OPA's input document: the only place it is assembled. With ``metered``, the
+        tokens as the ledger counted them; ``state`` is ``input.state`` (None: none)."""
         doc = {
             "identity": {"spiffe_id": req.spiffe_id},
             "model": req.model,
@@ -114,11 +188,12 @@ class Engine:
             doc["mcp"] = req.mcp
         if req.listing:
             doc["list"] = req.listing
-        if metered is not None and self.gate is not None:
-            # Tokens as the ledger counted them; the cost stays the caller's, since
-            # routes.rego prices each target itself (call_cost_usd).
+        if metered is not None:
+            # The cost stays the caller's, since routes.rego prices each target itself
+            # (call_cost_usd).
             doc["estimate"] = {"tokens": metered.tokens, "cost_usd": req.estimated_cost_usd}
-            doc["state"] = state if state is not None else self.gate.state(metered)
+        if state is not None:
+            doc["state"] = state
         return doc
 
     def _query(self, input_doc: dict[str, Any], explain: bool) -> tuple[Any, Any]:
@@ -148,15 +223,20 @@ class Engine:
                 revision="",
             ), None
 
-    def decide(self, req: Request) -> Decision:
-        started = time.perf_counter()
-        decision_id = new_decision_id()
-        decision = None
-        if self.gate is not None and self.gate.cache is not None and not req.explain:
-            decision = self._decide_optimistic(req, decision_id)
-        if decision is None:
-            decision = self._decide_checked(req, decision_id)
-        self._done(req, decision, started)
+    def _quote(self, req: Request, tokens: int) -> float:
+        """What the ledger reserves for a model call: routes.rego's price of the chain
+        (``reserve_usd``) at ``tokens``, asked before the budget state is known. One
+        pricing rule for route selection and reservation; a caller's estimate can raise
+        it, never lower it."""
+        value = self.opa.query(QUOTE_PATH, self.build_input(replace(req, estimated_tokens=tokens)))
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise EngineUnavailable("policy returned a malformed route price")
+        return float(value)
+
+    def _credential(self, req: Request, decision: Decision) -> Decision:
+        """The gateway's credential for an allowed tool action (or a deny without one)."""
+        if decision.allow and req.tool and req.action:
+            return self.broker.attach(req, decision)
         return decision
 
     def refuse(self, req: Request, reason: Reason) -> Decision:
@@ -165,15 +245,14 @@ class Engine:
         started = time.perf_counter()
         decision = Decision(allow=False, reasons=(reason,), policy="",
                             decision_id=new_decision_id(), revision="")
-        if self.gate is not None:
-            fields = _audit_fields(req, decision)
-            try:
-                self.gate.audit(decision.decision_id, fields)
-            except LedgerError as exc:
-                log.error("ledger unavailable", extra={"fields": {
-                    "decision_id": decision.decision_id, "workload": req.spiffe_id,
-                    "error": str(exc)}})
-                self.gate.defer(None, decision.decision_id, fields)
+        fields = _audit_fields(req, decision)
+        try:
+            self.gate.audit(decision.decision_id, fields)
+        except LedgerError as exc:
+            log.error("ledger unavailable", extra={"fields": {
+                "decision_id": decision.decision_id, "workload": req.spiffe_id,
+                "error": str(exc)}})
+            self.gate.defer(None, decision.decision_id, fields)
         self._done(req, decision, started)
         return decision
 
@@ -192,111 +271,6 @@ class Engine:
         for observe in self.observers:
             observe(req, decision, elapsed)
 
-    def _decide_optimistic(self, req: Request, decision_id: str) -> Decision | None:
-        """One OPA query on this PDP's cached ledger state, then one ledger batch that
-        reserves for an allow (checking every limit again) and writes the audit row.
-
-        None when the checked path must answer: no fresh cached state, a budget or rate
-        deny (only ever given on the ledger's fresh state), no route price, or the
-        ledger refused the reservation (it wrote nothing)."""
-        gate = self.gate
-        assert gate is not None
-        m = gate.meter(decision_id, req.spiffe_id, req.model, req.estimated_tokens,
-                       req.estimated_cost_usd, tool=_priced_tool(req))
-        state = gate.cached_state(m)
-        if state is None:
-            return None
-        decision, _ = self._evaluate(self.build_input(req, m, state), decision_id)
-        if not decision.allow and any(r.code in LIMIT_REASONS for r in decision.reasons):
-            return None
-        if decision.allow and m.ask is not None and req.model:
-            price = _reserve_price(decision)  # the one pricing rule: routes.rego's
-            if price is None:
-                return None
-            m = m.priced(usd_to_micro(price))
-        if decision.allow and req.tool and req.action and self.broker is not None:
-            decision = self.broker.attach(req, decision)  # may turn the allow into a deny
-        fields = _audit_fields(req, decision)
-        try:
-            if decision.allow and m.ask is not None:
-                if not gate.commit(m, decision_id, fields):
-                    return None
-            else:
-                gate.finish(m, decision_id, fields, decision.allow)
-        except LedgerError as exc:
-            return self._ledger_unavailable(req, decision_id, exc)
-        return decision
-
-    def _decide_checked(self, req: Request, decision_id: str) -> Decision:
-        """Reserve first, let OPA decide on exactly that state, then audit (and release
-        a denied decision's reservation)."""
-        metered = None
-        quote_error: EngineUnavailable | None = None
-        if self.gate is not None:
-            quote = None
-            try:
-                quote = self._quote(req)
-            except EngineUnavailable as exc:
-                quote_error = exc  # answered engine_unavailable below, and audited
-            try:  # reserve before deciding: one ledger round trip
-                metered = self.gate.admit(decision_id, req.spiffe_id, req.model,
-                                          req.estimated_tokens, req.estimated_cost_usd, quote,
-                                          tool=_priced_tool(req))
-            except LedgerError as exc:
-                return self._ledger_unavailable(req, decision_id, exc)
-        input_doc = self.build_input(req, metered)
-        decision, matched = self._evaluate(input_doc, decision_id, req.explain, quote_error)
-        if decision.allow and req.tool and req.action and self.broker is not None:
-            decision = self.broker.attach(req, decision)
-        if self.gate is not None and metered is not None:
-            decision = self._record(req, decision, metered)
-        if req.explain:
-            decision = _with_explanation(decision, input_doc, matched)
-        return decision
-
-    def _record(self, req: Request, decision: Decision, metered: Metered) -> Decision:
-        """Audit durably before answering; an allow the ledger could not reserve is a deny."""
-        assert self.gate is not None
-        try:
-            metered = self._reprice(req, decision, metered)
-        except LedgerError as exc:
-            return self._ledger_unavailable(req, decision.decision_id, exc, metered)
-        if decision.allow and metered.admission is not None and not metered.admission.reserved:
-            decision = Decision(**{**decision.__dict__, "allow": False, "route": None, "reasons": (
-                Reason("budget_exhausted", "the ledger refused the reservation (limits changed)"),)})
-        try:
-            self.gate.finish(metered, decision.decision_id, _audit_fields(req, decision),
-                             decision.allow)
-        except LedgerError as exc:
-            return self._ledger_unavailable(req, decision.decision_id, exc, metered)
-        return decision
-
-    def _quote(self, req: Request) -> float | None:
-        """What the ledger reserves for a model call: routes.rego's price of the chain
-        (``reserve_usd``), asked before the budget state is known. One pricing rule for
-        route selection and reservation; a caller's estimate can raise it, never lower
-        it. None for a tool call (priced from its grant by the Gate)."""
-        if not req.model or self.gate is None:
-            return None
-        tokens = req.estimated_tokens if req.estimated_tokens > 0 else self.gate.default_tokens
-        value = self.opa.query(QUOTE_PATH, self.build_input(replace(req, estimated_tokens=tokens)))
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise EngineUnavailable("policy returned a malformed route price")
-        return float(value)
-
-    def _reprice(self, req: Request, decision: Decision, metered: Metered) -> Metered:
-        """The ledger refused the quote (the budget could not cover the dearest target),
-        but routes.rego found a cheaper chain that fits: reserve that chain's price."""
-        a = metered.admission
-        if not (decision.allow and decision.route and a is not None and not a.reserved):
-            return metered
-        assert self.gate is not None
-        price = _reserve_price(decision)
-        if price is None:
-            return metered
-        return self.gate.admit(decision.decision_id, req.spiffe_id, req.model, metered.tokens,
-                               req.estimated_cost_usd, price)
-
     def _ledger_unavailable(self, req: Request, decision_id: str, exc: Exception,
                             metered: Metered | None = None) -> Decision:
         log.error("ledger unavailable", extra={"fields": {
@@ -307,9 +281,149 @@ class Engine:
                             "the ledger (budgets, rate limits, audit) is unavailable; try again"),),
             policy="", decision_id=decision_id, revision="", retry_after_s=1.0,
         )
-        if self.gate is not None:  # audit it, and release its reservation, once the ledger is back
-            self.gate.defer(metered, decision_id, _audit_fields(req, decision))
+        # Audit it, and release its reservation, once the ledger is back.
+        self.gate.defer(metered, decision_id, _audit_fields(req, decision))
         return decision
+
+
+class _Quote:
+    """routes.rego's price for a model call, asked by a gate that reserves (NullGate never
+    asks); an engine failure is kept, for the decision to answer engine_unavailable."""
+
+    def __init__(self, engine: Engine, req: Request) -> None:
+        self.engine = engine
+        self.req = req
+        self.error: EngineUnavailable | None = None
+
+    def __call__(self, tokens: int) -> float | None:
+        try:
+            return self.engine._quote(self.req, tokens)
+        except EngineUnavailable as exc:
+            self.error = exc
+            return None
+
+
+class Way(Protocol):
+    """When the ledger reserves for a decision: the one place the two ways differ."""
+
+    def obligations(self, engine: Engine, req: Request, decision_id: str,
+                    revision: Revision) -> Obligations | None:
+        """Price and limits from ``revision``'s view, and OPA's ``input.state``."""
+        ...
+
+    def confirm(self, req: Request, decision: Decision, ob: Obligations,
+                revision: Revision) -> Obligations | None:
+        """Before the credential: whether OPA's answer (on ``revision``) can stand, at
+        which price."""
+        ...
+
+    def conclude(self, engine: Engine, req: Request, decision: Decision, ob: Obligations,
+                 revision: Revision) -> Decision | None:
+        """Admit and audit durably before answering."""
+        ...
+
+
+class Checked:
+    """Reserve first, let OPA decide on exactly that state, then audit (and release a
+    denied decision's reservation)."""
+
+    def obligations(self, engine: Engine, req: Request, decision_id: str,
+                    revision: Revision) -> Obligations:
+        quote = _Quote(engine, req)  # a failed price is answered engine_unavailable, and audited
+        metered = engine.gate.admit(decision_id, req.spiffe_id, req.model, req.estimated_tokens,
+                                    req.estimated_cost_usd, quote, _priced_tool(req),
+                                    revision.compiled)  # reserve before deciding: one round trip
+        return Obligations(revision, metered, engine.gate.state(metered), quote.error)
+
+    def confirm(self, req: Request, decision: Decision, ob: Obligations,
+                revision: Revision) -> Obligations:
+        """The reservation stands. When OPA activated a newer revision after it was made,
+        the row records what that revision's policy records (pdp/compiled.py)."""
+        if revision.id == ob.revision.id:
+            return ob
+        return ob._replace(revision=revision,
+                           metered=ob.metered.recorded_as(revision.compiled.policy(req.spiffe_id)))
+
+    def conclude(self, engine: Engine, req: Request, decision: Decision, ob: Obligations,
+                 revision: Revision) -> Decision:
+        """An allow the ledger could not reserve is a deny."""
+        metered = ob.metered
+        try:
+            metered = self._reprice(engine, req, decision, metered, revision)
+        except LedgerError as exc:
+            return engine._ledger_unavailable(req, decision.decision_id, exc, metered)
+        if decision.allow and metered.admission is not None and not metered.admission.reserved:
+            decision = replace(decision, allow=False, route=None, reasons=(
+                Reason("budget_exhausted", "the ledger refused the reservation (limits changed)"),))
+        try:
+            engine.gate.finish(metered, decision.decision_id, _audit_fields(req, decision),
+                               decision.allow)
+        except LedgerError as exc:
+            return engine._ledger_unavailable(req, decision.decision_id, exc, metered)
+        return decision
+
+    @staticmethod
+    def _reprice(engine: Engine, req: Request, decision: Decision, metered: Metered,
+                 revision: Revision) -> Metered:
+        """The ledger refused the quote (the budget could not cover the dearest target),
+        but routes.rego found a cheaper chain that fits: reserve that chain's price."""
+        a = metered.admission
+        if not (decision.allow and decision.route and a is not None and not a.reserved):
+            return metered
+        price = route_price(decision.route)
+        if price is None:
+            return metered
+        return engine.gate.admit(decision.decision_id, req.spiffe_id, req.model, metered.tokens,
+                                 req.estimated_cost_usd, lambda _tokens: price,
+                                 view=revision.compiled)
+
+
+class Optimistic:
+    """One OPA query on this PDP's cached ledger state, then one ledger batch that
+    reserves for an allow (checking every limit again) and writes the audit row.
+
+    None, so the checked way answers, when there is no fresh cached state, OPA answered
+    on another revision than the one the state was read against, a budget or rate deny
+    (only ever given on the ledger's fresh state), no route price, or the ledger refused
+    the reservation (it wrote nothing)."""
+
+    def obligations(self, engine: Engine, req: Request, decision_id: str,
+                    revision: Revision) -> Obligations | None:
+        m = engine.gate.meter(decision_id, req.spiffe_id, req.model, req.estimated_tokens,
+                              req.estimated_cost_usd, tool=_priced_tool(req), view=revision.compiled)
+        state = engine.gate.cached_state(m)
+        return None if state is None else Obligations(revision, m, state)
+
+    def confirm(self, req: Request, decision: Decision, ob: Obligations,
+                revision: Revision) -> Obligations | None:
+        if revision.id != ob.revision.id:
+            return None  # OPA moved on: decide again on its view
+        if not decision.allow and any(r.code in LIMIT_REASONS for r in decision.reasons):
+            return None
+        if decision.allow and ob.metered.ask is not None and req.model:
+            price = route_price(decision.route)  # the one pricing rule: routes.rego's
+            if price is None:
+                return None
+            return Obligations(ob.revision, ob.metered.priced(usd_to_micro(price)), ob.state)
+        return ob
+
+    def conclude(self, engine: Engine, req: Request, decision: Decision, ob: Obligations,
+                 revision: Revision) -> Decision | None:
+        m = ob.metered
+        fields = _audit_fields(req, decision)
+        try:
+            if decision.allow and m.ask is not None:
+                if not engine.gate.commit(m, decision.decision_id, fields):
+                    return None
+            else:
+                engine.gate.finish(m, decision.decision_id, fields, decision.allow)
+        except LedgerError as exc:
+            return engine._ledger_unavailable(req, decision.decision_id, exc)
+        return decision
+
+
+CHECKED: Way = Checked()
+OPTIMISTIC: Way = Optimistic()
 
 
 def _priced_tool(req: Request) -> str:
@@ -332,15 +446,6 @@ def _audit_fields(req: Request, decision: Decision) -> dict[str, Any]:
         "route": (decision.route or {}).get("alias", "") if decision.allow else "",
         "lease_accessor": decision.credential.lease_accessor if decision.credential else "",
     }
-
-
-def _reserve_price(decision: Decision) -> float | None:
-    """The price routes.rego put on the allowed route's chain (``route.limits.reserve_usd``)."""
-    limits = (decision.route or {}).get("limits")
-    price = limits.get("reserve_usd") if isinstance(limits, dict) else None
-    if isinstance(price, bool) or not isinstance(price, int | float):
-        return None
-    return float(price)
 
 
 def _from_result(result: Any, decision_id: str) -> Decision:

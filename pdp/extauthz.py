@@ -27,6 +27,7 @@ from google.rpc import code_pb2, status_pb2
 
 from pdp import extproc, replies
 from pdp import identity as identities
+from pdp.compiled import Revisions
 from pdp.config import ConfigError, Settings
 from pdp.engine import Decision, Engine, Reason, Request
 from pdp.errors import InvalidRequest
@@ -39,7 +40,6 @@ from pdp.httpmap import (
     to_request,
     workload_of,
 )
-from pdp.ledger.gate import CompiledView
 from pdp.replies import INTERNAL, THROTTLED
 from pdp.service import guarded
 from pdp.validate import MAX_REQUEST_ID, validate
@@ -211,13 +211,13 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
 
 def register(server: grpc.Server, engine: Engine, settings: Settings,
              identity: identities.Identity | None = None,
-             view: CompiledView | None = None) -> AuthorizationServicer:
-    """Check on ``server``; with ``view`` (the served bundle's data) also the response
-    processor (ext_proc) that filters MCP tools/list results."""
+             revisions: Revisions | None = None) -> AuthorizationServicer:
+    """Check on ``server``; with ``revisions`` (the published bundles' data) also the
+    response processor (ext_proc) that filters MCP tools/list results."""
     servicer = AuthorizationServicer(engine, settings, identity=identity)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)
-    if view is not None:
-        extproc.register(server, view, servicer.identity)
+    if revisions is not None:
+        extproc.register(server, revisions, servicer.identity)
     return servicer
 
 
@@ -226,12 +226,12 @@ class ExtAuthzServer:
 
     def __init__(self, settings: Settings, engine: Engine,
                  identity: identities.Identity | None = None,
-                 view: CompiledView | None = None) -> None:
+                 revisions: Revisions | None = None) -> None:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers,
                                        thread_name_prefix="aam-extauthz"),
             options=[("grpc.so_reuseport", 0)])
-        register(self.server, engine, settings, identity, view)
+        register(self.server, engine, settings, identity, revisions)
         if settings.plaintext:
             self.port = self.server.add_insecure_port(settings.extauthz_addr)
         else:

@@ -7,8 +7,9 @@ headers, carries ext_authz's dynamic metadata: the workload, the MCP server and 
 the JSON-RPC message is. Only a tools/list, or a resumed GET stream (which may replay
 one), needs its response rewritten; for anything else the processor answers and
 closes the stream, and Envoy carries on without it (no thread held for a long-lived
-stream). The visible tools come from the bundle the PDP serves (granted actions
-minus denied ones); JSON bodies are buffered, event streams filtered event by event.
+stream). The visible tools come from the bundle revision ext_authz decided the
+request with (granted actions minus denied ones); JSON bodies are buffered, event
+streams filtered event by event.
 
 Fail closed: a stream whose request carries no AAM decision (metadata not forwarded)
 or whose body will not be sent is refused with an error reply; a response that
@@ -35,8 +36,8 @@ from google.protobuf import json_format
 
 from pdp import identity as identities
 from pdp import mcp
+from pdp.compiled import Revisions
 from pdp.errors import ServiceError
-from pdp.ledger.gate import CompiledView
 from pdp.replies import RPC_DENIED, dumps, jsonrpc_error
 
 log = logging.getLogger("aam.extproc")
@@ -50,8 +51,8 @@ MAX_JSON_BYTES = 8 * 1024 * 1024
 
 
 class ExternalProcessorServicer(external_processor_pb2_grpc.ExternalProcessorServicer):
-    def __init__(self, view: CompiledView, identity: identities.Identity) -> None:
-        self.view = view
+    def __init__(self, revisions: Revisions, identity: identities.Identity) -> None:
+        self.revisions = revisions
         self.identity = identity
 
     def Process(self, request_iterator: Iterator[ep.ProcessingRequest],
@@ -61,7 +62,7 @@ class ExternalProcessorServicer(external_processor_pb2_grpc.ExternalProcessorSer
             self.identity.require_gateway(context, "open a processing stream")
         except ServiceError as exc:
             context.abort(exc.code, str(exc))
-        exchange = Exchange(self.view)
+        exchange = Exchange(self.revisions)
         try:
             for msg in request_iterator:
                 yield exchange.handle(msg)
@@ -77,8 +78,8 @@ class ExternalProcessorServicer(external_processor_pb2_grpc.ExternalProcessorSer
 class Exchange:
     """One HTTP request and its response, as Envoy shows them to the processor."""
 
-    def __init__(self, view: CompiledView) -> None:
-        self.view = view
+    def __init__(self, revisions: Revisions) -> None:
+        self.revisions = revisions
         self.done = False
         self.requested = False  # the request headers came: this is an upstream response
         self.allowed: frozenset[str] = frozenset()
@@ -116,7 +117,9 @@ class Exchange:
         if msg.protocol_config.response_body_mode not in _SEES_BODY:
             return self._refuse(500, "filter_unavailable",
                                 "the gateway does not send MCP responses to the filter (response_body_mode)")
-        self.allowed = mcp.visible_tools(self.view.policy(str(decision.get("workload", ""))),
+        # The tools of the revision ext_authz decided this request with (pdp/compiled.py).
+        compiled = self.revisions.for_decision(str(decision.get("revision", ""))).compiled
+        self.allowed = mcp.visible_tools(compiled.policy(str(decision.get("workload", ""))),
                                          str(decision.get("tool", "")))
         # A compressed answer could not be read: ask the server for plain bytes.
         return ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=ep.CommonResponse(
@@ -213,6 +216,6 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, raw_value=value.encode()))
 
 
-def register(server: grpc.Server, view: CompiledView, identity: identities.Identity) -> None:
+def register(server: grpc.Server, revisions: Revisions, identity: identities.Identity) -> None:
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
-        ExternalProcessorServicer(view, identity), server)
+        ExternalProcessorServicer(revisions, identity), server)

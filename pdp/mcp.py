@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pdp.compiled import CompiledPolicy
+
 # HTTP methods of streamable HTTP besides POST: the server-to-client stream and the
 # end of a session. Their messages have no JSON-RPC method.
 HTTP_MESSAGES = {"GET": "stream", "DELETE": "end_session"}
@@ -137,12 +139,10 @@ def peek_id(body: bytes) -> tuple[bool, Any]:
 
 # --- tools/list filtering -----------------------------------------------------------
 
-def visible_tools(policy: Mapping[str, Any] | None, resource: str) -> frozenset[str]:
+def visible_tools(policy: CompiledPolicy | None, resource: str) -> frozenset[str]:
     """The tools a workload may call on ``resource``: granted actions minus denied ones."""
-    grant = ((policy or {}).get("tools") or {}).get(resource)
-    if not isinstance(grant, dict):
-        return frozenset()
-    return frozenset(grant.get("actions") or {}) - frozenset(grant.get("deny") or {})
+    grant = policy.tools.get(resource) if policy is not None else None
+    return grant.visible if grant is not None else frozenset()
 
 
 def filter_message(msg: Any, allowed: frozenset[str]) -> Any:

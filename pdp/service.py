@@ -18,7 +18,7 @@ from pdp.engine import Decision, Engine, Request
 from pdp.errors import InvalidRequest, NotFound, ServiceError, Unavailable, Unimplemented
 from pdp.identity import Identity
 from pdp.identity import from_settings as identity_from_settings
-from pdp.ledger import LedgerError
+from pdp.ledger import LedgerError, LedgerOff
 from pdp.validate import validate
 
 log = logging.getLogger("aam.service")
@@ -140,11 +140,10 @@ class PolicyDecisionServicer(pdp_pb2_grpc.PolicyDecisionServiceServicer):
             raise InvalidRequest("tokens", "must not be negative")
         if not math.isfinite(request.cost_usd) or not 0 <= request.cost_usd <= 1e9:
             raise InvalidRequest("cost_usd", "must be a finite number between 0 and 1e9")
-        gate = self.engine.gate
-        if gate is None:
-            raise Unimplemented("usage recording needs the ledger, which is not configured")
         try:
-            done = gate.settle(request.decision_id, request.tokens, request.cost_usd)
+            done = self.engine.gate.settle(request.decision_id, request.tokens, request.cost_usd)
+        except LedgerOff as exc:
+            raise Unimplemented(str(exc)) from None
         except LedgerError:
             raise Unavailable("the ledger is unavailable; report the usage again later") from None
         if done.state in ("unknown", "released"):

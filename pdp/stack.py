@@ -6,7 +6,6 @@ settings (``up`` is plaintext on loopback with embedded defaults).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from pathlib import Path
@@ -19,6 +18,7 @@ from pdp.broker import Broker
 from pdp.broker.metrics import BrokerCollector
 from pdp.bundles import BUNDLE_PATH, BundleStore, HttpServer
 from pdp.bundlesigner import BundleSigner
+from pdp.compiled import Revisions
 from pdp.config import Settings, split_addr
 from pdp.engine import Engine
 from pdp.extauthz import ExtAuthzServer, register
@@ -27,7 +27,8 @@ from pdp.identity import from_settings as identity_from_settings
 from pdp.ledger import Ledger, LedgerError
 from pdp.ledger import startup as ledger_startup
 from pdp.ledger.anchor import AnchorWriter
-from pdp.ledger.gate import CompiledView, Gate
+from pdp.ledger.gate import Gate, LedgerGate
+from pdp.ledger.noop import NullGate
 from pdp.metrics import METRICS_PATH, Metrics
 from pdp.opa import OpaClient, OpaProcess
 from pdp.server import GrpcServer
@@ -50,7 +51,9 @@ class Stack:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.broker: Broker | None = None
-        self.view = CompiledView()  # the served bundle's data, for ledger limits and prices
+        # Every published bundle's typed data, for ledger limits and prices, the broker
+        # and the response processor; each decision reads the revision OPA decided with.
+        self.revisions = Revisions()
         self.ledger: Ledger | None = None
         self.anchors: AnchorWriter | None = None  # checkpoints of the audit chain's head
         self.signer: BundleSigner | None = None  # signs every bundle published to OPA
@@ -88,8 +91,8 @@ class Stack:
                                   verification=signer.verification)
             self.opa.start()
             opa_url = self.opa.url
-        gate = None if self.ledger is None else Gate(
-            self.ledger, self.view, s.reservation_ttl_s, s.default_estimated_tokens,
+        gate: LedgerGate = NullGate(self.revisions) if self.ledger is None else Gate(
+            self.ledger, self.revisions, s.reservation_ttl_s, s.default_estimated_tokens,
             s.ledger_state_ttl_ms / 1000)
         engine = Engine(OpaClient(opa_url, s.opa_timeout_ms / 1000), observers=[self.metrics.observe],
                         broker=self.broker, gate=gate)
@@ -97,10 +100,10 @@ class Stack:
         identity = identity_from_settings(s, audit=self._refusal_hook(gate, self.metrics))
         self.grpc = GrpcServer(s, PolicyDecisionServicer(engine, s, identity))
         if s.extauthz_addr:
-            self.extauthz = ExtAuthzServer(s, engine, identity, self.view)
+            self.extauthz = ExtAuthzServer(s, engine, identity, self.revisions)
             self.extauthz.start()
         else:
-            register(self.grpc.server, engine, s, identity, self.view)
+            register(self.grpc.server, engine, s, identity, self.revisions)
         self.grpc.start()
         if self.opa is not None:
             threading.Thread(target=self._supervise_opa, name="aam-opa-supervisor",
@@ -110,22 +113,21 @@ class Stack:
             self._watcher.start()
 
     def _publish(self, bundle: Bundle) -> None:
-        """The broker sees a bundle first, so it stops issuing for removed grants before OPA does."""
+        """Parse the bundle's data once; the broker sees it first, so it stops issuing for
+        removed grants before OPA does. Decisions read it once OPA has pulled it."""
+        revision = self.revisions.update(bundle.files, DATA_PATH)
         if self.broker is not None:
-            self.broker.on_bundle(json.loads(bundle.files[DATA_PATH]))
-        self.view.update(bundle.files, DATA_PATH)  # ledger limits and prices
+            self.broker.adopt(revision.compiled)
         self.store.publish(bundle)
 
     @staticmethod
-    def _refusal_hook(gate: Gate | None, metrics: Metrics) -> AuditHook:
+    def _refusal_hook(gate: LedgerGate, metrics: Metrics) -> AuditHook:
         """Identity refusals go to the log, the decision counter and, with a ledger,
         the audit table."""
 
         def hook(refusal: Refusal) -> None:
             log_refusal(refusal)
             metrics.refused(refusal.code)
-            if gate is None:
-                return
             try:
                 gate.record_refusal(refusal.caller, refusal.asserted, refusal.code, refusal.message)
             except LedgerError:
@@ -180,7 +182,7 @@ class Stack:
             log.error("managed OPA exited; restarting",
                       extra={"fields": {"exit_code": opa.proc.returncode}})
             opa.stop()
-            fresh = OpaProcess(opa.binary, f"{opa.host}:{opa.port}", opa.bundle_url, gogc=opa.gogc,
+            fresh = OpaProcess(opa.binary, opa.addr, opa.bundle_url, gogc=opa.gogc,
                                verification=opa.verification)
             try:
                 fresh.start()

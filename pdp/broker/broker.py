@@ -18,11 +18,12 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from pdp.broker.base import Backend, CredentialSpec, CredentialUnavailable, Lease, Scope
+from pdp.compiled import Compiled
 from pdp.engine import Credential, Decision, Reason, Request
 
 log = logging.getLogger("aam.broker")
@@ -34,21 +35,6 @@ class _Entry:
     lease: Lease
     policy: str
     spec: CredentialSpec
-
-
-@dataclass(frozen=True)
-class _Grants:
-    """Who may do what, per the current bundle: workload -> (policy name, resource -> actions)."""
-
-    policies: dict[str, tuple[str, dict[str, frozenset[str]]]]
-
-    @classmethod
-    def from_compiled(cls, policies: dict[str, Any]) -> _Grants:
-        return cls({
-            w: (str(p.get("name", "")),
-                {r: frozenset(t.get("actions", {})) for r, t in p.get("tools", {}).items()})
-            for w, p in policies.items()
-        })
 
 
 def header_value(scheme: str, secret: str) -> str:
@@ -65,8 +51,8 @@ class Broker:
         self.cache_enabled = cache
         self.clock = clock
         self.stats: Counter[str] = Counter()  # issued, reused, renewed, revoked, unavailable
-        self._catalog: dict[str, CredentialSpec] = {}
-        self._grants = _Grants({})
+        # The newest published bundle: its grants and ToolCredentials (pdp/compiled.py).
+        self._compiled = Compiled()
         self._cache: dict[Key, _Entry] = {}
         self._lock = threading.Lock()
         self._key_locks: dict[Key, threading.Lock] = {}
@@ -75,16 +61,21 @@ class Broker:
 
     # --- bundle updates --------------------------------------------------------
 
-    def on_bundle(self, data: dict[str, Any]) -> None:
-        """Adopt a newly published bundle's credentials and grants; revoke what lost its reason."""
-        catalog = {r: CredentialSpec.from_compiled(d) for r, d in data.get("credentials", {}).items()}
-        grants = _Grants.from_compiled(data.get("policies", {}))
+    def adopt(self, compiled: Compiled) -> None:
+        """Adopt a newly published bundle's credentials and grants; revoke what lost its reason.
+
+        The newest bundle, not the one OPA decides with: a grant removed stops issuing
+        before OPA has pulled the bundle that removes it."""
         with self._lock:
-            self._catalog, self._grants = catalog, grants
+            self._compiled = compiled
             stale = {k: e for k, e in self._cache.items() if not self._justified(k, e.policy, e.spec)}
             for k in stale:
                 del self._cache[k]
         self._revoke({**self._take_pending(), **stale})
+
+    def on_bundle(self, data: Mapping[str, Any]) -> None:
+        """:meth:`adopt` a bundle's data document as the compiler writes it."""
+        self.adopt(Compiled.from_data(data))
 
     def _take_pending(self) -> dict[Key, _Entry]:
         with self._lock:
@@ -110,17 +101,18 @@ class Broker:
 
     def _justified(self, key: Key, policy: str, spec: CredentialSpec) -> bool:
         workload, resource, scope = key
-        name, tools = self._grants.policies.get(workload, ("", {}))
-        actions = tools.get(resource)
-        current = self._catalog.get(resource)
-        return (bool(name) and name == policy and actions is not None and current == spec
-                and scope in spec.scopes and bool(actions & spec.scopes[scope].actions))
+        compiled = self._compiled
+        granted = compiled.policy(workload)
+        grant = granted.tools.get(resource) if granted is not None else None
+        return (granted is not None and bool(granted.name) and granted.name == policy
+                and grant is not None and compiled.credentials.get(resource) == spec
+                and scope in spec.scopes and bool(grant.actions & spec.scopes[scope].actions))
 
     # --- the engine hook ---------------------------------------------------------
 
     def attach(self, req: Request, decision: Decision) -> Decision:
         """Add the credential an allowed tool action needs, or deny credential_unavailable."""
-        spec = self._catalog.get(req.tool)
+        spec = self._compiled.credentials.get(req.tool)
         scope = spec.scope_for(req.action) if spec else None
         if spec is None or scope is None:
             return decision  # this action needs no brokered credential

@@ -3,7 +3,8 @@
 Stores register by URL scheme behind the :class:`Ledger` protocol:
 ``postgresql://`` (or a libpq ``host=...`` string) for production and several
 PDP replicas, ``sqlite:///path`` for the zero-config ``aam up``. An empty URL
-or ``off`` means no ledger (budgets then deny with ``ledger_unavailable``).
+or ``off`` means no ledger (budgets then deny with ``ledger_unavailable``; the
+engine then meters through pdp/ledger/noop.py).
 Audit rows are keyed under the audit keyring the store is opened with
 (pdp/ledger/chain.py); a store opened without one writes no audit row.
 """
@@ -23,13 +24,14 @@ from pdp.ledger.types import (
     ChainHead,
     Committed,
     LedgerError,
+    LedgerOff,
     LedgerUnavailable,
     Settlement,
 )
 
 __all__ = [
     "Admission", "Ask", "AuditEntry", "AuditFilter", "AuditRow", "Committed", "Ledger", "LedgerError",
-    "LedgerUnavailable", "Settlement", "open_ledger",
+    "LedgerOff", "LedgerUnavailable", "Settlement", "open_ledger",
 ]
 
 

@@ -1,8 +1,10 @@
-"""The engine's side of the ledger: price the request, reserve, describe state, audit.
+"""The engine's side of the ledger: meter the request, reserve, describe state, audit.
 
-:class:`Gate` turns a request into an :class:`Ask` (limits from the compiled
-policy and route, cost as routes.rego prices the route's chain) and gives OPA
-the resulting ``input.state``. Two ways through it:
+:class:`Gate` composes the concerns that live beside it: what a request costs
+(pricing.py), the limits and their cached state (limits.py) and audit rows with
+their backlog (audit.py), all read from one revision's compiled view
+(pdp/compiled.py). :class:`~pdp.ledger.noop.NullGate` is the same interface with
+no ledger. Two ways through it:
 
 - checked first (:meth:`Gate.admit`, then :meth:`Gate.finish`): reserve, let
   OPA decide on that exact state, release a denied decision's reservation and
@@ -16,63 +18,20 @@ the resulting ``input.state``. Two ways through it:
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-import uuid
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from pdp.ledger import Ledger, LedgerError
-from pdp.ledger.chain import canonical
-from pdp.ledger.types import (
-    MICRO,
-    Admission,
-    Ask,
-    AuditEntry,
-    Limits,
-    Settlement,
-    usd_to_micro,
-)
+from pdp.compiled import Compiled, CompiledPolicy, Revisions
+from pdp.ledger import Ledger, audit, limits, pricing
+from pdp.ledger.audit import BACKLOG, DEFAULT_RECORD
+from pdp.ledger.limits import StateCache
+from pdp.ledger.pricing import Quote
+from pdp.ledger.types import Admission, Ask, AuditEntry, Settlement, usd, usd_to_micro
 
-# Recorded when the policy does not say (or there is no policy).
-DEFAULT_RECORD = ("identity", "policy", "action", "outcome", "reasons")
-# Decisions answered ledger_unavailable, kept to audit once the ledger is back.
-BACKLOG = 10_000
-
-
-class CompiledView:
-    """The compiled data of the bundle being served, for limits and prices."""
-
-    def __init__(self) -> None:
-        self._data: dict[str, Any] = {"policies": {}, "routes": {}}
-        self._lock = threading.Lock()
-
-    def update(self, files: dict[str, bytes], data_path: str) -> None:
-        data = json.loads(files[data_path])
-        with self._lock:
-            self._data = data
-
-    def policy(self, workload: str) -> dict[str, Any] | None:
-        return self._data.get("policies", {}).get(workload)
-
-    def route(self, alias: str) -> dict[str, Any] | None:
-        return self._data.get("routes", {}).get(alias) if alias else None
-
-
-def _micro(value: Any) -> int | None:
-    return usd_to_micro(float(value)) if isinstance(value, int | float) else None
-
-
-def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) else None
-
-
-def usd(micro: int) -> float:
-    return micro / MICRO
+# Former names of what moved into pdp/compiled.py and the modules beside this one.
+CompiledView = Revisions
+__all__ = ["BACKLOG", "DEFAULT_RECORD", "CompiledView", "Gate", "LedgerGate", "Metered",
+           "StateCache", "usd"]
 
 
 @dataclass(frozen=True)
@@ -91,75 +50,77 @@ class Metered:
         ask = replace(self.ask, cost_micro=cost_micro) if self.ask is not None else None
         return replace(self, cost_micro=cost_micro, ask=ask)
 
+    def recorded_as(self, policy: CompiledPolicy | None) -> Metered:
+        """Audited as ``policy`` records (the policy of the revision OPA decided with)."""
+        return replace(self, record=audit.record_of(policy))
 
-class StateCache:
-    """This PDP's latest view of each (workload, route) ledger state, as the ledger
-    returned it with this PDP's last reservation for that key, plus that reservation.
 
-    Only a hint for OPA: the ledger re-checks every limit when it reserves. An
-    entry older than ``ttl_s``, or past a budget window's reset, is not used.
-    """
+class LedgerGate(Protocol):
+    """What the engine asks of the ledger; :class:`Gate`, or NullGate when there is none."""
 
-    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ttl_s = ttl_s
-        self.clock = clock
-        self._entries: dict[tuple[str, str], tuple[float, Admission]] = {}
-        self._lock = threading.Lock()
+    revisions: Revisions  # the compiled views limits and prices are read from
 
-    def put(self, ask: Ask, before: Admission, reserved: bool) -> None:
-        """Remember the state ``before`` this ask, plus the ask if it was reserved."""
-        after = before
-        if reserved:
-            after = Admission(
-                before.reserved, before.cost_micro,
-                before.daily.reserving(ask.cost_micro), before.monthly.reserving(ask.cost_micro),
-                before.workload_rate.counting(ask.tokens),
-                before.route_rate.counting(ask.tokens) if ask.route else before.route_rate)
-        with self._lock:
-            self._entries[ask.workload, ask.route] = (self.clock(), after)
+    @property
+    def optimistic(self) -> bool:
+        """Whether OPA may decide on cached state before the ledger reserves."""
+        ...
 
-    def get(self, workload: str, route: str) -> Admission | None:
-        with self._lock:
-            hit = self._entries.get((workload, route))
-        if hit is None:
-            return None
-        age = self.clock() - hit[0]
-        a = hit[1]
-        if age > self.ttl_s or age >= a.daily.resets_in_s or age >= a.monthly.resets_in_s:
-            return None
-        return Admission(a.reserved, a.cost_micro, a.daily.aged(age), a.monthly.aged(age),
-                         a.workload_rate.aged(age), a.route_rate.aged(age))
+    def meter(self, decision_id: str, workload: str, model: str, tokens: int, cost_usd: float,
+              quote_usd: float | None = None, tool: str = "",
+              view: Compiled | None = None) -> Metered: ...
+
+    def admit(self, decision_id: str, workload: str, model: str, tokens: int, cost_usd: float,
+              quote: Quote | None = None, tool: str = "",
+              view: Compiled | None = None) -> Metered: ...
+
+    def state(self, m: Metered) -> dict[str, Any] | None:
+        """``input.state`` (None: no ledger state, which budgets and rates deny)."""
+        ...
+
+    def cached_state(self, m: Metered) -> dict[str, Any] | None: ...
+
+    def commit(self, m: Metered, decision_id: str, fields: dict[str, Any]) -> bool: ...
+
+    def finish(self, m: Metered, decision_id: str, fields: dict[str, Any], allow: bool) -> None: ...
+
+    def audit(self, decision_id: str, fields: dict[str, Any]) -> None: ...
+
+    def defer(self, m: Metered | None, decision_id: str, fields: dict[str, Any]) -> None: ...
+
+    def record_refusal(self, caller: str, asserted: str, code: str, message: str) -> None: ...
+
+    def settle(self, decision_id: str, tokens: int, cost_usd: float,
+               owner: str = "") -> Settlement: ...
 
 
 class Gate:
-    def __init__(self, ledger: Ledger, view: CompiledView, reservation_ttl_s: float,
+    def __init__(self, ledger: Ledger, view: Revisions, reservation_ttl_s: float,
                  default_tokens: int, state_ttl_s: float = 0.0) -> None:
         self.ledger = ledger
-        self.view = view
+        self.revisions = view
         self.ttl_s = reservation_ttl_s
         self.default_tokens = default_tokens
         # 0 turns the optimistic path off: every decision is checked first.
         self.cache = StateCache(state_ttl_s) if state_ttl_s > 0 else None
-        self._backlog: deque[tuple[AuditEntry, bool]] = deque(maxlen=BACKLOG)
-        self._backlog_lock = threading.Lock()
+        self.backlog = audit.Backlog()
+
+    @property
+    def optimistic(self) -> bool:
+        return self.cache is not None
 
     def estimate(self, model: str, tokens: int, cost_usd: float,
                  quote_usd: float | None = None, floor_usd: float = 0.0) -> tuple[int, int]:
-        """(cost in micro-USD, tokens). A model call costs ``quote_usd``, the price
-        routes.rego gives its chain (the one pricing rule, which already counts the
-        caller's estimate); anything else the caller's cost, but never less than
-        ``floor_usd`` (a tool's declared price)."""
-        if model and tokens <= 0:
-            tokens = self.default_tokens
-        if quote_usd is not None:
-            return usd_to_micro(max(quote_usd, cost_usd)), tokens
-        cost = max(cost_usd, floor_usd)
-        return usd_to_micro(cost) if cost > 0 else 0, tokens
+        """(cost in micro-USD, tokens), as pricing.estimate prices them."""
+        return pricing.estimate(model, tokens, cost_usd, self.default_tokens, quote_usd, floor_usd)
 
-    def admit(self, decision_id: str, workload: str, model: str, tokens: int,
-              cost_usd: float, quote_usd: float | None = None, tool: str = "") -> Metered:
-        """Reserve before OPA decides. Raises LedgerError when the store fails."""
-        m = self.meter(decision_id, workload, model, tokens, cost_usd, quote_usd, tool)
+    def admit(self, decision_id: str, workload: str, model: str, tokens: int, cost_usd: float,
+              quote: Quote | None = None, tool: str = "", view: Compiled | None = None) -> Metered:
+        """Reserve before OPA decides; a model call is priced by ``quote`` first. Raises
+        LedgerError when the store fails."""
+        quote_usd = None
+        if model and quote is not None:
+            quote_usd = quote(tokens if tokens > 0 else self.default_tokens)
+        m = self.meter(decision_id, workload, model, tokens, cost_usd, quote_usd, tool, view)
         if m.ask is None:
             return m
         admission = self.ledger.reserve(m.ask)
@@ -167,32 +128,22 @@ class Gate:
             self.cache.put(m.ask, admission, admission.reserved)
         return replace(m, admission=admission)
 
-    def meter(self, decision_id: str, workload: str, model: str, tokens: int,
-              cost_usd: float, quote_usd: float | None = None, tool: str = "") -> Metered:
-        """Limits and price of a request, from the compiled policy; no ledger call."""
-        policy = self.view.policy(workload)
+    def meter(self, decision_id: str, workload: str, model: str, tokens: int, cost_usd: float,
+              quote_usd: float | None = None, tool: str = "",
+              view: Compiled | None = None) -> Metered:
+        """Limits and price of a request from ``view`` (by default the active revision's);
+        no ledger call."""
+        compiled = view if view is not None else self.revisions.active.compiled
+        policy = compiled.policy(workload)
         if policy is None:
             cost, tokens = self.estimate(model, tokens, cost_usd, quote_usd)
             return Metered(None, DEFAULT_RECORD, model, cost, tokens)
-        grant = (policy.get("tools") or {}).get(tool) if tool and not model else None
-        price = grant.get("price_usd") if isinstance(grant, dict) else None
         cost, tokens = self.estimate(model, tokens, cost_usd, quote_usd,
-                                     float(price) if isinstance(price, int | float) else 0.0)
-        budget, rate = policy.get("budget") or {}, policy.get("rate") or {}
-        route = self.view.route(model)
-        route_rate = (route or {}).get("rate") or {}
-        limits = Limits(
-            daily_micro=_micro(budget.get("daily_usd")),
-            monthly_micro=_micro(budget.get("monthly_usd")),
-            timezone=str(budget.get("timezone") or "UTC"),
-            workload_rpm=_int(rate.get("requests_per_minute")),
-            workload_tpm=_int(rate.get("tokens_per_minute")),
-            route_rpm=_int(route_rate.get("requests_per_minute")),
-            route_tpm=_int(route_rate.get("tokens_per_minute")),
-        )
-        ask = Ask(decision_id, workload, model if route else "", cost, tokens, limits, self.ttl_s)
-        record = tuple((policy.get("audit") or {}).get("record") or DEFAULT_RECORD)
-        return Metered(None, record, ask.route, cost, tokens, ask)
+                                     pricing.tool_price(policy, tool, model))
+        route = compiled.route(model)
+        ask = Ask(decision_id, workload, model if route else "", cost, tokens,
+                         limits.limits_of(policy, route), self.ttl_s)
+        return Metered(None, audit.record_of(policy), ask.route, cost, tokens, ask)
 
     def cached_state(self, m: Metered) -> dict[str, Any] | None:
         """``input.state`` from this PDP's last view, or None when there is no fresh one
@@ -202,7 +153,7 @@ class Gate:
         if m.ask is None:
             return {}  # nothing to meter: OPA needs no state
         cached = self.cache.get(m.ask.workload, m.ask.route)
-        return None if cached is None else _state(cached, m.ask.limits)
+        return None if cached is None else limits.state(cached, m.ask.limits)
 
     def commit(self, m: Metered, decision_id: str, fields: dict[str, Any]) -> bool:
         """An allow decided on cached state: reserve (the ledger checks every limit again)
@@ -211,29 +162,20 @@ class Gate:
         assert m.ask is not None and self.cache is not None
         done = self.ledger.commit(m.ask, self._entry(m, decision_id, fields, True))
         self.cache.put(m.ask, done.admission, done.admission.reserved)
-        if self._backlog:
-            self._flush_backlog()
+        if self.backlog:
+            self.backlog.flush(self.ledger)
         return done.admission.reserved
 
     def state(self, m: Metered) -> dict[str, Any]:
         """``input.state``: spend and rates before this decision."""
-        return {} if m.admission is None or m.ask is None else _state(m.admission, m.ask.limits)
+        return {} if m.admission is None or m.ask is None else limits.state(m.admission, m.ask.limits)
 
-    def _entry(self, m: Metered | None, decision_id: str, fields: dict[str, Any],
+    @staticmethod
+    def _entry(m: Metered | None, decision_id: str, fields: dict[str, Any],
                allow: bool) -> AuditEntry:
-        ts = datetime.now(UTC).isoformat(timespec="microseconds")
-        body = {"ts": ts, "decision_id": decision_id, "workload": fields["workload"],
-                "outcome": "allow" if allow else "deny", "revision": fields.get("revision", "")}
-        for item in (m.record if m is not None else DEFAULT_RECORD):
-            if item == "identity":
-                body["identity"] = {"spiffe_id": fields["workload"]}
-            elif item == "cost" and m is not None:
-                body["cost"] = {"estimate_usd": usd(m.cost_micro), "estimate_tokens": m.tokens}
-            elif item in fields:
-                body[item] = fields[item]
-        if fields.get("lease_accessor"):
-            body["lease_accessor"] = fields["lease_accessor"]
-        return AuditEntry(ts, decision_id, fields["workload"], body["outcome"], canonical(body))
+        if m is None:
+            return audit.entry(decision_id, fields, allow)
+        return audit.entry(decision_id, fields, allow, m.record, m.cost_micro, m.tokens)
 
     def finish(self, m: Metered, decision_id: str, fields: dict[str, Any], allow: bool) -> None:
         """Release a denied reservation and chain the audit row; durable on return."""
@@ -242,8 +184,8 @@ class Gate:
         self.ledger.finish(entry, release=released)
         if released and self.cache is not None and m.ask is not None and m.admission is not None:
             self.cache.put(m.ask, m.admission, False)
-        if self._backlog:
-            self._flush_backlog()
+        if self.backlog:
+            self.backlog.flush(self.ledger)
 
     def audit(self, decision_id: str, fields: dict[str, Any]) -> None:
         """A deny that metered nothing (refused before the policy was asked): its row."""
@@ -251,64 +193,13 @@ class Gate:
 
     def defer(self, m: Metered | None, decision_id: str, fields: dict[str, Any]) -> None:
         """A decision answered ``ledger_unavailable``: audit it (and release what it may have
-        reserved) after the next successful write. In memory and bounded: best effort."""
+        reserved) after the next successful write."""
         reserved = m is not None and m.admission is not None and m.admission.reserved
-        with self._backlog_lock:
-            self._backlog.append((self._entry(m, decision_id, fields, False), reserved))
-
-    def _flush_backlog(self) -> None:
-        while True:
-            with self._backlog_lock:
-                if not self._backlog:
-                    return
-                entry, release = self._backlog.popleft()
-            try:
-                self.ledger.finish(entry, release=release)  # idempotent per decision id
-            except LedgerError:
-                with self._backlog_lock:
-                    self._backlog.appendleft((entry, release))
-                return
+        self.backlog.add(self._entry(m, decision_id, fields, False), reserved)
 
     def record_refusal(self, caller: str, asserted: str, code: str, message: str) -> None:
         """An identity refusal (no decision was made) as an audit row of its own."""
-        decision_id = uuid.uuid4().hex
-        workload = asserted or caller or "unknown"
-        ts = datetime.now(UTC).isoformat(timespec="microseconds")
-        body = {"ts": ts, "decision_id": decision_id, "workload": workload, "outcome": "deny",
-                "event": "identity_refused", "caller": caller, "asserted": asserted,
-                "reasons": [{"code": code, "message": message}]}
-        self.ledger.finish(AuditEntry(ts, decision_id, workload, "deny", canonical(body)),
-                           release=False)
+        self.ledger.finish(audit.refusal(caller, asserted, code, message), release=False)
 
     def settle(self, decision_id: str, tokens: int, cost_usd: float, owner: str = "") -> Settlement:
         return self.ledger.settle(decision_id, tokens, usd_to_micro(cost_usd), owner)
-
-
-def _state(a: Admission, limits: Limits) -> dict[str, Any]:
-    """``input.state`` from a ledger view, against the limits the ledger enforces."""
-    windows = {}
-    for name, w, limit in (("daily", a.daily, limits.daily_micro),
-                           ("monthly", a.monthly, limits.monthly_micro)):
-        windows[name] = {
-            "window": w.key,
-            "spent_usd": usd(w.spent_micro),
-            "reserved_usd": usd(w.reserved_micro),
-            "limit_usd": usd(limit) if limit is not None else None,
-            "remaining_usd": usd(limit - w.spent_micro - w.reserved_micro)
-            if limit is not None else None,
-            "resets_in_s": round(w.resets_in_s, 3),
-        }
-    return {
-        "budget": windows,
-        "rate": {
-            "requests_last_minute": a.workload_rate.requests,
-            "tokens_last_minute": a.workload_rate.tokens,
-            "retry_after_s": round(a.workload_rate.retry_after_s, 3),
-            "route": {
-                "requests_last_minute": a.route_rate.requests,
-                "tokens_last_minute": a.route_rate.tokens,
-                "retry_after_s": round(a.route_rate.retry_after_s, 3),
-            },
-        },
-        "reserved": a.reserved,
-    }

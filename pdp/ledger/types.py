@@ -17,11 +17,19 @@ class LedgerUnavailable(LedgerError):
     """The store cannot be reached or failed mid-operation: decisions must deny."""
 
 
+class LedgerOff(LedgerError):
+    """No ledger is configured, so what needs one (recording usage) does not exist here."""
+
+
 def usd_to_micro(usd: float) -> int:
     """Round up to a whole micro-dollar, ignoring float noise (0.01 -> 10000)."""
     scaled = round(usd * MICRO, 3)
     whole = int(scaled)
     return whole + (1 if scaled > whole else 0)
+
+
+def usd(micro: int) -> float:
+    return micro / MICRO
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from pdp import mcp
+from pdp.compiled import CompiledPolicy
 
 CALL = {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
         "params": {"name": "read", "arguments": {"account": "1"}}}
@@ -85,8 +86,9 @@ def test_peek_id_is_best_effort() -> None:
     assert mcp.peek_id(b'{"id": null}') == (False, None)
 
 
-POLICY = {"tools": {"crm": {"actions": {"read": True, "search": True, "export": True},
-                            "deny": {"export": "spec.tools[0].deny"}}}}
+POLICY = CompiledPolicy.from_data("spiffe://prod/agent/a", {
+    "tools": {"crm": {"actions": {"read": True, "search": True, "export": True},
+                      "deny": {"export": "spec.tools[0].deny"}}}})
 ALLOWED = frozenset({"read", "search"})
 
 
