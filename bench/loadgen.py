@@ -8,13 +8,20 @@
   with ``concurrency`` workers at saturation (``-rate=0``).
 Both are Go programs built by scripts/setup, so neither shares the GIL with
 the PDP; they do share the machine's two cores, which every row pays alike.
+
+Both send many requests, round-robin: ghz a JSON array of messages (its
+``--data-file``), with :data:`SEQ` in strings evaluated per call (the call's
+request number, after a tag of the run: no two calls of a bench run carry the
+same input); vegeta a targets file with one body per target.
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import re
+import secrets
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +32,27 @@ from bench.tools import tool
 from pdp.config import REPO_ROOT
 
 NS_PER_MS = 1_000_000
+# A Go template ghz evaluates in string values of its call data at every call: the call's
+# request number (0, 1, ... in each ghz run).
+SEQ = "{{.RequestNumber}}"
+_RUNS = itertools.count()
+_BENCH = secrets.token_hex(3)
+
+
+def run_tag() -> str:
+    """A tag no other load run of this process (or, likely, of another bench run) uses."""
+    return f"{_BENCH}.{next(_RUNS)}."
+
+
+def tag_seq(obj: Any, tag: str) -> Any:
+    """``obj`` with SEQ in every string prefixed by ``tag`` (so ghz renders "<tag><n>")."""
+    if isinstance(obj, str):
+        return obj.replace(SEQ, tag + SEQ)
+    if isinstance(obj, dict):
+        return {k: tag_seq(v, tag) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [tag_seq(v, tag) for v in obj]
+    return obj
 
 
 @dataclass(frozen=True)
@@ -76,17 +104,23 @@ def _run(argv: list[str], timeout_s: float, stdin: bytes | None = None) -> bytes
     return proc.stdout
 
 
-def ghz(addr: str, call: str, payload: dict[str, Any], load: Load, protoset: Path,
-        metadata: dict[str, str] | None = None) -> Result:
-    argv = [tool("ghz"), "--insecure", "--protoset", str(protoset), "--call", call,
-            "-d", json.dumps(payload), *(["-m", json.dumps(metadata)] if metadata else []),
-            "-z", f"{load.duration_s:g}s", "-t", "5s", "-O", "json", "--connections", "2",
-            "--duration-stop", "ignore"]
-    if load.rate:
-        argv += ["--rps", str(load.rate), "--async", "-c", "64"]
-    else:
-        argv += ["-c", str(load.concurrency)]
-    out = _run([*argv, addr], load.duration_s + 60)
+def ghz(addr: str, call: str, payloads: list[dict[str, Any]] | dict[str, Any], load: Load,
+        protoset: Path, metadata: dict[str, str] | None = None) -> Result:
+    """``payloads`` (one message, or many sent round-robin) at ``load``; SEQ in their strings
+    becomes this run's tag and the call's request number."""
+    messages = tag_seq(payloads if isinstance(payloads, list) else [payloads], run_tag())
+    with tempfile.TemporaryDirectory(prefix="aam-bench-") as tmp:
+        data = Path(tmp) / "data.json"
+        data.write_text(json.dumps(messages, separators=(",", ":")))
+        argv = [tool("ghz"), "--insecure", "--protoset", str(protoset), "--call", call,
+                "-D", str(data), *(["-m", json.dumps(metadata)] if metadata else []),
+                "-z", f"{load.duration_s:g}s", "-t", "5s", "-O", "json", "--connections", "2",
+                "--duration-stop", "ignore"]
+        if load.rate:
+            argv += ["--rps", str(load.rate), "--async", "-c", "64"]
+        else:
+            argv += ["-c", str(load.concurrency)]
+        out = _run([*argv, addr], load.duration_s + 60)
     return parse_ghz(json.loads(out), load.duration_s)
 
 
@@ -100,18 +134,27 @@ def parse_ghz(doc: dict[str, Any], duration_s: float) -> Result:
     return Result(lat.get(50, 0.0), lat.get(90, 0.0), lat.get(99, 0.0), ok / total_s, count, count - ok)
 
 
-def vegeta(url: str, body: dict[str, Any], load: Load) -> Result:
+def vegeta_targets(url: str, bodies: list[dict[str, Any]]) -> bytes:
+    """vegeta's JSON targets format: one POST per line, one body each (sent round-robin)."""
+    return b"".join(json.dumps({
+        "method": "POST", "url": url, "header": {"Content-Type": ["application/json"]},
+        "body": _b64(json.dumps(body, separators=(",", ":")).encode())}).encode() + b"\n"
+        for body in bodies)
+
+
+def vegeta(url: str, bodies: list[dict[str, Any]] | dict[str, Any], load: Load,
+           unix_socket: str = "") -> Result:
+    """POST ``bodies`` (one, or many sent round-robin) to ``url``; with ``unix_socket``
+    vegeta connects there instead of to the URL's host."""
     with tempfile.TemporaryDirectory(prefix="aam-bench-") as tmp:
-        body_file = Path(tmp) / "body.json"
-        body_file.write_text(json.dumps(body, separators=(",", ":")))
-        target = {"method": "POST", "url": url,
-                  "header": {"Content-Type": ["application/json"]},
-                  "body": _b64(body_file.read_bytes())}
-        argv = [tool("vegeta"), "attack", "-format=json", f"-duration={load.duration_s:g}s",
-                "-timeout=5s", "-keepalive=true", "-max-connections=64"]
+        targets = Path(tmp) / "targets.json"
+        targets.write_bytes(vegeta_targets(url, bodies if isinstance(bodies, list) else [bodies]))
+        argv = [tool("vegeta"), "attack", "-format=json", f"-targets={targets}",
+                f"-duration={load.duration_s:g}s", "-timeout=5s", "-keepalive=true",
+                "-max-connections=64", *([f"-unix-socket={unix_socket}"] if unix_socket else [])]
         argv += [f"-rate={load.rate}/1s"] if load.rate else \
             ["-rate=0", f"-max-workers={load.concurrency}", f"-workers={load.concurrency}"]
-        results = _run(argv, load.duration_s + 60, json.dumps(target).encode() + b"\n")
+        results = _run(argv, load.duration_s + 60)
         report = _run([tool("vegeta"), "report", "-type=json"], 60, results)
     return parse_vegeta(json.loads(report))
 

@@ -12,6 +12,7 @@ import http.client
 import io
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,20 @@ def cpu_us(fn: Callable[[], object], n: int) -> float:
     return (time.process_time() - t0) / n * 1e6
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a Unix socket (OPA on ``opa_addr = "unix://..."``)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.path)
+        self.sock = sock
+
+
 def _httpclient_query(conn: http.client.HTTPConnection, path: str, input_doc: dict[str, Any]) -> Any:
     body = json.dumps({"input": input_doc}, separators=(",", ":"))
     conn.request("POST", path, body, {"Content-Type": "application/json"})
@@ -49,7 +64,8 @@ def pieces(opa_url: str, path: str, request_json: dict[str, Any], n: int) -> lis
     engine = Engine(client)
     req = to_request(msg)
     input_doc = engine.build_input(req)
-    hc = http.client.HTTPConnection(client.host, client.port, timeout=5.0)
+    hc = _UnixHTTPConnection(client.unix_socket, 5.0) if client.unix_socket else \
+        http.client.HTTPConnection(client.host, client.port, timeout=5.0)
     logs.configure("info", io.StringIO())
     decision = engine.decide(req)
     quiet = logging.getLogger("aam.decision")

@@ -1,19 +1,48 @@
-"""Policy sets for the benchmark: the shipped examples plus N-1 generated workloads.
+"""Policy sets for the benchmark: the shipped examples plus generated workloads.
 
-The benchmark requests always name the example workload
-(spiffe://prod/agent/finance-analyst), so the same decision is measured at
-every scale; the generated policies only make the bundle (and OPA's data) big.
+``write_policy_dir(dest, total)`` loads ``total`` AgentPolicies: the examples'
+and ``total`` minus those generated ones (bench-agent-0, -1, ...), each with a
+model, a daily budget and a tool resource whose parameters are constrained
+(a Tool document per resource declares them). The bench's requests are varied
+over the example workloads and the first :data:`BENCH_AGENTS` generated ones
+(bench/scenarios.py), which every policy set of the bench has; the rest only
+make the bundle (and OPA's data) big.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from pdp.config import REPO_ROOT
 
 EXAMPLES = REPO_ROOT / "examples"
-EXAMPLE_POLICIES = 1  # AgentPolicy documents in examples/
+# AgentPolicy documents in examples/ (finance-analyst, claims-assistant, support-triage).
+EXAMPLE_POLICIES = sum(len(re.findall(r"^kind: AgentPolicy\s*$", f.read_text(), re.M))
+                       for f in EXAMPLES.glob("*.yaml"))
+# Generated workloads the bench's requests name (present in every set of >= 10 policies).
+BENCH_AGENTS = 7
+SYSTEMS = 50  # distinct tool resources across the generated policies
+AGENT_QUERY_MAX = 200  # the generated policies' max_length for the query parameter
+
+_TOOL = """\
+---
+apiVersion: access.envisionai.dev/v1
+kind: Tool
+metadata:
+  name: bench-system{sys}-records
+spec:
+  resource: bench.system{sys}.records
+  actions: [read, search, delete]
+  inputSchema:
+    type: object
+    properties:
+      record_id: {{type: string}}
+      query: {{type: string}}
+      limit: {{type: integer}}
+"""
 
 _TEMPLATE = """\
 ---
@@ -32,9 +61,39 @@ spec:
     - resource: bench.system{sys}.records
       actions: [read, search]
       deny: [delete]
+      constraints:
+        - {{param: limit, min: 1, max: {max_limit}}}
+        - {{param: query, pattern: "[^;]*", max_length: {query_max}}}
   audit:
     record: [identity, policy, action, outcome]
 """
+
+
+@dataclass(frozen=True)
+class BenchAgent:
+    """What generated policy ``i`` grants, for building requests it decides."""
+
+    i: int
+
+    @property
+    def workload(self) -> str:
+        return f"spiffe://bench/agent/agent-{self.i}"
+
+    @property
+    def model(self) -> str:
+        return "reasoning-high" if self.i % 2 else "summarization"
+
+    @property
+    def resource(self) -> str:
+        return f"bench.system{self.i % SYSTEMS}.records"
+
+    @property
+    def max_limit(self) -> int:
+        return 50 + self.i % 50
+
+    @property
+    def budget_usd(self) -> int:
+        return 10 + self.i % 90
 
 
 def write_policy_dir(dest: Path, total: int) -> Path:
@@ -42,9 +101,13 @@ def write_policy_dir(dest: Path, total: int) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for f in sorted(EXAMPLES.glob("*.yaml")):
         shutil.copy(f, dest / f.name)
+    n = max(0, total - EXAMPLE_POLICIES)
     with open(dest / "bench-generated.yaml", "w") as out:
-        for i in range(max(0, total - EXAMPLE_POLICIES)):
-            out.write(_TEMPLATE.format(
-                i=i, team=i % 37, model="reasoning-high" if i % 2 else "summarization",
-                budget=10 + i % 90, sys=i % 50))
+        for sys in range(min(n, SYSTEMS)):
+            out.write(_TOOL.format(sys=sys))
+        for i in range(n):
+            a = BenchAgent(i)
+            out.write(_TEMPLATE.format(i=i, team=i % 37, model=a.model, budget=a.budget_usd,
+                                       sys=i % SYSTEMS, max_limit=a.max_limit,
+                                       query_max=AGENT_QUERY_MAX))
     return dest

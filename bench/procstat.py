@@ -63,7 +63,10 @@ def rss_kb(pid: int) -> int:
 def children(pid: int) -> list[int]:
     out: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
+        try:
+            text = (task / "children").read_text().split()
+        except FileNotFoundError:  # that thread exited since the listing
+            continue
         out.extend(int(c) for c in text)
     return out
 

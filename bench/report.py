@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench.loadgen import Load, Result
 from bench.procstat import Usage
@@ -18,6 +18,9 @@ class Row:
     usage: dict[str, Usage]
     error: str = ""
     skipped: bool = False  # not run on purpose (e.g. no baseline binary); ``error`` says why
+    # The PDP's decision counters over the run (targets.decisions): "allow", "deny",
+    # "deny:<reason>"; empty for systems that count nothing we read.
+    decisions: dict[str, float] = field(default_factory=dict)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -69,6 +72,29 @@ def _per_request(u: Usage | None, res: Result) -> str:
     """CPU milliseconds per answered request: less sensitive than latency to a busy machine
     ("-" for a process the request does not pass through)."""
     return f"{10 * u.cpu_pct / res.throughput:.2f}" if u and u.cpu_pct >= 1 and res.throughput else "-"
+
+
+def decisions_table(rows: Sequence[Row], expected_allow: Callable[[str], float]) -> str:
+    """What the PDP decided during each load run (its own counters), against the share of
+    allows the scenario's requests should get (``expected_allow(scenario)``, 0..1)."""
+    headers = ["scenario", "offered", "answered", "PDP allow", "PDP deny", "expected", "verdict"]
+    out = []
+    for r in rows:
+        if not r.decisions or r.result is None:
+            continue
+        d = r.decisions
+        allow, deny = int(d.get("allow", 0)), int(d.get("deny", 0))
+        want = expected_allow(r.scenario)
+        reasons = ", ".join(f"{k.split(':', 1)[1]} {int(v)}" for k, v in sorted(d.items())
+                            if k.startswith("deny:"))
+        got = allow / (allow + deny) if allow + deny else 0.0
+        # A mix is met within 2 points (a run ends mid-cycle through the requests).
+        ok = deny == 0 if want == 1 else allow == 0 if want == 0 else abs(got - want) <= 0.02
+        verdict = "as expected" if allow + deny and ok else "UNEXPECTED"
+        out.append([r.scenario, r.load.label, str(r.result.count - r.result.errors), str(allow),
+                    f"{deny}" + (f" ({reasons})" if reasons else ""),
+                    f"{want:.0%} allow", verdict])
+    return table(headers, out)
 
 
 def ratio_table(pairs: Sequence[tuple[Row, Row]]) -> str:

@@ -39,9 +39,23 @@ from bench.procstat import Meter
 from bench.protoset import write_protoset
 from bench.report import Row, ScalePoint
 from bench.scenarios import Scenario
-from bench.targets import AamStack, ExtAuthzServer, ExtAuthzStack, LedgerServer, TargetError, extauthz_servers
+from bench.targets import (
+    AamStack,
+    ExtAuthzServer,
+    ExtAuthzStack,
+    LedgerServer,
+    TargetError,
+    decisions,
+    extauthz_servers,
+)
 from bench.tools import ToolMissing
+from pdp.config import UNIX_SCHEME
 from pdp.opa import OpaClient
+
+# Requests of each scenario checked against their expected decision before its load.
+CHECK_SAMPLE = 24
+# Distinct bodies vegeta sends OPA per run (the variants in turn, each its own call number).
+OPA_BODIES = 8 * scenarios.VARIANTS
 
 
 @dataclass(frozen=True)
@@ -95,10 +109,14 @@ Stack = AamStack | ExtAuthzStack
 def drive(s: Scenario, stack: Stack, load: Load) -> Result:
     if s.target in ("aam", "extauthz"):
         assert s.proto is not None
-        return loadgen.ghz(stack.grpc_addr, s.call, s.payload, load, _protoset(s.proto),
+        return loadgen.ghz(stack.grpc_addr, s.call, s.payloads, load, _protoset(s.proto),
                            stack.metadata)
     if s.target == "opa":
-        return loadgen.vegeta(stack.opa_url + s.call, s.payload, load)
+        bodies = scenarios.opa_bodies(s, OPA_BODIES, loadgen.run_tag())
+        if stack.opa_url.startswith(UNIX_SCHEME):  # OPA on a Unix socket (opa_addr = "unix://...")
+            return loadgen.vegeta("http://localhost" + s.call, bodies, load,
+                                  unix_socket=stack.opa_url[len(UNIX_SCHEME):])
+        return loadgen.vegeta(stack.opa_url + s.call, bodies, load)
     raise ValueError(f"unknown target {s.target!r}")
 
 
@@ -112,44 +130,83 @@ def _protoset(fd: FileDescriptor) -> Path:
     return _PROTOSETS[fd.name]
 
 
-def check(s: Scenario, stack: Stack) -> None:
-    """One request before the load: it must get the decision the scenario expects."""
+def sample(s: Scenario, k: int = CHECK_SAMPLE) -> list[int]:
+    """Indexes of the variants to check: each workload's first, then evenly spread ones."""
+    first: dict[str, int] = {}
+    for i, v in enumerate(s.variants):
+        first.setdefault(scenarios.workload_of(v.payload), i)
+    picked = list(first.values())
+    rest = [i for i in range(len(s.variants)) if i not in first.values()]
+    want = max(0, min(k - len(picked), len(rest)))
+    picked += [rest[j * len(rest) // want] for j in range(want)] if want else []
+    return sorted(picked)
+
+
+def decide(s: Scenario, stack: Stack, payload: dict[str, Any]) -> tuple[bool, Any]:
+    """One request of ``s`` to ``stack``: (allowed, what the answer said)."""
     if s.call == scenarios.CHECK:
         with grpc.insecure_channel(stack.grpc_addr) as ch:
-            req = json_format.ParseDict(s.payload, external_auth_pb2.CheckRequest())
+            req = json_format.ParseDict(payload, external_auth_pb2.CheckRequest())
             resp = external_auth_pb2_grpc.AuthorizationStub(ch).Check(
                 req, timeout=5, metadata=tuple(stack.metadata.items()))
-        allow = resp.status.code == code_pb2.OK
-        detail = [resp.status.message]
-    elif s.target == "aam":
+        return resp.status.code == code_pb2.OK, [resp.status.message]
+    if s.target == "aam":
         with grpc.insecure_channel(stack.grpc_addr) as ch:
-            req = json_format.ParseDict(s.payload, pdp_pb2.AuthorizeRequest())
+            req = json_format.ParseDict(payload, pdp_pb2.AuthorizeRequest())
             resp = pdp_pb2_grpc.PolicyDecisionServiceStub(ch).Authorize(
                 req, timeout=5, metadata=tuple(stack.metadata.items()))
-        allow = resp.decision == pdp_pb2.DECISION_ALLOW
-        detail = [r.code for r in resp.reasons]
-    else:
-        result = OpaClient(stack.opa_url, 5).query(s.call, s.payload["input"])
-        allow, detail = bool(result.get("allow")), result.get("reasons")
-    if allow != s.expect_allow:
-        raise RuntimeError(f"{s.name}: expected {'ALLOW' if s.expect_allow else 'DENY'}, got {detail}")
+        return resp.decision == pdp_pb2.DECISION_ALLOW, [r.code for r in resp.reasons]
+    result = OpaClient(stack.opa_url, 5).query(s.call, payload["input"])
+    return bool(result.get("allow")), result.get("reasons")
+
+
+def check(s: Scenario, stack: Stack) -> str:
+    """Before the load, a sample of the scenario's requests (every workload among them),
+    rendered as calls are: each must get the decision it expects. Returns what was checked."""
+    picked = sample(s)
+    wrong = []
+    for i in picked:
+        v = s.variants[i]
+        allow, detail = decide(s, stack, scenarios.render(v.payload, i, "check."))
+        if allow != v.expect_allow:
+            wrong.append(f"request {i} ({scenarios.workload_of(v.payload)}): expected "
+                         f"{'ALLOW' if v.expect_allow else 'DENY'}, got {detail}")
+    if wrong:
+        raise RuntimeError(f"{s.name}: " + "; ".join(wrong))
+    return f"checked {len(picked)} of {s.describe()}: each decided as expected"
 
 
 def measure(s: Scenario, stack: Stack, load: Load, trees: dict[str, int] | None = None) -> Row:
     """One load run; CPU of the PDP, OPA, the ledger's processes (``trees``) and the load
     generator, so that the table accounts for every CPU a decision costs."""
     try:
+        before = decisions(stack.metrics_url) if s.target == "aam" else {}
         with Meter(stack.pids, trees=trees, loadgen=True) as meter:
             result = drive(s, stack, load)
-        return Row(s.name, load, result, meter.usage)
+        # ghz gives up on a call after 5 s; the PDP still decides it: let those land.
+        after = _settled(stack.metrics_url) if before else {}
+        counted = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+        return Row(s.name, load, result, meter.usage, decisions={k: v for k, v in counted.items() if v})
     except (LoadError, ToolMissing, OSError) as exc:
         return Row(s.name, load, None, {}, str(exc))
+
+
+def _settled(metrics_url: str, timeout_s: float = 10.0) -> dict[str, float]:
+    """The decision counters once they stop moving (calls still queued in the PDP finish)."""
+    last, deadline = decisions(metrics_url), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = decisions(metrics_url)
+        if now == last:
+            break
+        last = now
+    return last
 
 
 def run_scenarios(chosen: list[Scenario], stack: Stack, p: Plan, out: TextIO,
                   trees: dict[str, int] | None = None) -> list[Row]:
     for s in chosen:
-        check(s, stack)
+        print(f"  {s.name}: {check(s, stack)}", file=out, flush=True)
     for s in chosen:
         drive(s, stack, Load(200, 2))  # warm-up: connections, caches
     rows = []
@@ -162,7 +219,10 @@ def run_scenarios(chosen: list[Scenario], stack: Stack, p: Plan, out: TextIO,
 
 
 def _progress(row: Row, out: TextIO) -> None:
-    print(f"  {row.scenario:40} {row.load.label:10} {_brief(row.result, row.error)}", file=out, flush=True)
+    d = row.decisions
+    seen = f"; PDP: {d.get('allow', 0):.0f} allow, {d.get('deny', 0):.0f} deny" if d else ""
+    print(f"  {row.scenario:40} {row.load.label:10} {_brief(row.result, row.error)}{seen}",
+          file=out, flush=True)
 
 
 def run_main(p: Plan, work: Path, ledger: LedgerServer, out: TextIO) \
@@ -257,6 +317,12 @@ def _brief(result: Result | None, error: str) -> str:
     return f"p99 {result.p99_ms:.2f} ms, {result.throughput:.0f}/s" if result else error[:80]
 
 
+def expected_allow(name: str) -> float:
+    """The share of a scenario's requests that should be allowed."""
+    vs = scenarios.by_name(name).variants
+    return sum(v.expect_allow for v in vs) / len(vs)
+
+
 def pairs(rows: list[Row]) -> list[tuple[Row, Row]]:
     by = {(r.scenario, r.load.label): r for r in rows}
     out = []
@@ -328,6 +394,9 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     print(f"\n== latency and resources (ledger: {args.ledger}; CPU in % of one core) ==\n"
           f"{report.latency_table(rows)}", file=out)
     print(f"\n== AAM / baseline (same offered load) ==\n{report.ratio_table(pairs(rows))}", file=out)
+    if any(r.decisions for r in rows):
+        print(f"\n== decisions during load (the PDP's counters; no decision cache: each asked OPA) ==\n"
+              f"{report.decisions_table(rows, expected_allow)}", file=out)
     if points:
         print(f"\n== scale: aam: authorize model call at {p.scale_rate}/s ==\n{report.scale_table(points)}",
               file=out)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from pdp import procs
 from pdp.config import DEFAULT_TOOLS_DIR
 from pdp.identity import GATEWAY_TOKEN_HEADER
 from pdp.ledger.keyring import ensure_file
+from pdp.metrics import METRICS_PATH
 from pdp.opa import free_port
 from pdp.secretfile import ensure_secret
 
@@ -48,7 +50,8 @@ class AamStack:
         self.policies = policies
         self.settings = settings or {}
         self.grpc_addr = f"127.0.0.1:{free_port()}"
-        self.opa_url = ""
+        self.opa_url = ""  # http://host:port, or unix:///path with opa_addr = "unix://..."
+        self.metrics_url = ""  # the PDP's Prometheus endpoint (decisions by outcome)
         self.proc: subprocess.Popen[bytes] | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="aam-bench-stack-")
         self.log = Path(self._tmp.name) / "pdp.log"
@@ -86,9 +89,12 @@ class AamStack:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise TargetError(f"aam up exited {self.proc.returncode}: {self._tail()}")
-            m = re.search(r"^opa\s+(http://\S+)", self.out.read_text(), re.M)
-            if m and _grpc_ready(self.grpc_addr):
+            banner = self.out.read_text()
+            m = re.search(r"^opa\s+((?:http|unix)://\S+)", banner, re.M)
+            b = re.search(r"^bundles\s+(http://[^/\s]+)", banner, re.M)
+            if m and b and _grpc_ready(self.grpc_addr):
                 self.opa_url = m.group(1)
+                self.metrics_url = b.group(1) + METRICS_PATH
                 return self
             time.sleep(0.1)
         self.stop()
@@ -258,6 +264,7 @@ class ExtAuthzStack:
         self.policies = policies
         self.grpc_addr = f"127.0.0.1:{free_port()}"
         self.opa_url = ""
+        self.metrics_url = ""  # the Go baselines count nothing we read
         self.metadata: dict[str, str] = {}  # the Go baselines take no gateway token
         self.proc: subprocess.Popen[bytes] | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix=f"aam-bench-{server.stack}-")
@@ -299,3 +306,21 @@ class ExtAuthzStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def decisions(metrics_url: str) -> dict[str, float]:
+    """The PDP's decision counters: {"allow": n, "deny": n, "deny:<reason>": n, ...}
+    ({} without an endpoint)."""
+    if not metrics_url:
+        return {}
+    with urllib.request.urlopen(metrics_url, timeout=5) as r:  # loopback, the stack's own
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for m in re.finditer(r'^aam_decisions_total\{(.*?)\} (\S+)$', text, re.M):
+        labels = dict(re.findall(r'(\w+)="(.*?)"', m.group(1)))
+        outcome, value = labels.get("outcome", "?"), float(m.group(2))
+        out[outcome] = out.get(outcome, 0.0) + value
+        if labels.get("reason"):
+            key = f"{outcome}:{labels['reason']}"
+            out[key] = out.get(key, 0.0) + value
+    return out

@@ -45,10 +45,15 @@ class Settings:
     # Recompile and republish the bundle when a policy file changes.
     watch: bool = False
     # URL of an OPA the PDP does not manage; empty means start one as a child.
+    # "http://host:port", or "unix:///abs/path.sock" for an OPA on a Unix socket.
     opa_url: str = ""
     # OPA binary for a managed OPA; empty means the tools dir, then PATH.
     opa_binary: str = ""
-    # Address of the managed OPA, "host:port" (port 0 picks a free one).
+    # Address of the managed OPA, "host:port" (port 0 picks a free one), or a Unix
+    # socket: "unix:///abs/dir/opa.sock" (dir is created 0700 if missing, and must be
+    # this user's and closed to group and others; the socket is 0600), or "unix://"
+    # for a socket in a fresh private directory. TCP keep-alive stays the default:
+    # on this 2-core machine the socket's gain is small (bench/RESULTS.md, issue 23).
     opa_addr: str = "127.0.0.1:0"
     # Per-decision deadline for the OPA query, after which the PDP denies.
     opa_timeout_ms: int = 500
@@ -182,7 +187,14 @@ class Settings:
 
     def validate(self) -> None:
         for name in ("grpc_addr", "opa_addr", "http_addr"):
-            split_addr(getattr(self, name), name)
+            if name == "opa_addr" and self.opa_addr.startswith(UNIX_SCHEME):
+                unix_socket_path(self.opa_addr, name, allow_auto=True)
+            else:
+                split_addr(getattr(self, name), name)
+        if self.opa_url.startswith(UNIX_SCHEME):
+            unix_socket_path(self.opa_url, "opa_url")
+        elif self.opa_url and not self.opa_url.startswith("http://"):
+            raise ConfigError(f"opa_url must be http://host:port or unix:///path, got {self.opa_url!r}")
         if self.extauthz_addr:
             split_addr(self.extauthz_addr, "extauthz_addr")
         if self.opa_timeout_ms <= 0:
@@ -241,6 +253,24 @@ class Settings:
             "OPA binary not found (looked in "
             f"{', '.join(c for c in candidates if c) or 'PATH'}); run scripts/setup"
         )
+
+
+UNIX_SCHEME = "unix://"
+# sockaddr_un.sun_path is 108 bytes on Linux, the terminating NUL included.
+MAX_UNIX_PATH = 107
+
+
+def unix_socket_path(addr: str, name: str = "address", allow_auto: bool = False) -> str:
+    """The socket path of a ``unix:///abs/path`` address ("" for ``unix://`` when
+    ``allow_auto``: a socket in a fresh private directory)."""
+    path = addr[len(UNIX_SCHEME):]
+    if not path and allow_auto:
+        return ""
+    if not path.startswith("/") or len(path.encode()) > MAX_UNIX_PATH or path.endswith("/") \
+            or ":" in path or "\0" in path:
+        raise ConfigError(f"{name} must be unix:///absolute/path (at most {MAX_UNIX_PATH} bytes, "
+                          f"no ':')" + (" or unix://" if allow_auto else "") + f", got {addr!r}")
+    return path
 
 
 def split_addr(addr: str, name: str = "address") -> tuple[str, int]:

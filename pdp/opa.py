@@ -4,14 +4,19 @@ The client keeps one persistent connection per thread, over the minimal
 HTTP/1.1 client in :mod:`pdp.http1`: on this hardware ``requests`` costs about
 4x what ``http.client`` costs per call, and ``http.client`` about 3x what
 ``pdp.http1`` costs (see PERF-FACTS and bench/).
+
+Both speak TCP (``http://host:port``) or a Unix domain socket
+(``unix:///path``; OPA's ``--addr unix://...``): ``opa_addr = "unix://"`` puts
+the managed OPA on a socket in a private 0700 directory.
 """
 
 from __future__ import annotations
 
-import http.client
+import contextlib
 import json
 import os
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -20,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pdp import procs
+from pdp.config import UNIX_SCHEME, ConfigError, unix_socket_path
 from pdp.http1 import Http1Connection
 
 if TYPE_CHECKING:
@@ -38,12 +44,20 @@ class OpaClient:
     """Data API client; one keep-alive connection per calling thread."""
 
     def __init__(self, url: str, timeout_s: float) -> None:
-        if not url.startswith("http://"):
-            raise ValueError(f"OPA URL must be http://host:port, got {url!r}")
-        hostport = url[len("http://"):].rstrip("/")
-        host, _, port = hostport.rpartition(":")
         self.url = url
-        self.host, self.port = host.strip("[]"), int(port)
+        self.unix_socket = ""
+        if url.startswith(UNIX_SCHEME):
+            try:
+                self.unix_socket = unix_socket_path(url, "OPA URL")
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+            self.host, self.port = "localhost", 0
+        elif url.startswith("http://"):
+            hostport = url[len("http://"):].rstrip("/")
+            host, _, port = hostport.rpartition(":")
+            self.host, self.port = host.strip("[]"), int(port)
+        else:
+            raise ValueError(f"OPA URL must be http://host:port or unix:///path, got {url!r}")
         self.timeout_s = timeout_s
         self._local = threading.local()
         self._all: set[Http1Connection] = set()
@@ -52,7 +66,7 @@ class OpaClient:
     def _conn(self) -> Http1Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = Http1Connection(self.host, self.port, self.timeout_s)
+            conn = Http1Connection(self.host, self.port, self.timeout_s, self.unix_socket)
             self._local.conn = conn
             with self._all_lock:
                 self._all.add(conn)
@@ -105,14 +119,14 @@ class OpaClient:
         return doc["result"]
 
     def healthy(self, bundles: bool = True) -> bool:
+        conn = Http1Connection(self.host, self.port, 1.0, self.unix_socket)
         try:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=1.0)
-            conn.request("GET", "/health?bundles" if bundles else "/health")
-            ok = conn.getresponse().status == 200
-            conn.close()
-            return ok
+            status, _ = conn.get("/health?bundles" if bundles else "/health")
+            return status == 200
         except OSError:
             return False
+        finally:
+            conn.close()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -127,15 +141,35 @@ class OpaProcess:
     With ``verification`` OPA activates only bundles signed by the PDP's key;
     its config file (public key, or the HMAC secret) is 0600 in a private
     temporary directory.
+
+    ``addr`` is "host:port" (port 0: a free one) or a Unix socket,
+    "unix:///dir/opa.sock" or "unix://" (a socket in a fresh private directory).
+    A socket's directory must be this user's and closed to group and others
+    (created 0700 when missing, and then removed on stop); the socket is 0600.
     """
 
     def __init__(self, binary: str, addr: str, bundle_url: str, workdir: Path | None = None,
                  gogc: int = 100, verification: Verification | None = None) -> None:
-        host, _, port = addr.rpartition(":")
         self.gogc = gogc
         self.verification = verification
-        self.host = host or "127.0.0.1"
-        self.port = int(port) or free_port(self.host)
+        self.unix_socket = ""
+        self._made_dir: Path | None = None  # a socket directory this process made
+        if addr.startswith(UNIX_SCHEME):
+            # Socket paths have no ':' (pdp/config.py), so a ":port" suffix is one a caller
+            # added rebuilding the address as f"{host}:{port}" (the OPA supervisor in
+            # pdp/stack.py restarts OPA that way): it is dropped, and the restart lands on
+            # the same socket. ``addr`` is the spelling to prefer.
+            path = unix_socket_path(UNIX_SCHEME + addr[len(UNIX_SCHEME):].split(":", 1)[0],
+                                    "opa_addr", allow_auto=True)
+            if not path:
+                self._made_dir = Path(tempfile.mkdtemp(prefix="aam-opa-sock-"))  # 0700
+                path = str(self._made_dir / "opa.sock")
+            self.unix_socket = path
+            self.host, self.port = UNIX_SCHEME + path, 0
+        else:
+            host, _, port = addr.rpartition(":")
+            self.host = host or "127.0.0.1"
+            self.port = int(port) or free_port(self.host)
         self.binary = binary
         self.bundle_url = bundle_url
         self._tmp = tempfile.TemporaryDirectory(prefix="aam-opa-") if workdir is None else None
@@ -144,7 +178,37 @@ class OpaProcess:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        """What :class:`OpaClient` takes: http://host:port or unix:///path."""
+        return UNIX_SCHEME + self.unix_socket if self.unix_socket else f"http://{self.host}:{self.port}"
+
+    @property
+    def addr(self) -> str:
+        """The listening address, as ``opa_addr`` spells it (to restart on the same one)."""
+        return UNIX_SCHEME + self.unix_socket if self.unix_socket else f"{self.host}:{self.port}"
+
+    def _prepare_socket(self) -> None:
+        """The socket's directory exists, is a directory of this user's that group and
+        others cannot enter, and holds no stale socket (a killed OPA leaves one)."""
+        sock = Path(self.unix_socket)
+        d = sock.parent
+        try:
+            d.mkdir(mode=0o700)
+            if self._made_dir is None:
+                self._made_dir = d
+        except FileExistsError:
+            pass
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise RuntimeError(f"OPA socket directory {d} must be a directory owned by this user "
+                               f"with no access for group and others (mode 0700), is "
+                               f"{oct(st.st_mode & 0o777)}")
+        try:
+            st = os.lstat(sock)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise RuntimeError(f"OPA socket path {sock} exists and is not a socket")
+        sock.unlink()
 
     def config(self) -> str:
         # Long polling: OPA holds a request open and the bundle server answers
@@ -174,10 +238,14 @@ class OpaProcess:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(self.config())
+        listen = ["--addr", f"{self.host}:{self.port}"]
+        if self.unix_socket:
+            self._prepare_socket()
+            listen = ["--addr", self.url, "--unix-socket-perm", "600"]
         log = open(self.workdir / "opa.log", "wb")  # noqa: SIM115 - lives as long as OPA
         self.proc = subprocess.Popen(
             [self.binary, "run", "--server", "--skip-version-check", "--shutdown-grace-period", "2",
-             "--addr", f"{self.host}:{self.port}", "--config-file", str(cfg),
+             *listen, "--config-file", str(cfg),
              "--log-level", "error", "--log-format", "json"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "GOGC": str(self.gogc)},
@@ -200,3 +268,9 @@ class OpaProcess:
         if self._tmp:
             self._tmp.cleanup()
             self._tmp = None
+        if self._made_dir is not None:
+            # Only what this process made: the socket (if OPA left it) and its directory.
+            Path(self.unix_socket).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self._made_dir.rmdir()
+            self._made_dir = None

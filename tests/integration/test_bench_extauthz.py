@@ -45,3 +45,7 @@ def test_opa_extauthz_answers_checks_as_the_policy_says(tmp_path: Path) -> None:
                         _with_path("/tools/salesforce.accounts/search", "spiffe://prod/agent/nobody"),
                         _with_path("/admin/salesforce.accounts/search")):
             assert _check(stack, payload) == code_pb2.PERMISSION_DENIED, payload
+        # Every varied Check of the benchmark, rendered as ghz renders a call, as it expects.
+        for n, v in enumerate(scenarios.by_name(scenarios.SDK_CHECK).variants):
+            want = code_pb2.OK if v.expect_allow else code_pb2.PERMISSION_DENIED
+            assert _check(stack, scenarios.render(v.payload, n, "it.")) == want, n

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from google.protobuf import descriptor_pb2
 from aam.v1 import pdp_pb2
 from bench import loadgen, profile, report, run, scenarios
 from bench.loadgen import Load, Result
-from bench.policies import write_policy_dir
+from bench.policies import EXAMPLE_POLICIES, write_policy_dir
 from bench.procstat import Usage
 from bench.protoset import write_protoset
 
@@ -68,13 +70,13 @@ def test_scenarios_pair_with_baselines_built_from_the_pdp_input(tmp_path: Path) 
         assert all(b in names for b in s.baselines)
     opa = scenarios.by_name("opa: authorize tool call")
     assert opa.payload["input"]["tool"] == "salesforce.accounts"
-    assert opa.payload["input"]["params"]["limit"] == 50
+    assert opa.payload["input"]["params"]["account_id"] == "00100000-0"  # call 0's
     fds = descriptor_pb2.FileDescriptorSet.FromString(
         write_protoset([pdp_pb2.DESCRIPTOR], tmp_path / "x.protoset").read_bytes())
     assert [f.name for f in fds.file][-1] == pdp_pb2.DESCRIPTOR.name
     assert run.plan(run_args(quick=True)).scales == (10, 1000)
     d = write_policy_dir(tmp_path / "p", 5)
-    assert (d / "bench-generated.yaml").read_text().count("kind: AgentPolicy") == 4
+    assert (d / "bench-generated.yaml").read_text().count("kind: AgentPolicy") == 5 - EXAMPLE_POLICIES == 2
 
 
 def run_args(quick: bool) -> argparse.Namespace:
@@ -92,11 +94,19 @@ def test_extauthz_bench_request_maps_to_the_granted_tool_call() -> None:
     check = scenarios.by_name("aam: ext_authz Check")
     assert check.call == scenarios.CHECK
     assert check.baselines == (scenarios.PLUGIN_CHECK, scenarios.SDK_CHECK)
-    assert all(scenarios.by_name(b).payload == check.payload for b in check.baselines)
+    assert all(scenarios.by_name(b).variants == check.variants for b in check.baselines)
     msg = json_format.ParseDict(check.payload, external_auth_pb2.CheckRequest())
     req = to_request(HttpMapping(), from_check_request(msg))
     assert (req.spiffe_id, req.tool, req.action) == (scenarios.WORKLOAD, "salesforce.accounts", "search")
-    assert req.params["limit"] == 50
+    assert req.params["limit"] == 1
+    # Every varied Check is the tool call its own workload's certificate and path say.
+    tools = {v.payload["identity"]["spiffe_id"]: v.payload["tool"]
+             for v in scenarios.by_name("aam: authorize tool call").variants}
+    for n, v in enumerate(check.variants):
+        msg = json_format.ParseDict(scenarios.render(v.payload, n, "t."), external_auth_pb2.CheckRequest())
+        req = to_request(HttpMapping(), from_check_request(msg))
+        assert req.tool == tools[req.spiffe_id] and req.action in ("read", "search")
+        assert f"t.{n}" in json.dumps(req.params)
 
 
 def test_targets_name_existing_scenarios() -> None:
@@ -175,3 +185,123 @@ def test_idle_rows_give_the_latency_floor_line_and_an_extra_load() -> None:
     p = run.plan(run_args(quick=True))
     assert [load.label for load in run.loads(p)] == ["20/s", "500/s", "max c=16"]
     assert [load.label for load in run.loads(replace(p, idle_rate=0))] == ["500/s", "max c=16"]
+
+
+# --- varied load (issue 23, point 5) ---------------------------------------------------------
+
+def test_every_scenario_varies_workloads_and_params_and_uses_only_the_seq_template() -> None:
+    for s in scenarios.SCENARIOS:
+        assert len(s.variants) == scenarios.VARIANTS, s.name
+        assert scenarios.templates(s.payloads) == {loadgen.SEQ}, s.name
+        workloads = {scenarios.workload_of(p) for p in s.payloads}
+        assert len(workloads) >= (2 if "credentialed" in s.name else 8), (s.name, workloads)
+        assert all(v.expect_allow for v in s.variants)  # the measured mixes are granted calls
+        # Rendered like ghz renders them, no two calls of a run are the same request.
+        calls = [json.dumps(scenarios.render(s.variants[n % len(s.variants)].payload, n, "r1."),
+                            sort_keys=True) for n in range(3 * len(s.variants))]
+        assert len(set(calls)) == len(calls), s.name
+
+
+def test_requests_parse_as_their_protos_and_opa_twins_are_the_pdp_input() -> None:
+    from envoy.service.auth.v3 import external_auth_pb2
+    from google.protobuf import json_format
+
+    for s in scenarios.SCENARIOS:
+        for n, v in enumerate(s.variants):
+            p = scenarios.render(v.payload, n)
+            if s.target == "opa":
+                continue
+            msg = external_auth_pb2.CheckRequest() if s.call == scenarios.CHECK else None
+            json_format.ParseDict(p, msg or pdp_pb2.AuthorizeRequest())
+    for name in ("authorize model call", "authorize tool call", "authorize credentialed tool call"):
+        aam, opa = scenarios.by_name(f"aam: {name}"), scenarios.by_name(f"opa: {name}")
+        for n in (0, 1, 7, 239):
+            want = scenarios.opa_input(scenarios.render(aam.variants[n].payload, n, "x."))
+            assert scenarios.render(opa.variants[n].payload, n, "x.") == {"input": want}
+        bodies = scenarios.opa_bodies(opa, 2 * len(opa.variants), "r.")
+        assert len({json.dumps(b, sort_keys=True) for b in bodies}) == len(bodies)
+        assert bodies[len(opa.variants)]["input"]["identity"] == bodies[0]["input"]["identity"]
+
+
+def test_generated_agents_requests_stay_inside_their_constraints() -> None:
+    """The generated policies constrain limit and query: the varied values must pass them
+    (with a long run tag in the query), so that every request is still an allow."""
+    import re
+
+    from bench.policies import AGENT_QUERY_MAX, BenchAgent
+
+    for s in (scenarios.by_name("aam: authorize tool call"), scenarios.by_name("aam: ext_authz Check")):
+        for n, v in enumerate(s.variants):
+            p = scenarios.render(v.payload, 10**12 + n, "abcdef.123456.")
+            if "attributes" in p:
+                http = p["attributes"]["request"]["http"]
+                workload, params = p["attributes"]["source"]["principal"], json.loads(http["body"])
+            else:
+                workload, params = p["identity"]["spiffe_id"], p["params"]
+            if not workload.startswith("spiffe://bench/"):
+                continue
+            agent = BenchAgent(int(workload.rsplit("-", 1)[1]))
+            assert 1 <= params["limit"] <= agent.max_limit
+            assert re.fullmatch("[^;]*", params["query"]) and len(params["query"]) <= AGENT_QUERY_MAX
+
+
+def test_generated_policies_compile_with_their_tools(tmp_path: Path) -> None:
+    from compiler import compile_paths
+    from compiler.bundle import DATA_PATH
+
+    text = compile_paths([write_policy_dir(tmp_path / "p", 10)]).files[DATA_PATH].decode()
+    for a in scenarios.AGENTS:
+        assert a.workload in text and a.resource in text
+
+
+def test_load_generators_get_every_request_tagged_per_run(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    seen: list[list[str]] = []
+    data: list[object] = []
+
+    def fake_run(argv: list[str], timeout_s: float, stdin: bytes | None = None) -> bytes:
+        seen.append(argv)
+        if Path(argv[0]).name == "ghz":
+            data.append(json.loads(Path(argv[argv.index("-D") + 1]).read_text()))
+            return json.dumps({"count": 2, "total": 1e9, "statusCodeDistribution": {"OK": 2}}).encode()
+        if argv[1] == "attack":
+            targets = Path(next(a for a in argv if a.startswith("-targets=")).split("=", 1)[1])
+            data.append([json.loads(line) for line in targets.read_text().splitlines()])
+            return b"results"
+        return json.dumps({"requests": 2, "throughput": 2.0, "status_codes": {"200": 2}}).encode()
+
+    monkeypatch.setattr(loadgen, "_run", fake_run)
+    monkeypatch.setattr(loadgen, "tool", lambda name: f"/bin/{name}")
+    payloads = [{"request_id": f"a-{loadgen.SEQ}"}, {"request_id": "fixed"}]
+    loadgen.ghz("127.0.0.1:1", "x.Y/Z", payloads, Load(0, 1), tmp_path / "p")
+    loadgen.ghz("127.0.0.1:1", "x.Y/Z", payloads, Load(10, 1), tmp_path / "p")
+    first, second = data[0], data[1]
+    assert isinstance(first, list) and isinstance(second, list)
+    tag1 = first[0]["request_id"].removeprefix("a-").removesuffix(loadgen.SEQ)
+    tag2 = second[0]["request_id"].removeprefix("a-").removesuffix(loadgen.SEQ)
+    assert tag1 and tag2 and tag1 != tag2 and first[1] == {"request_id": "fixed"}
+    loadgen.vegeta("http://localhost/v1/data/x", [{"input": {"a": 1}}, {"input": {"a": 2}}], Load(5, 1),
+                   unix_socket="/run/opa.sock")
+    assert "-unix-socket=/run/opa.sock" in seen[-2]
+    targets = data[-1]
+    assert isinstance(targets, list)
+    assert [json.loads(base64.b64decode(t["body"])) for t in targets] == [{"input": {"a": 1}},
+                                                                          {"input": {"a": 2}}]
+    assert {t["url"] for t in targets} == {"http://localhost/v1/data/x"}
+
+
+def test_check_sample_covers_every_workload() -> None:
+    for s in scenarios.SCENARIOS:
+        picked = run.sample(s)
+        assert len(picked) == run.CHECK_SAMPLE and len(set(picked)) == len(picked)
+        assert {scenarios.workload_of(s.variants[i].payload) for i in picked} == \
+            {scenarios.workload_of(p) for p in s.payloads}
+
+
+def test_decisions_table_says_whether_the_pdp_decided_as_expected() -> None:
+    ok = report.Row("aam: t", FIXED, Result(1, 1, 2, 500, 2500, 0), {}, decisions={"allow": 2500})
+    bad = report.Row("aam: t", SAT, Result(1, 1, 2, 500, 1000, 0), {},
+                     decisions={"allow": 990, "deny": 10, "deny:budget_exceeded": 10})
+    lines = report.decisions_table([ok, bad], lambda name: 1.0).splitlines()
+    assert lines[2].split()[-4:] == ["100%", "allow", "as", "expected"]
+    assert "10 (budget_exceeded 10)" in lines[3] and lines[3].endswith("UNEXPECTED")
