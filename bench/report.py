@@ -250,8 +250,8 @@ def _check_line(aam: Row | None, bases: Sequence[tuple[str, Row | None]], at: st
     return f"{what}: {'; '.join(figures)} -> {'met' if x <= CHECK_P99_X else 'short'}{against}"
 
 
-def _scale_line(points: Sequence[ScalePoint]) -> str:
-    what = f"p99 at {SCALE_TO:,} policies within {SCALE_P99_X:g}x of {SCALE_FROM:,}"
+def _scale_line(points: Sequence[ScalePoint], within: float = SCALE_P99_X) -> str:
+    what = f"p99 at {SCALE_TO:,} policies within {within:g}x of {SCALE_FROM:,}"
     by = {p.policies: p.result for p in points}
     lo, hi = by.get(SCALE_FROM), by.get(SCALE_TO)
     if not points:
@@ -262,4 +262,53 @@ def _scale_line(points: Sequence[ScalePoint]) -> str:
         return f"{what}: scales run {ran}{hint} -> not measured"
     x = hi.p99_ms / lo.p99_ms
     return (f"{what}: {hi.p99_ms:.2f} ms / {lo.p99_ms:.2f} ms = x {x:.2f}"
-            f" -> {'met' if x <= SCALE_P99_X else 'short'}")
+            f" -> {'met' if x <= within else 'short'}")
+
+
+# Issue 23's targets: AAM against opa-extauthz (a Go ext_authz server on OPA's SDK), same run.
+VS_GO_SATURATION_X = 0.5
+VS_GO_LATENCY_X = 1.5
+SCALE23_P99_X = 1.2
+
+
+def targets_23(rows: Sequence[Row], points: Sequence[ScalePoint], rate: int, idle_rate: int,
+               tool: str, check: str, go: str) -> str:
+    """One line per target of issue 23: ``tool`` and ``check`` are AAM's scenarios, ``go``
+    the opa-extauthz Check they are measured against."""
+    sat = {r.scenario: r.result for r in rows if r.load.rate == 0 and r.result is not None}
+    lines = [_vs_go_saturation(sat.get(go), {"Check": sat.get(check), "tool call": sat.get(tool)})]
+    for load in (idle_rate, rate):
+        at = {r.scenario: r.result for r in rows if load and r.load.rate == load and r.result is not None}
+        lines.append(_vs_go_latency(f"{load}/s" if load else "idle (not run)", at.get(check), at.get(go)))
+    lines.append(_scale_line(points, SCALE23_P99_X))
+    by = {p.policies: p for p in points}
+    big = by.get(SCALE_TO)
+    lines.append(f"PDP RSS per worker at {SCALE_TO:,} policies (1 worker): "
+                 + (f"{big.pdp_rss_mb:.0f} MB (OPA {big.opa_rss_mb:.0f} MB)" if big and big.result
+                    else "not measured (only the full run loads 10,000)"))
+    return "\n".join(lines)
+
+
+def _vs_go_saturation(go: Result | None, aam: dict[str, Result | None]) -> str:
+    what = f"saturation >= {VS_GO_SATURATION_X:g}x opa-extauthz's Check"
+    if go is None or not go.throughput:
+        return f"{what}: opa-extauthz not measured -> not measured"
+    figures, ok = [f"opa-extauthz {go.throughput:,.0f}/s"], []
+    for label, r in aam.items():
+        if r is None:
+            figures.append(f"AAM {label} -")
+            continue
+        x = r.throughput / go.throughput
+        figures.append(f"AAM {label} {r.throughput:,.0f}/s = x {x:.2f}")
+        ok.append(x >= VS_GO_SATURATION_X)
+    return f"{what}: {', '.join(figures)} -> {_verdict(ok, [])}"
+
+
+def _vs_go_latency(at: str, aam: Result | None, go: Result | None) -> str:
+    what = f"Check p50 / p99 at {at} <= {VS_GO_LATENCY_X:g}x opa-extauthz's"
+    if aam is None or go is None:
+        return f"{what}: -> not measured"
+    x50, x99 = aam.p50_ms / go.p50_ms, aam.p99_ms / go.p99_ms
+    return (f"{what}: AAM {aam.p50_ms:.2f} / {aam.p99_ms:.2f} ms, opa-extauthz {go.p50_ms:.2f} / "
+            f"{go.p99_ms:.2f} ms = x {x50:.2f} / x {x99:.2f}"
+            f" -> {'met' if max(x50, x99) <= VS_GO_LATENCY_X else 'short'}")

@@ -411,6 +411,9 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     met = report.targets(rows, points, p.rate, scenarios.AUTHORIZE_TARGETS, scenarios.CHECK_TARGET,
                          args.ledger, p.idle_rate)
     print(f"\n== targets (issue 9) ==\n{met}", file=out)
+    vs_go = report.targets_23(rows, points, p.rate, p.idle_rate, scenarios.AUTHORIZE_TARGETS["tool"],
+                              scenarios.CHECK_TARGET[0], scenarios.SDK_CHECK)
+    print(f"\n== targets (issue 23) ==\n{vs_go}", file=out)
     print(f"\nbench: done in {time.monotonic() - t0:.0f} s", file=out)
     if args.json:
         args.json.write_text(json.dumps(_jsonable(rows, points), indent=2))

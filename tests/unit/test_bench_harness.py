@@ -305,3 +305,21 @@ def test_decisions_table_says_whether_the_pdp_decided_as_expected() -> None:
     lines = report.decisions_table([ok, bad], lambda name: 1.0).splitlines()
     assert lines[2].split()[-4:] == ["100%", "allow", "as", "expected"]
     assert "10 (budget_exceeded 10)" in lines[3] and lines[3].endswith("UNEXPECTED")
+
+
+def test_issue_23_targets_compare_with_opa_extauthz() -> None:
+    idle = Load(20, 5)
+    rows = [_row("aam: t", SAT, 40, 300), _row("aam: check", SAT, 40, 250), _row("sdk", SAT, 10, 700),
+            _row("aam: check", idle, 8.0), _row("sdk", idle, 4.0),
+            _row("aam: check", FIXED, 30.0), _row("sdk", FIXED, 20.0)]
+    points = [report.ScalePoint(10, Result(1, 1, 2.0, 200, 100, 0), 60, 50, 3),
+              report.ScalePoint(10_000, Result(1, 1, 2.5, 200, 100, 0), 160, 250, 20)]
+    lines = report.targets_23(rows, points, 500, 20, "aam: t", "aam: check", "sdk").splitlines()
+    assert lines[0] == ("saturation >= 0.5x opa-extauthz's Check: opa-extauthz 700/s, "
+                        "AAM Check 250/s = x 0.36, AAM tool call 300/s = x 0.43 -> short")
+    assert lines[1].endswith("AAM 2.00 / 8.00 ms, opa-extauthz 1.00 / 4.00 ms = x 2.00 / x 2.00 -> short")
+    assert lines[2].endswith("AAM 7.50 / 30.00 ms, opa-extauthz 5.00 / 20.00 ms = x 1.50 / x 1.50 -> met")
+    assert lines[3].endswith("2.50 ms / 2.00 ms = x 1.25 -> short")  # 1.2x here, 1.3x for issue 9
+    assert lines[4] == "PDP RSS per worker at 10,000 policies (1 worker): 160 MB (OPA 250 MB)"
+    none = report.targets_23([], [], 500, 0, "aam: t", "aam: check", "sdk").splitlines()
+    assert none[0].endswith("-> not measured") and none[1].endswith("-> not measured")
