@@ -23,7 +23,6 @@ one interval's worth, or those of a PDP that crashed before anchoring them).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -68,8 +67,7 @@ class Anchor:
 
 
 def _mac(key: AuditKey, seq: int, hash_: str, time: str) -> str:
-    msg = f"{_TAG}\n{seq}\n{hash_}\n{time}\n{key.id}".encode()
-    return hmac.new(key.secret, msg, hashlib.sha256).hexdigest()
+    return key.mac(f"{_TAG}\n{seq}\n{hash_}\n{time}\n{key.id}")
 
 
 def sign(key: AuditKey, head: ChainHead, time: str | None = None) -> Anchor:

@@ -19,7 +19,6 @@ on. An unkeyed row after a keyed one is never accepted.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,8 +36,7 @@ _TAG = "aam-audit-v1"
 
 def keyed_hash(key: AuditKey, prev_hash: str, seq: int, body: str) -> str:
     """The hash of a new row: the only formula the PDP writes with."""
-    msg = f"{_TAG}\n{prev_hash}\n{seq}\n{key.id}\n{body}".encode()
-    return hmac.new(key.secret, msg, hashlib.sha256).hexdigest()
+    return key.mac(f"{_TAG}\n{prev_hash}\n{seq}\n{key.id}\n{body}")
 
 
 def legacy_hash(prev_hash: str, seq: int, body: str) -> str:
@@ -139,14 +137,15 @@ def check(rows: Iterable[AuditRow], keyring: Keyring | None) -> Report:
             rep.keys[r.key_id] = rep.keys.get(r.key_id, 0) + 1
         # Without a keyring a keyed row's own hash cannot be checked: only its columns.
         hash_ok = (keyring is None and r.key_id != LEGACY) or _hash_of(r, r.seq, keyring) == r.hash
-        own_ok = hash_ok and _columns_match(r)
+        columns_ok = _columns_match(r)
+        own_ok = hash_ok and columns_ok
         if r.seq != prev_seq + 1:
             missing = f"{prev_seq + 1}" if r.seq == prev_seq + 2 else f"{prev_seq + 1}..{r.seq - 1}"
             rep.problems.append(Problem(r.seq, r.decision_id, "deleted",
                                         f"row(s) {missing} before this one are missing"))
         elif not own_ok:
             written_at = None
-            if searches > 0 and _columns_match(r):
+            if searches > 0 and columns_ok:
                 searches -= 1
                 written_at = _written_at(r, keyring)
             if written_at is not None:

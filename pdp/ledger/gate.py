@@ -89,8 +89,9 @@ class LedgerGate(Protocol):
 
     def record_refusal(self, caller: str, asserted: str, code: str, message: str) -> None: ...
 
-    def settle(self, decision_id: str, tokens: int, cost_usd: float,
-               owner: str = "") -> Settlement: ...
+    def settle(self, decision_id: str, tokens: int, cost_usd: float) -> Settlement:
+        """Settle with the actual cost; only ever for a trusted gateway (the transport checks)."""
+        ...
 
 
 class Gate:
@@ -142,7 +143,7 @@ class Gate:
                                      pricing.tool_price(policy, tool, model))
         route = compiled.route(model)
         ask = Ask(decision_id, workload, model if route else "", cost, tokens,
-                         limits.limits_of(policy, route), self.ttl_s)
+                  limits.limits_of(policy, route), self.ttl_s)
         return Metered(None, audit.record_of(policy), ask.route, cost, tokens, ask)
 
     def cached_state(self, m: Metered) -> dict[str, Any] | None:
@@ -201,5 +202,5 @@ class Gate:
         """An identity refusal (no decision was made) as an audit row of its own."""
         self.ledger.finish(audit.refusal(caller, asserted, code, message), release=False)
 
-    def settle(self, decision_id: str, tokens: int, cost_usd: float, owner: str = "") -> Settlement:
-        return self.ledger.settle(decision_id, tokens, usd_to_micro(cost_usd), owner)
+    def settle(self, decision_id: str, tokens: int, cost_usd: float) -> Settlement:
+        return self.ledger.settle(decision_id, tokens, usd_to_micro(cost_usd))

@@ -21,6 +21,8 @@ keyrings never share an id (a wrong key file then says "unknown key", not
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -49,6 +51,10 @@ class AuditKey:
     id: str
     created: str
     secret: bytes = field(repr=False)
+
+    def mac(self, msg: str) -> str:
+        """HMAC-SHA256 of ``msg`` under this key, in hex (audit rows and anchors)."""
+        return hmac.new(self.secret, msg.encode(), hashlib.sha256).hexdigest()
 
 
 class Keyring:
@@ -165,7 +171,7 @@ def ensure_file(path: Path) -> Keyring:
     """The keyring at ``path``, created first when missing (aam up, test stacks)."""
     if not path.exists():
         try:
-            init_file(path)
+            return init_file(path)
         except ConfigError:
             if not path.exists():
                 raise

@@ -55,5 +55,5 @@ class NullGate:
     def record_refusal(self, caller: str, asserted: str, code: str, message: str) -> None:
         return None
 
-    def settle(self, decision_id: str, tokens: int, cost_usd: float, owner: str = "") -> Settlement:
+    def settle(self, decision_id: str, tokens: int, cost_usd: float) -> Settlement:
         raise LedgerOff("usage recording needs the ledger, which is not configured")

@@ -37,7 +37,7 @@ from pdp.ledger.types import (
     Settlement,
     Window,
 )
-from pdp.ledger.writer import AuditWriter, Pending, WriterBacked
+from pdp.ledger.writer import AuditWriter, NewRows, Pending, WriterBacked
 
 log = logging.getLogger("aam.ledger")
 T = TypeVar("T")
@@ -139,7 +139,7 @@ class PostgresLedger(WriterBacked):
         items = json.dumps([_item(p) for p in batch], separators=(",", ":"))
         mine = self.head.seq if self.head is not None else 0
 
-        def run(conn: psycopg.Connection) -> tuple[dict[str, Any], ChainHead | None]:
+        def run(conn: psycopg.Connection) -> tuple[dict[str, Any], NewRows]:
             # Pipelined: BEGIN travels with the first statement and COMMIT with the
             # insert, so a batch costs two round trips, not four.
             with conn.pipeline(), conn.transaction():
@@ -156,14 +156,13 @@ class PostgresLedger(WriterBacked):
                           "outcome": e.outcome, "body": e.body, "prev": lk.prev_hash,
                           "hash": lk.hash, "key": key.id} for lk, e in rows],
                         separators=(",", ":")),), prepare=True)
-            return doc, (ChainHead(rows[-1][0].seq, rows[-1][0].hash) if rows else None)
+            return doc, rows
 
-        doc, head = self._run("audit", run)
+        doc, rows = self._run("audit", run)
         for p, out in zip(batch, doc["items"], strict=True):
             if p.ask is not None:
                 p.admission = _admission(out["admission"], p.ask.cost_micro)
-        if head is not None:
-            self.head = head
+        self.advance(rows)
 
     def audit_hash(self, seq: int) -> str | None:
         def run(conn: psycopg.Connection) -> str | None:

@@ -32,7 +32,7 @@ from pdp.ledger.types import (
     Settlement,
     Window,
 )
-from pdp.ledger.writer import AuditWriter, Pending, WriterBacked
+from pdp.ledger.writer import AuditWriter, NewRows, Pending, WriterBacked
 
 T = TypeVar("T")
 RATE_WINDOW_S = 60.0
@@ -155,7 +155,7 @@ class SqliteLedger(WriterBacked):
     def _write_batch(self, batch: list[Pending]) -> None:
         key = self.audit_key()
 
-        def run(c: sqlite3.Connection) -> ChainHead | None:
+        def run(c: sqlite3.Connection) -> NewRows:
             keep = []
             for p in batch:
                 if p.ask is not None:
@@ -166,11 +166,12 @@ class SqliteLedger(WriterBacked):
                 keep.append(True)
                 if p.release:
                     _release(c, p.entry.decision_id)
-            if self.head is not None:
-                mine = c.execute("SELECT hash FROM aam_audit WHERE seq = ?",
-                                 (self.head.seq,)).fetchone()
-                self.check_head(mine[0] if mine else None)
             last = c.execute("SELECT seq, hash FROM aam_audit ORDER BY seq DESC LIMIT 1").fetchone()
+            if self.head is not None:
+                # Usually this PDP wrote the newest row: the tail just read already holds it.
+                mine = last if last and last[0] == self.head.seq else c.execute(
+                    "SELECT seq, hash FROM aam_audit WHERE seq = ?", (self.head.seq,)).fetchone()
+                self.check_head(mine[1] if mine else None)
             ids = [p.entry.decision_id for p, k in zip(batch, keep, strict=True) if k]
             existing = dict(c.execute(
                 f"SELECT decision_id, seq FROM aam_audit WHERE decision_id IN"
@@ -181,11 +182,9 @@ class SqliteLedger(WriterBacked):
                           " prev_hash, hash, key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                           [(lk.seq, e.ts, e.decision_id, e.workload, e.outcome, e.body,
                             lk.prev_hash, lk.hash, key.id) for lk, e in rows])
-            return ChainHead(rows[-1][0].seq, rows[-1][0].hash) if rows else None
+            return rows
 
-        head = self._tx("audit", run)
-        if head is not None:
-            self.head = head
+        self.advance(self._tx("audit", run))
 
     def audit_hash(self, seq: int) -> str | None:
         with self._lock:

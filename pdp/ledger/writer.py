@@ -21,6 +21,7 @@ from pdp.ledger.types import (
 )
 
 log = logging.getLogger("aam.ledger")
+NewRows = list[tuple[Link, AuditEntry]]  # a batch's rows to insert, chained
 MAX_BATCH = 256
 
 
@@ -122,23 +123,25 @@ class WriterBacked:
         return self.keyring.current()
 
     def chain(self, batch: list[Pending], keep: list[bool], existing: dict[str, int],
-              head: ChainHead, key: AuditKey) -> list[tuple[Link, AuditEntry]]:
+              head: ChainHead, key: AuditKey) -> NewRows:
         """Give each kept decision its seq (the existing one for a decision already in
         the chain: a retry appends nothing) and chain the new rows after ``head``.
         Sets ``p.seq`` (0: not kept, nothing written); returns the rows to insert."""
-        fresh: list[Pending] = []
-        chosen: set[str] = set()
+        fresh: dict[str, Pending] = {}  # a decision twice in one batch gets the first one's row
         for p, kept in zip(batch, keep, strict=True):
-            did = p.entry.decision_id
-            if kept and did not in existing and did not in chosen:
-                chosen.add(did)
-                fresh.append(p)
-        links = link(head.seq, head.hash, key, [p.entry.body for p in fresh])
-        seq_of = {p.entry.decision_id: lk.seq for p, lk in zip(fresh, links, strict=True)}
+            if kept and p.entry.decision_id not in existing:
+                fresh.setdefault(p.entry.decision_id, p)
+        links = link(head.seq, head.hash, key, [p.entry.body for p in fresh.values()])
+        seq_of = {**existing, **{did: lk.seq for did, lk in zip(fresh, links, strict=True)}}
         for p, kept in zip(batch, keep, strict=True):
-            # A decision twice in one batch gets the first one's row.
-            p.seq = (existing.get(p.entry.decision_id) or seq_of[p.entry.decision_id]) if kept else 0
-        return [(lk, p.entry) for p, lk in zip(fresh, links, strict=True)]
+            p.seq = seq_of[p.entry.decision_id] if kept else 0
+        return [(lk, p.entry) for p, lk in zip(fresh.values(), links, strict=True)]
+
+    def advance(self, rows: NewRows) -> None:
+        """After the batch committed: its last new row (if any) is this process's head."""
+        if rows:
+            last = rows[-1][0]
+            self.head = ChainHead(last.seq, last.hash)
 
     def check_head(self, stored_hash: str | None) -> None:
         """``stored_hash``: the hash the chain holds now at ``head.seq`` (None: no such row)."""
