@@ -53,11 +53,17 @@ class Verification:
 class BundleSigner:
     """Signs bundles with one key; ``source`` says where the key came from (never what it is)."""
 
-    algorithm: str
-    key_id: str
     source: str
     verification: Verification
     private: bytes = field(repr=False)
+
+    @property
+    def algorithm(self) -> str:
+        return self.verification.algorithm
+
+    @property
+    def key_id(self) -> str:
+        return self.verification.key_id
 
     def sign(self, bundle: Bundle) -> Bundle:
         try:
@@ -73,14 +79,12 @@ class BundleSigner:
         """A fresh key pair (or HMAC secret) that lives as long as this process."""
         if algorithm == "HS256":
             secret = secrets.token_hex(32)
-            return cls(algorithm, key_id, "ephemeral key", Verification(key_id, algorithm, secret),
-                       secret.encode())
+            return cls("ephemeral key", Verification(key_id, algorithm, secret), secret.encode())
         private = (rsa.generate_private_key(65537, _MIN_RSA_BITS) if algorithm == "RS256"
                    else ec.generate_private_key(ec.SECP256R1()))
         pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
-        return cls(algorithm, key_id, "ephemeral key",
-                   Verification(key_id, algorithm, _public_pem(private)), pem)
+        return cls("ephemeral key", Verification(key_id, algorithm, _public_pem(private)), pem)
 
     @classmethod
     def from_file(cls, path: Path | str, algorithm: str, key_id: str) -> BundleSigner:
@@ -98,7 +102,7 @@ class BundleSigner:
             except UnicodeDecodeError:
                 raise ConfigError(f"{where}: an HS256 secret must be text (OPA's config holds it "
                                   "as a string)") from None
-            return cls(algorithm, key_id, f"key {path}", Verification(key_id, algorithm, text), secret)
+            return cls(f"key {path}", Verification(key_id, algorithm, text), secret)
         try:
             private = serialization.load_pem_private_key(data, password=None)
         except TypeError:
@@ -112,8 +116,7 @@ class BundleSigner:
         if algorithm == "RS256" and not (isinstance(private, rsa.RSAPrivateKey)
                                          and private.key_size >= _MIN_RSA_BITS):
             raise ConfigError(f"{where}: RS256 needs an RSA private key of at least {_MIN_RSA_BITS} bits")
-        return cls(algorithm, key_id, f"key {path}",
-                   Verification(key_id, algorithm, _public_pem(private)), data)
+        return cls(f"key {path}", Verification(key_id, algorithm, _public_pem(private)), data)
 
 
 def _public_pem(private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:

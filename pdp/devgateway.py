@@ -18,7 +18,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import requests
 import yaml
@@ -30,6 +30,7 @@ from pdp.config import ConfigError, split_addr
 from pdp.devpki import TrustDomain
 from pdp.envoyconf import Tls, render
 from pdp.opa import free_port
+from pdp.secretfile import write_secret
 
 
 def find_envoy() -> str | None:
@@ -102,13 +103,10 @@ def start(directory: Path, *, pdp_port: int, gateway_token: str, agent_id: str,
         up_host, up_port = "127.0.0.1", demo.port
     try:
         listen, admin = port or free_port(), free_port()
-        conf = render(listen_port=listen, admin_port=admin, pdp_port=pdp_port,
+        conf = render(listen_port=listen, admin_port=admin, pdp_port=pdp_port, upstream_host=up_host,
                       upstream_port=up_port, tls=tls, pdp_token=gateway_token)
-        _upstream_host(conf, up_host)
         path = directory / "envoy.yaml"  # holds the gateway token: 0600 like the token file
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(conf, f, sort_keys=False)
+        write_secret(path, yaml.safe_dump(conf, sort_keys=False).encode(), overwrite=True)
         log = directory / "envoy.log"
         with open(log, "wb") as logf:
             proc = subprocess.Popen(
@@ -127,11 +125,3 @@ def start(directory: Path, *, pdp_port: int, gateway_token: str, agent_id: str,
         raise
     return DevGateway(listen, admin, proc, agent, demo, log)
 
-
-def _upstream_host(conf: dict[str, Any], host: str) -> None:
-    for cluster in conf["static_resources"]["clusters"]:
-        if cluster["name"] != "upstream":
-            continue
-        for ep in cluster["load_assignment"]["endpoints"]:
-            for lb in ep["lb_endpoints"]:
-                lb["endpoint"]["address"]["socket_address"]["address"] = host

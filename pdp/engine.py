@@ -249,9 +249,7 @@ class Engine:
         try:
             self.gate.audit(decision.decision_id, fields)
         except LedgerError as exc:
-            log.error("ledger unavailable", extra={"fields": {
-                "decision_id": decision.decision_id, "workload": req.spiffe_id,
-                "error": str(exc)}})
+            _log_ledger_down(req, decision.decision_id, exc)
             self.gate.defer(None, decision.decision_id, fields)
         self._done(req, decision, started)
         return decision
@@ -273,8 +271,7 @@ class Engine:
 
     def _ledger_unavailable(self, req: Request, decision_id: str, exc: Exception,
                             metered: Metered | None = None) -> Decision:
-        log.error("ledger unavailable", extra={"fields": {
-            "decision_id": decision_id, "workload": req.spiffe_id, "error": str(exc)}})
+        _log_ledger_down(req, decision_id, exc)
         decision = Decision(
             allow=False,
             reasons=(Reason("ledger_unavailable",
@@ -424,6 +421,11 @@ class Optimistic:
 
 CHECKED: Way = Checked()
 OPTIMISTIC: Way = Optimistic()
+
+
+def _log_ledger_down(req: Request, decision_id: str, exc: Exception) -> None:
+    log.error("ledger unavailable", extra={"fields": {
+        "decision_id": decision_id, "workload": req.spiffe_id, "error": str(exc)}})
 
 
 def _priced_tool(req: Request) -> str:

@@ -34,8 +34,9 @@ class Tls:
 
 def render(*, listen_port: int, admin_port: int, pdp_port: int, upstream_port: int,
            tls: Tls | None, ext_authz: bool = True, pdp_tls: PdpTls | None = None,
-           pdp_token: str = "") -> dict[str, Any]:
-    """The shipped config with our addresses. ``tls=None``: a plaintext listener that
+           pdp_token: str = "", upstream_host: str = "127.0.0.1") -> dict[str, Any]:
+    """The shipped config with our addresses (the upstream at ``upstream_host``, an IP:
+    Envoy's static cluster). ``tls=None``: a plaintext listener that
     forwards the caller's x-forwarded-client-cert (for a PDP that trusts it).
     ``pdp_tls=None``: plaintext HTTP/2 to a PDP on loopback, proving Envoy is the
     gateway with ``pdp_token`` (the PDP's gateway_token_file) as gRPC metadata."""
@@ -71,11 +72,11 @@ def render(*, listen_port: int, admin_port: int, pdp_port: int, upstream_port: i
     for cluster in res["clusters"]:
         if cluster["name"] == "aam_pdp":
             _pdp_tls(cluster, pdp_tls)
-        port = {"aam_pdp": pdp_port, "upstream": upstream_port}[cluster["name"]]
+        host, port = {"aam_pdp": ("127.0.0.1", pdp_port),
+                      "upstream": (upstream_host, upstream_port)}[cluster["name"]]
         for ep in cluster["load_assignment"]["endpoints"]:
             for lb in ep["lb_endpoints"]:
-                lb["endpoint"]["address"]["socket_address"].update(
-                    address="127.0.0.1", port_value=port)
+                lb["endpoint"]["address"]["socket_address"].update(address=host, port_value=port)
     return conf
 
 

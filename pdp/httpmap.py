@@ -182,6 +182,18 @@ class HttpRequest:
     request_id: str = ""
     partial_body: bool = False
 
+    @functools.cached_property
+    def _mcp(self) -> mcp.Message | str:
+        """The MCP message of the body, or why it cannot be read. Read once: Check maps
+        the request with it, then names its JSON-RPC id for the reply (surface_of)."""
+        if self.partial_body:
+            return "request body was truncated before authorization"
+        try:
+            body = mcp.loads(self.body) if self.method == "POST" and self.body else None
+            return mcp.read(self.method, body, self.headers)
+        except mcp.Unreadable as exc:
+            return str(exc)
+
 
 def to_request(m: HttpMapping, http: HttpRequest) -> Request:
     workload = workload_of(m, http)
@@ -305,13 +317,10 @@ def _params(http: HttpRequest) -> dict[str, Any]:
 
 def read_mcp(http: HttpRequest) -> mcp.Message:
     """The one MCP message of a request on an MCP route, from its body."""
-    if http.partial_body:
-        raise MappingError("invalid_request", "request body was truncated before authorization")
-    try:
-        body = mcp.loads(http.body) if http.method == "POST" and http.body else None
-        return mcp.read(http.method, body, http.headers)
-    except mcp.Unreadable as exc:
-        raise MappingError("invalid_request", str(exc)) from None
+    msg = http._mcp
+    if isinstance(msg, str):
+        raise MappingError("invalid_request", msg)
+    return msg
 
 
 # --- how a denial is shown ---------------------------------------------------------
@@ -334,9 +343,20 @@ def surface_of(m: HttpMapping, http: HttpRequest) -> Surface:
         if route.match(http.method, path, http.headers) is None:
             continue
         if route.mcp:
-            found, rpc_id = mcp.peek_id(http.body) if http.method == "POST" else (False, None)
-            return Surface("mcp", rpc_id if found else None)
+            return Surface("mcp", _mcp_id(http))
         break
     if any(path.startswith(p) for p in m.openai_prefixes):
         return Surface("openai")
     return Surface()
+
+
+def _mcp_id(http: HttpRequest) -> Any:
+    """The id a JSON-RPC reply echoes: the read message's (no second parse on the hot
+    path), else a best-effort peek into a body that was refused."""
+    if http.method != "POST":
+        return None
+    msg = http._mcp
+    if isinstance(msg, mcp.Message):
+        return msg.rpc_id
+    found, rpc_id = mcp.peek_id(http.body)
+    return rpc_id if found else None

@@ -82,15 +82,15 @@ def read(http_method: str, body: Any, headers: Mapping[str, str]) -> Message:
         raise Unreadable("JSON-RPC params must be an object")
     named = params.get(_NAMED[method]) if method in _NAMED else None
     _agree(headers, method, named)
-    msg = Message("request" if has_id else "notification", method, rpc_id, has_id)
+    kind = "request" if has_id else "notification"
     if method != "tools/call":
-        return msg
+        return Message(kind, method, rpc_id, has_id)
     if not isinstance(named, str) or not named:
         raise Unreadable("MCP tools/call without params.name")
     arguments = params.get("arguments", {})
     if not isinstance(arguments, dict):
         raise Unreadable("MCP params.arguments must be an object")
-    return Message(msg.kind, method, rpc_id, has_id, named, arguments)
+    return Message(kind, method, rpc_id, has_id, named, arguments)
 
 
 def loads(body: bytes) -> Any:
@@ -98,9 +98,9 @@ def loads(body: bytes) -> Any:
     copy wins, so the server could read another tool than the one decided."""
     try:
         return json.loads(body, object_pairs_hook=_unique)
-    except (ValueError, RecursionError) as exc:
-        if isinstance(exc, Unreadable):
-            raise
+    except Unreadable:  # a ValueError too: _unique's duplicate key
+        raise
+    except (ValueError, RecursionError):
         raise Unreadable("request body is not valid JSON") from None
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pdp import procs
 from pdp.config import UNIX_SCHEME, ConfigError, unix_socket_path
 from pdp.http1 import Http1Connection
+from pdp.secretfile import write_secret
 
 if TYPE_CHECKING:
     from pdp.bundlesigner import Verification
@@ -156,9 +157,8 @@ class OpaProcess:
         self._made_dir: Path | None = None  # a socket directory this process made
         if addr.startswith(UNIX_SCHEME):
             # Socket paths have no ':' (pdp/config.py), so a ":port" suffix is one a caller
-            # added rebuilding the address as f"{host}:{port}" (the OPA supervisor in
-            # pdp/stack.py restarts OPA that way): it is dropped, and the restart lands on
-            # the same socket. ``addr`` is the spelling to prefer.
+            # added rebuilding the address as f"{host}:{port}": it is dropped, and a restart
+            # lands on the same socket. ``addr`` is the spelling to prefer (pdp/stack.py).
             path = unix_socket_path(UNIX_SCHEME + addr[len(UNIX_SCHEME):].split(":", 1)[0],
                                     "opa_addr", allow_auto=True)
             if not path:
@@ -234,14 +234,12 @@ class OpaProcess:
     def start(self, timeout_s: float = 20.0) -> None:
         cfg = self.workdir / "opa-config.json"
         # 0600 whatever the umask, an existing file included: it may hold an HMAC secret.
-        fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.config())
-        listen = ["--addr", f"{self.host}:{self.port}"]
+        write_secret(cfg, self.config().encode(), overwrite=True)
         if self.unix_socket:
             self._prepare_socket()
             listen = ["--addr", self.url, "--unix-socket-perm", "600"]
+        else:
+            listen = ["--addr", f"{self.host}:{self.port}"]
         log = open(self.workdir / "opa.log", "wb")  # noqa: SIM115 - lives as long as OPA
         self.proc = subprocess.Popen(
             [self.binary, "run", "--server", "--skip-version-check", "--shutdown-grace-period", "2",

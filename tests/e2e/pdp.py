@@ -10,6 +10,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from concurrent import futures
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,18 @@ def serve(engine: Any) -> tuple[grpc.Server, external_auth_pb2_grpc.Authorizatio
     channel = grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{port}"),
                                      Metadata(((GATEWAY_TOKEN_HEADER, token),)))
     return server, external_auth_pb2_grpc.AuthorizationStub(channel), port
+
+
+@dataclass
+class Recording:
+    """Wraps an engine (the real one, or a stand-in) and keeps the requests it was asked."""
+
+    engine: Any
+    seen: list[Request] = field(default_factory=list)
+
+    def decide(self, req: Request) -> Decision:
+        self.seen.append(req)
+        return self.engine.decide(req)
 
 
 class Throttling:

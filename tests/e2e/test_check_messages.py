@@ -6,7 +6,6 @@ import dataclasses
 import json
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from pdp.engine import Decision, Engine, Reason, Request
 from pdp.opa import OpaClient, free_port
 from pdp.stack import Stack
 from tests.e2e.conftest import FINANCE, Pki
-from tests.e2e.pdp import FakeBroker, Throttling, check_request, pdp_stack, pem, serve
+from tests.e2e.pdp import FakeBroker, Recording, Throttling, check_request, pdp_stack, pem, serve
 from tests.integration.pdp import EXAMPLES, gateway_channel
 from tests.vaultsetup import VaultSetup
 
@@ -30,18 +29,6 @@ def hand_built(stack: Stack, broker: Any) -> Engine:
     """An engine on the stack's OPA and ledger with a broker of the test's choosing."""
     assert stack.engine is not None
     return Engine(OpaClient(stack.opa_url, 1.0), broker=broker, gate=stack.engine.gate)
-
-
-@dataclass
-class Recording:
-    """Wraps the real engine and keeps the requests it was asked about."""
-
-    engine: Engine
-    seen: list[Request] = field(default_factory=list)
-
-    def decide(self, req: Request) -> Decision:
-        self.seen.append(req)
-        return self.engine.decide(req)
 
 
 @pytest.fixture(scope="module")

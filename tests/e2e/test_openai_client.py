@@ -8,20 +8,18 @@ is an OpenAI-shaped error the SDK shows with AAM's reason code.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import httpx2
 import openai
 import pytest
 from openai import OpenAI
 
-from pdp.engine import Decision, Request
 from pdp.ledger.types import AuditFilter
 from pdp.stack import Stack
 from tests.e2e.agents import AgentUpstream, tls_context
 from tests.e2e.conftest import Pki
 from tests.e2e.envoy import Envoy, run_envoy
-from tests.e2e.pdp import SERVE_TOKEN, Throttling, serve
+from tests.e2e.pdp import SERVE_TOKEN, Recording, Throttling, serve
 from tests.e2e.pki import Svid
 
 pytestmark = pytest.mark.integration
@@ -90,21 +88,9 @@ def test_denials_are_openai_errors_carrying_the_reason(
     assert agent_upstream.seen[before:] == []
 
 
-@dataclass
-class Counting:
-    """A stand-in engine: always budget_exhausted, counting how often it was asked."""
-
-    inner: Throttling
-    asked: list[Request] = field(default_factory=list)
-
-    def decide(self, req: Request) -> Decision:
-        self.asked.append(req)
-        return self.inner.decide(req)
-
-
 def test_budget_exhausted_is_a_429_the_sdk_does_not_retry(
         pki: Pki, agent_upstream: AgentUpstream) -> None:
-    engine = Counting(Throttling("budget_exhausted", 3600.0))
+    engine = Recording(Throttling("budget_exhausted", 3600.0))
     server, _, port = serve(engine)
     try:
         with run_envoy(pdp_port=port, upstream_port=agent_upstream.port, tls=pki.tls,
@@ -116,4 +102,4 @@ def test_budget_exhausted_is_a_429_the_sdk_does_not_retry(
     assert err.value.code == "budget_exhausted" and "budget_exhausted" in err.value.message
     assert err.value.response.headers["retry-after"] == "3600"
     assert err.value.response.headers["x-should-retry"] == "false"
-    assert len(engine.asked) == 1  # the SDK retries a 429 twice unless told not to
+    assert len(engine.seen) == 1  # the SDK retries a 429 twice unless told not to

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from pdp.config import Settings
 from pdp.identity import GATEWAY_TOKEN_HEADER
 from pdp.ledger.keyring import ensure_file
 from pdp.opa import free_port
-from pdp.secretfile import write_secret
+from pdp.secretfile import ensure_secret, write_secret
 from pdp.stack import Stack
 from tests.servers import opa_binary
 
@@ -56,8 +55,9 @@ def audit_key_file(directory: Path) -> Path:
 
 
 def gateway_token_file(directory: Path) -> Path:
+    """A fresh gateway token, written as aam up writes its own."""
     path = directory / "gateway.token"
-    write_secret(path, secrets.token_hex(32).encode() + b"\n")
+    ensure_secret(path)
     return path
 
 
