@@ -19,11 +19,10 @@ one so that a decision never mixes two revisions. The rule:
   forward in publish order, so a straggling answer on an older revision does
   not move it back.
 
-OPA may activate a new bundle between those two steps. A decision on the cached
-ledger state then starts again on the new view (it has written nothing yet);
-one that has reserved already is audited as the new revision records, but its
-reservation was checked against the limits the active view had (see
-pdp/engine.py).
+OPA may activate a new bundle between those two steps. The decision then starts
+again on the new view: nothing is reserved or written before OPA's answer, so
+its limits, price and audit record all come from the revision OPA decided with
+(see pdp/engine.py).
 """
 
 from __future__ import annotations

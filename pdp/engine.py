@@ -3,18 +3,21 @@
 Transport layers (gRPC Authorize, Envoy Check) check the caller's identity and
 translate their messages to a :class:`Request` and a :class:`Decision` back; all
 policy logic lives in Rego and all input assembly lives here. :meth:`Engine.decide`
-runs the steps in this order:
+runs the steps in this order, one way for every decision:
 
-    obligations (price, limits) -> evaluate (OPA) -> credential (the broker)
-    -> admit + audit (the ledger)
+    obligations (limits, price floor, ledger state) -> evaluate (one OPA query,
+    which prices the route) -> credential (the broker) -> admit + audit (one
+    ledger batch: reservation and audit row together, durable before the answer)
 
 Obligations are read from the compiled view of the revision OPA is known to have
 active, every step after OPA's answer from the view of the revision it answered
-with (the rule is pdp/compiled.py's). The ledger takes part in one of two ways,
-and :class:`Way` is the only place they differ: :data:`CHECKED` reserves before
-OPA decides, on exactly that state; :data:`OPTIMISTIC` lets OPA decide on this
-PDP's cached state and reserves after, checking every limit again. Without a
-ledger the gate is pdp/ledger/noop.py's and the steps are the same.
+with (the rule is pdp/compiled.py's). The state OPA decides on is this PDP's cached
+view of the ledger when it has a fresh one, else the ledger's own (one read that
+writes nothing). OPA is asked again only when its answer cannot stand: it answered
+on another revision, it denied a budget or rate on the cached view (such denies are
+given only on the ledger's own state), or the ledger refused the reservation (it
+wrote nothing and returned its state). Without a ledger the gate is
+pdp/ledger/noop.py's and the steps are the same.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from pdp.compiled import Revision
 from pdp.ledger import LedgerError
@@ -34,10 +37,12 @@ from pdp.ledger.pricing import route_price
 from pdp.ledger.types import usd_to_micro
 from pdp.opa import DECISION_PATH, EXPLAIN_PATH, EngineUnavailable, OpaClient
 
-# The price routes.rego gives a model call's chain (see Engine._quote).
-QUOTE_PATH = "/v1/data/aam/authz/reserve_usd"
 # Denies that depend on the ledger's state: given only on the ledger's fresh state.
 LIMIT_REASONS = frozenset({"budget_exhausted", "rate_limited", "ledger_unavailable"})
+# OPA evaluations one decision may take: the first, then again on the revision OPA
+# answered with or on the ledger's own state (a reload, a stale cached view, a race
+# for the last of a budget). Past that the decision is a deny.
+MAX_EVALUATIONS = 3
 
 log = logging.getLogger("aam.decision")
 
@@ -111,17 +116,6 @@ class NoCredentials:
         return decision
 
 
-class Obligations(NamedTuple):
-    """What a decision owes the ledger, worked out before OPA answers: its price and
-    limits (``metered``), the ``input.state`` OPA decides on (None: no ledger state), and
-    the revision they were read from. A tuple: built on every decision."""
-
-    revision: Revision
-    metered: Metered
-    state: dict[str, Any] | None
-    error: EngineUnavailable | None = None  # pricing failed: the decision is engine_unavailable
-
-
 class Engine:
     def __init__(self, opa: OpaClient, observers: Iterable[Observer] = (),
                  broker: CredentialHook | None = None, gate: LedgerGate | None = None) -> None:
@@ -132,44 +126,87 @@ class Engine:
         self.gate: LedgerGate = gate if gate is not None else NullGate()
 
     def decide(self, req: Request) -> Decision:
-        """Decide ``req`` (its identity is the transport's to check): on this PDP's cached
-        ledger state when the gate keeps one, else, or when that cannot answer, checked."""
+        """Decide ``req`` (its identity is the transport's to check)."""
         started = time.perf_counter()
-        decision_id = new_decision_id()
-        decision = None
-        if self.gate.optimistic and not req.explain:
-            decision = self._through(OPTIMISTIC, req, decision_id)
-        if decision is None:
-            decision = self._through(CHECKED, req, decision_id)
-        assert decision is not None  # the checked way always answers
+        decision = self._decide(req, new_decision_id())
         self._done(req, decision, started)
         return decision
 
-    def _through(self, way: Way, req: Request, decision_id: str) -> Decision | None:
-        """The steps, in order; None when ``way`` cannot answer (it wrote nothing, and the
-        checked way then decides). Obligations come before OPA's answer because OPA
-        decides on the ledger state they describe."""
-        # 1. obligations: price and limits, from the revision OPA is known to decide with
+    def _decide(self, req: Request, decision_id: str) -> Decision:
+        """The steps, in order (see the module docstring); never raises."""
+        # 1. obligations: limits and price floor from the revision OPA is known to
+        #    decide with, and the ledger state OPA decides on (an explanation shows
+        #    the ledger's own)
+        revision = self.gate.revisions.active
+        m = self._meter(req, decision_id, revision)
         try:
-            ob = way.obligations(self, req, decision_id, self.gate.revisions.active)
+            m, fresh = self.gate.read_state(m, fresh=req.explain)
         except LedgerError as exc:
-            return self._ledger_unavailable(req, decision_id, exc)
-        if ob is None:
-            return None
-        # 2. evaluate: OPA decides; every later step reads the revision it answered with
-        input_doc = self.build_input(req, ob.metered, ob.state)
-        decision, matched = self._evaluate(input_doc, decision_id, req.explain, ob.error)
-        revision = self.gate.revisions.decided(decision.revision) or ob.revision
-        ob = way.confirm(req, decision, ob, revision)
-        if ob is None:
-            return None
-        # 3. credential: the broker's, for an allowed tool action
-        decision = self._credential(req, decision)
-        # 4. admit + audit: durable before the answer
-        concluded = way.conclude(self, req, decision, ob, revision)
-        if concluded is not None and req.explain:
-            return _with_explanation(concluded, input_doc, matched)
-        return concluded
+            return self._ledger_unavailable(req, decision_id, exc, m)
+        again = Reason("engine_unavailable", "the policy changed during the decision; try again")
+        for _ in range(MAX_EVALUATIONS):
+            # 2. evaluate: one OPA query, which prices the route as well
+            state = self.gate.state(m)
+            input_doc = self.build_input(req, m, state)
+            decision, matched = self._evaluate(input_doc, decision_id, req.explain)
+            decided = self.gate.revisions.decided(decision.revision) or revision
+            if decided.id != revision.id:  # OPA moved on: its limits and prices, same state
+                revision = decided
+                m = replace(self._meter(req, decision_id, decided), admission=m.admission)
+                continue
+            if not fresh and not decision.allow and any(
+                    r.code in LIMIT_REASONS for r in decision.reasons):
+                try:  # limit denies are given only on the ledger's own state
+                    m, fresh = self.gate.read_state(m, fresh=True)
+                except LedgerError as exc:
+                    return self._ledger_unavailable(req, decision_id, exc, m)
+                continue
+            # 3. credential: the broker's, for an allowed tool action
+            decision = self._credential(req, decision)
+            fields = _audit_fields(req, decision, m, state)
+            # 4. admit + audit: one durable batch before the answer
+            if not decision.allow or m.ask is None:
+                return self._conclude(req, decision, m, fields, input_doc, matched)
+            priced = self._priced(req, decision, m)
+            if priced is None:
+                decision = _engine_unavailable(decision_id, "policy returned no route price")
+                return self._conclude(req, decision, m, _audit_fields(req, decision, m, state))
+            try:
+                admission = self.gate.commit(priced, decision_id, fields)
+            except LedgerError as exc:
+                return self._ledger_unavailable(req, decision_id, exc, priced, release=True)
+            if admission.reserved:
+                return _explained(req, decision, input_doc, matched)
+            # The ledger refused (limits changed since the state was read) and wrote
+            # nothing: decide again on the state it checked against.
+            m, fresh = replace(m, admission=admission), True
+            again = Reason("budget_exhausted", "the ledger refused the reservation (limits "
+                           "changed while deciding); try again")
+        decision = Decision(allow=False, reasons=(again,), policy="", decision_id=decision_id,
+                            revision=revision.id, retry_after_s=1.0)
+        return self._conclude(req, decision, m, _audit_fields(req, decision, m, self.gate.state(m)))
+
+    def _meter(self, req: Request, decision_id: str, revision: Revision) -> Metered:
+        return self.gate.meter(decision_id, req.spiffe_id, req.model, req.estimated_tokens,
+                               req.estimated_cost_usd, _priced_tool(req), revision.compiled)
+
+    @staticmethod
+    def _priced(req: Request, decision: Decision, m: Metered) -> Metered | None:
+        """An allowed model call at routes.rego's price for the chosen chain (None: the
+        policy gave none); anything else at its metered price."""
+        if not req.model:
+            return m
+        price = route_price(decision.route)
+        return None if price is None else m.priced(usd_to_micro(price))
+
+    def _conclude(self, req: Request, decision: Decision, m: Metered, fields: dict[str, Any],
+                  input_doc: dict[str, Any] | None = None, matched: Any = None) -> Decision:
+        """A decision that reserves nothing: its audit row, durable before the answer."""
+        try:
+            self.gate.finish(m, decision.decision_id, fields, decision.allow)
+        except LedgerError as exc:
+            return self._ledger_unavailable(req, decision.decision_id, exc, m)
+        return _explained(req, decision, input_doc, matched)
 
     def build_input(self, req: Request, metered: Metered | None = None,
                     state: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -206,32 +243,14 @@ class Engine:
             return None, None
         return result.get("decision"), result.get("matched")
 
-    def _evaluate(self, input_doc: dict[str, Any], decision_id: str, explain: bool = False,
-                  error: EngineUnavailable | None = None) -> tuple[Decision, Any]:
+    def _evaluate(self, input_doc: dict[str, Any], decision_id: str,
+                  explain: bool = False) -> tuple[Decision, Any]:
         """OPA's decision (and matched rules), or engine_unavailable: never an exception."""
         try:
-            if error is not None:
-                raise error
             result, matched = self._query(input_doc, explain)
             return _from_result(result, decision_id), matched
         except EngineUnavailable as exc:
-            return Decision(
-                allow=False,
-                reasons=(Reason("engine_unavailable", f"policy engine unavailable: {exc}"),),
-                policy="",
-                decision_id=decision_id,
-                revision="",
-            ), None
-
-    def _quote(self, req: Request, tokens: int) -> float:
-        """What the ledger reserves for a model call: routes.rego's price of the chain
-        (``reserve_usd``) at ``tokens``, asked before the budget state is known. One
-        pricing rule for route selection and reservation; a caller's estimate can raise
-        it, never lower it."""
-        value = self.opa.query(QUOTE_PATH, self.build_input(replace(req, estimated_tokens=tokens)))
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise EngineUnavailable("policy returned a malformed route price")
-        return float(value)
+            return _engine_unavailable(decision_id, str(exc)), None
 
     def _credential(self, req: Request, decision: Decision) -> Decision:
         """The gateway's credential for an allowed tool action (or a deny without one)."""
@@ -270,7 +289,7 @@ class Engine:
             observe(req, decision, elapsed)
 
     def _ledger_unavailable(self, req: Request, decision_id: str, exc: Exception,
-                            metered: Metered | None = None) -> Decision:
+                            metered: Metered | None = None, release: bool = False) -> Decision:
         _log_ledger_down(req, decision_id, exc)
         decision = Decision(
             allow=False,
@@ -278,149 +297,9 @@ class Engine:
                             "the ledger (budgets, rate limits, audit) is unavailable; try again"),),
             policy="", decision_id=decision_id, revision="", retry_after_s=1.0,
         )
-        # Audit it, and release its reservation, once the ledger is back.
-        self.gate.defer(metered, decision_id, _audit_fields(req, decision))
+        # Audit it once the ledger is back (and release what a failed commit may hold).
+        self.gate.defer(metered, decision_id, _audit_fields(req, decision, metered), release)
         return decision
-
-
-class _Quote:
-    """routes.rego's price for a model call, asked by a gate that reserves (NullGate never
-    asks); an engine failure is kept, for the decision to answer engine_unavailable."""
-
-    def __init__(self, engine: Engine, req: Request) -> None:
-        self.engine = engine
-        self.req = req
-        self.error: EngineUnavailable | None = None
-
-    def __call__(self, tokens: int) -> float | None:
-        try:
-            return self.engine._quote(self.req, tokens)
-        except EngineUnavailable as exc:
-            self.error = exc
-            return None
-
-
-class Way(Protocol):
-    """When the ledger reserves for a decision: the one place the two ways differ."""
-
-    def obligations(self, engine: Engine, req: Request, decision_id: str,
-                    revision: Revision) -> Obligations | None:
-        """Price and limits from ``revision``'s view, and OPA's ``input.state``."""
-        ...
-
-    def confirm(self, req: Request, decision: Decision, ob: Obligations,
-                revision: Revision) -> Obligations | None:
-        """Before the credential: whether OPA's answer (on ``revision``) can stand, at
-        which price."""
-        ...
-
-    def conclude(self, engine: Engine, req: Request, decision: Decision, ob: Obligations,
-                 revision: Revision) -> Decision | None:
-        """Admit and audit durably before answering."""
-        ...
-
-
-class Checked:
-    """Reserve first, let OPA decide on exactly that state, then audit (and release a
-    denied decision's reservation)."""
-
-    def obligations(self, engine: Engine, req: Request, decision_id: str,
-                    revision: Revision) -> Obligations:
-        quote = _Quote(engine, req)  # a failed price is answered engine_unavailable, and audited
-        metered = engine.gate.admit(decision_id, req.spiffe_id, req.model, req.estimated_tokens,
-                                    req.estimated_cost_usd, quote, _priced_tool(req),
-                                    revision.compiled)  # reserve before deciding: one round trip
-        return Obligations(revision, metered, engine.gate.state(metered), quote.error)
-
-    def confirm(self, req: Request, decision: Decision, ob: Obligations,
-                revision: Revision) -> Obligations:
-        """The reservation stands. When OPA activated a newer revision after it was made,
-        the row records what that revision's policy records (pdp/compiled.py)."""
-        if revision.id == ob.revision.id:
-            return ob
-        return ob._replace(revision=revision,
-                           metered=ob.metered.recorded_as(revision.compiled.policy(req.spiffe_id)))
-
-    def conclude(self, engine: Engine, req: Request, decision: Decision, ob: Obligations,
-                 revision: Revision) -> Decision:
-        """An allow the ledger could not reserve is a deny."""
-        metered = ob.metered
-        try:
-            metered = self._reprice(engine, req, decision, metered, revision)
-        except LedgerError as exc:
-            return engine._ledger_unavailable(req, decision.decision_id, exc, metered)
-        if decision.allow and metered.admission is not None and not metered.admission.reserved:
-            decision = replace(decision, allow=False, route=None, reasons=(
-                Reason("budget_exhausted", "the ledger refused the reservation (limits changed)"),))
-        try:
-            engine.gate.finish(metered, decision.decision_id, _audit_fields(req, decision),
-                               decision.allow)
-        except LedgerError as exc:
-            return engine._ledger_unavailable(req, decision.decision_id, exc, metered)
-        return decision
-
-    @staticmethod
-    def _reprice(engine: Engine, req: Request, decision: Decision, metered: Metered,
-                 revision: Revision) -> Metered:
-        """The ledger refused the quote (the budget could not cover the dearest target),
-        but routes.rego found a cheaper chain that fits: reserve that chain's price."""
-        a = metered.admission
-        if not (decision.allow and decision.route and a is not None and not a.reserved):
-            return metered
-        price = route_price(decision.route)
-        if price is None:
-            return metered
-        return engine.gate.admit(decision.decision_id, req.spiffe_id, req.model, metered.tokens,
-                                 req.estimated_cost_usd, lambda _tokens: price,
-                                 view=revision.compiled)
-
-
-class Optimistic:
-    """One OPA query on this PDP's cached ledger state, then one ledger batch that
-    reserves for an allow (checking every limit again) and writes the audit row.
-
-    None, so the checked way answers, when there is no fresh cached state, OPA answered
-    on another revision than the one the state was read against, a budget or rate deny
-    (only ever given on the ledger's fresh state), no route price, or the ledger refused
-    the reservation (it wrote nothing)."""
-
-    def obligations(self, engine: Engine, req: Request, decision_id: str,
-                    revision: Revision) -> Obligations | None:
-        m = engine.gate.meter(decision_id, req.spiffe_id, req.model, req.estimated_tokens,
-                              req.estimated_cost_usd, tool=_priced_tool(req), view=revision.compiled)
-        state = engine.gate.cached_state(m)
-        return None if state is None else Obligations(revision, m, state)
-
-    def confirm(self, req: Request, decision: Decision, ob: Obligations,
-                revision: Revision) -> Obligations | None:
-        if revision.id != ob.revision.id:
-            return None  # OPA moved on: decide again on its view
-        if not decision.allow and any(r.code in LIMIT_REASONS for r in decision.reasons):
-            return None
-        if decision.allow and ob.metered.ask is not None and req.model:
-            price = route_price(decision.route)  # the one pricing rule: routes.rego's
-            if price is None:
-                return None
-            return Obligations(ob.revision, ob.metered.priced(usd_to_micro(price)), ob.state)
-        return ob
-
-    def conclude(self, engine: Engine, req: Request, decision: Decision, ob: Obligations,
-                 revision: Revision) -> Decision | None:
-        m = ob.metered
-        fields = _audit_fields(req, decision)
-        try:
-            if decision.allow and m.ask is not None:
-                if not engine.gate.commit(m, decision.decision_id, fields):
-                    return None
-            else:
-                engine.gate.finish(m, decision.decision_id, fields, decision.allow)
-        except LedgerError as exc:
-            return engine._ledger_unavailable(req, decision.decision_id, exc)
-        return decision
-
-
-CHECKED: Way = Checked()
-OPTIMISTIC: Way = Optimistic()
 
 
 def _log_ledger_down(req: Request, decision_id: str, exc: Exception) -> None:
@@ -434,7 +313,23 @@ def _priced_tool(req: Request) -> str:
     return req.tool if req.mcp is None or req.mcp.get("method") == "tools/call" else ""
 
 
-def _audit_fields(req: Request, decision: Decision) -> dict[str, Any]:
+def _engine_unavailable(decision_id: str, why: str) -> Decision:
+    return Decision(allow=False, reasons=(Reason("engine_unavailable",
+                                                 f"policy engine unavailable: {why}"),),
+                    policy="", decision_id=decision_id, revision="")
+
+
+def _explained(req: Request, decision: Decision, input_doc: dict[str, Any] | None,
+               matched: Any) -> Decision:
+    if req.explain and input_doc is not None:
+        return _with_explanation(decision, input_doc, matched)
+    return decision
+
+
+def _audit_fields(req: Request, decision: Decision, m: Metered | None = None,
+                  state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the audit row may hold (pdp/ledger/audit.py keeps what the policy records,
+    and always the estimate and state OPA decided on, for ``aam replay``)."""
     action: dict[str, Any] = {"model": req.model, "tool": req.tool, "action": req.action}
     if req.mcp is not None:
         action["mcp"] = req.mcp
@@ -447,6 +342,9 @@ def _audit_fields(req: Request, decision: Decision) -> dict[str, Any]:
         "params": req.params, "context": req.context,
         "route": (decision.route or {}).get("alias", "") if decision.allow else "",
         "lease_accessor": decision.credential.lease_accessor if decision.credential else "",
+        "estimate": {"tokens": m.tokens if m is not None else req.estimated_tokens,
+                     "cost_usd": req.estimated_cost_usd},
+        "state": state,
     }
 
 

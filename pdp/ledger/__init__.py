@@ -47,6 +47,10 @@ class Ledger(Protocol):
     def reserve(self, ask: Ask) -> Admission:
         """Read budget and rate state and, if every limit allows, reserve: one atomic step."""
 
+    def peek(self, ask: Ask) -> Admission:
+        """The state ``reserve`` would check ``ask`` against, writing nothing (``reserved``
+        is False): what OPA decides on before :meth:`commit` reserves."""
+
     def finish(self, entry: AuditEntry, release: bool) -> int:
         """Release the decision's reservation (a deny) and append its audit row durably."""
 

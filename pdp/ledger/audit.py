@@ -20,6 +20,9 @@ from pdp.ledger.types import AuditEntry, usd
 
 # Recorded when the policy does not say (or there is no policy).
 DEFAULT_RECORD = ("identity", "policy", "action", "outcome", "reasons")
+# Request items a decision is replayed from; named under "redacted" when the policy
+# does not record one the request had.
+REPLAYED = ("action", "params", "context")
 # Decisions answered ledger_unavailable, kept to audit once the ledger is back.
 BACKLOG = 10_000
 
@@ -50,6 +53,17 @@ def entry(decision_id: str, fields: dict[str, Any], allow: bool,
             body[item] = fields[item]
     if fields.get("lease_accessor"):
         body["lease_accessor"] = fields["lease_accessor"]
+    # What OPA decided on besides the request, kept whatever the policy records, so
+    # `aam replay` can decide the row again; the request items it may not keep are named.
+    if "estimate" in fields:
+        body["estimate"] = fields["estimate"]
+    if fields.get("state") is not None:
+        body["state"] = fields["state"]
+    redacted = [item for item in REPLAYED if item not in record and fields.get(item)]
+    if redacted:
+        body["redacted"] = redacted
+    if fields.get("shadow"):  # a shadow policy's disagreeing answer (pdp/shadow.py), always kept
+        body["shadow"] = fields["shadow"]
     return AuditEntry(ts, decision_id, fields["workload"], body["outcome"], canonical(body))
 
 

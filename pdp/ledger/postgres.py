@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC
 from typing import Any, TypeVar
 
@@ -114,18 +115,8 @@ class PostgresLedger(WriterBacked):
     # --- decisions ------------------------------------------------------------
 
     def reserve(self, ask: Ask) -> Admission:
-        lim = ask.limits
-
         def run(conn: psycopg.Connection) -> Admission:
-            row = conn.execute(
-                "SELECT aam_reserve(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (ask.decision_id, ask.workload, ask.route, ask.cost_micro, ask.tokens,
-                 lim.timezone, lim.daily_micro, lim.monthly_micro, lim.workload_rpm,
-                 lim.workload_tpm, lim.route_rpm, lim.route_tpm, ask.ttl_s),
-                prepare=True,
-            ).fetchone()
-            assert row is not None
-            return _admission(row[0], ask.cost_micro)
+            return _reserve(conn, ask)
 
         try:
             return self._run("reserve", run)
@@ -133,6 +124,16 @@ class PostgresLedger(WriterBacked):
             if "UniqueViolation" in str(exc):  # a retry after the first attempt committed
                 raise LedgerUnavailable("ledger reserve: outcome of a retried call unknown") from None
             raise
+
+    def peek(self, ask: Ask) -> Admission:
+        """aam_reserve in a transaction that is rolled back: the same state computation
+        as a reservation, no second copy of it in SQL, nothing written (no WAL flush)."""
+
+        def run(conn: psycopg.Connection) -> Admission:
+            with conn.transaction(force_rollback=True):
+                return replace(_reserve(conn, ask), reserved=False)
+
+        return self._run("read state", run)
 
     def _write_batch(self, batch: list[Pending]) -> None:
         key = self.audit_key()
@@ -194,6 +195,19 @@ class PostgresLedger(WriterBacked):
                              cost_micro=r[8], settlement=r[9], key_id=r[10]) for r in rows]
 
         return self._run("audit query", run)
+
+
+def _reserve(conn: psycopg.Connection, ask: Ask) -> Admission:
+    lim = ask.limits
+    row = conn.execute(
+        "SELECT aam_reserve(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (ask.decision_id, ask.workload, ask.route, ask.cost_micro, ask.tokens,
+         lim.timezone, lim.daily_micro, lim.monthly_micro, lim.workload_rpm,
+         lim.workload_tpm, lim.route_rpm, lim.route_tpm, ask.ttl_s),
+        prepare=True,
+    ).fetchone()
+    assert row is not None
+    return _admission(row[0], ask.cost_micro)
 
 
 def _grant(conn: psycopg.Connection, role: str) -> None:

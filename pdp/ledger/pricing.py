@@ -1,34 +1,27 @@
 """What a request costs the ledger and how many tokens it counts: one rule for both paths.
 
-A model call costs the price routes.rego gives its chain (asked before the
-decision as a quote, or read from the allowed route's ``reserve_usd``); anything
-else costs the caller's estimate, never less than the price its tool grant
-declares. Amounts are integer micro-dollars (pdp/ledger/types.py).
+A model call costs the price routes.rego gives its chain, read from the allowed
+route's ``reserve_usd`` (the decision prices it: no second query); anything else
+costs the caller's estimate, never less than the price its tool grant declares.
+Amounts are integer micro-dollars (pdp/ledger/types.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from pdp.compiled import CompiledPolicy
 from pdp.ledger.types import usd_to_micro
 
-# routes.rego's price for a model call's chain at this many tokens (raises the
-# engine's error, or None when it cannot say); asked only by a ledger that reserves.
-Quote = Callable[[int], float | None]
-
 
 def estimate(model: str, tokens: int, cost_usd: float, default_tokens: int,
-             quote_usd: float | None = None, floor_usd: float = 0.0) -> tuple[int, int]:
-    """(cost in micro-USD, tokens). A model call costs ``quote_usd``, which already
-    counts the caller's estimate (that can only raise it); anything else the caller's
-    cost, but never less than ``floor_usd``. A model call without an estimate counts
-    ``default_tokens``."""
+             floor_usd: float = 0.0) -> tuple[int, int]:
+    """(cost in micro-USD, tokens) before OPA has priced anything: the caller's cost,
+    never less than ``floor_usd``. A model call without an estimate counts
+    ``default_tokens`` (the tokens routes.rego prices)."""
     if model and tokens <= 0:
         tokens = default_tokens
-    if quote_usd is not None:
-        return usd_to_micro(max(quote_usd, cost_usd)), tokens
     cost = max(cost_usd, floor_usd)
     return usd_to_micro(cost) if cost > 0 else 0, tokens
 

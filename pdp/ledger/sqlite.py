@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -60,8 +61,10 @@ class SqliteLedger(WriterBacked):
         with self._lock:
             self.conn.close()
 
-    def _tx(self, what: str, fn: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
-        """One BEGIN IMMEDIATE transaction; ``durable`` fsyncs the WAL at commit.
+    def _tx(self, what: str, fn: Callable[[sqlite3.Connection], T], durable: bool = True,
+            keep: bool = True) -> T:
+        """One BEGIN IMMEDIATE transaction; ``durable`` fsyncs the WAL at commit, and
+        without ``keep`` it is rolled back (a read through the writing code).
 
         A reservation commits without its own fsync: the audit commit that follows
         it (before the PDP answers) syncs the WAL, and with it the reservation.
@@ -75,7 +78,7 @@ class SqliteLedger(WriterBacked):
                 except BaseException:
                     self.conn.execute("ROLLBACK")
                     raise
-                self.conn.execute("COMMIT")
+                self.conn.execute("COMMIT" if keep else "ROLLBACK")
                 return out
             except sqlite3.OperationalError as exc:
                 raise LedgerUnavailable(f"ledger {what}: {exc}") from None
@@ -102,6 +105,11 @@ class SqliteLedger(WriterBacked):
 
     def reserve(self, ask: Ask) -> Admission:
         return self._tx("reserve", lambda c: self._reserve_in(c, ask), durable=False)
+
+    def peek(self, ask: Ask) -> Admission:
+        """The reservation's own check, rolled back: the same state, nothing written."""
+        return self._tx("read state", lambda c: replace(self._reserve_in(c, ask), reserved=False),
+                        durable=False, keep=False)
 
     def _reserve_in(self, c: sqlite3.Connection, ask: Ask) -> Admission:
         """Check every limit and, if all allow, reserve; inside the caller's transaction."""

@@ -60,6 +60,25 @@ def test_budget_reserves_until_the_limit_exactly(ledger: Ledger) -> None:
     assert 0 < last.daily.resets_in_s <= 86_400
 
 
+def test_peek_reads_the_state_a_reservation_checks_and_writes_nothing(ledger: Ledger) -> None:
+    lim = Limits(daily_micro=30_000, workload_rpm=10)
+    assert ledger.reserve(ask(10_000, lim, route="r", tokens=5)).reserved
+    looked = [ledger.peek(ask(25_000, lim, route="r", tokens=5)) for _ in range(3)]
+    assert all(not a.reserved for a in looked)  # nothing was reserved, whatever it fits
+    seen = {(a.daily.spent_micro, a.daily.reserved_micro, a.monthly.reserved_micro,
+             a.workload_rate.requests) for a in looked}
+    assert seen == {(0, 10_000, 10_000, 1)}  # and nothing counted
+    a = looked[-1]
+    assert (a.daily.spent_micro, a.daily.reserved_micro) == (0, 10_000)
+    assert (a.workload_rate.requests, a.workload_rate.tokens) == (1, 5)
+    assert (a.route_rate.requests, a.route_rate.tokens) == (1, 5)
+    peeked = ask(10_000, lim)
+    ledger.peek(peeked)
+    assert ledger.settle(peeked.decision_id, 1, 1).state == "unknown"  # no reservation row
+    done = ledger.reserve(ask(20_000, lim))  # the peeks took none of the budget
+    assert done.reserved and done.daily.reserved_micro == 10_000 and done.workload_rate.requests == 1
+
+
 def test_monthly_limit_applies_too(ledger: Ledger) -> None:
     lim = Limits(daily_micro=100_000, monthly_micro=15_000)
     assert ledger.reserve(ask(10_000, lim)).reserved

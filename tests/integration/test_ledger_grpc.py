@@ -8,7 +8,6 @@ import grpc
 import pytest
 
 from aam.v1 import pdp_pb2
-from pdp.engine import QUOTE_PATH as QUOTE
 from pdp.ledger import AuditFilter
 from pdp.opa import DECISION_PATH as DECIDE
 from pdp.stack import Stack
@@ -84,9 +83,10 @@ def test_ledger_off_fails_budgets_closed() -> None:
             assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_optimistic_path_one_opa_query_and_limit_denies_confirmed_fresh() -> None:
-    """OPA decides on the PDP's cached ledger view: one query per model call. A budget
-    deny on that view is given only once fresh state confirms it."""
+def test_one_opa_query_per_decision_and_limit_denies_confirmed_fresh() -> None:
+    """One OPA query per model call, which prices the route too: with nothing cached
+    (the ledger's state is read, then one batch reserves and audits) and on the PDP's
+    cached view. A budget deny on that view is given only once fresh state confirms it."""
     with running_stack(ledger_state_ttl_ms=60_000) as s:
         assert s.engine is not None
         opa, queries = s.engine.opa, []
@@ -101,9 +101,7 @@ def test_optimistic_path_one_opa_query_and_limit_denies_confirmed_fresh() -> Non
         with channel:
             first = pdp.Authorize(request(model="reasoning-high", estimated_cost_usd=74.99), timeout=5)
             assert first.decision == pdp_pb2.DECISION_ALLOW
-            # No cached view yet: price the route (the caller's estimate can only raise
-            # that price), reserve, then decide.
-            assert queries == [QUOTE, DECIDE]
+            assert queries == [DECIDE]  # no cached view yet: the ledger's state, one query
             queries.clear()
             small = pdp.Authorize(request(model="reasoning-high", estimated_cost_usd=0.50), timeout=5)
             assert [r.code for r in small.reasons] == ["budget_exhausted"]
@@ -112,12 +110,11 @@ def test_optimistic_path_one_opa_query_and_limit_denies_confirmed_fresh() -> Non
             # The cached view still holds the 74.99 reservation; the ledger no longer does.
             again = pdp.Authorize(request(model="reasoning-high", estimated_cost_usd=0.50), timeout=5)
             assert again.decision == pdp_pb2.DECISION_ALLOW, again.reasons
-            # cached view: deny; fresh state: price the route, reserve, allow
-            assert queries == [DECIDE, QUOTE, DECIDE]
+            assert queries == [DECIDE, DECIDE]  # cached view: deny; the ledger's state: allow
             queries.clear()
             steady = pdp.Authorize(request(model="reasoning-high", estimated_tokens=1000), timeout=5)
             assert steady.decision == pdp_pb2.DECISION_ALLOW
-            assert queries == [DECIDE]  # priced by the decision itself: no quote query
+            assert queries == [DECIDE]
         assert s.ledger is not None
         rows = s.ledger.audit_rows(AuditFilter())
         assert [r.outcome for r in rows] == ["allow", "deny", "allow", "allow"]

@@ -12,11 +12,12 @@ import pytest
 from compiler import compile_paths
 from compiler.bundle import DATA_PATH
 from pdp.compiled import Budget, Compiled, Rate, Revisions
-from pdp.engine import QUOTE_PATH, Engine, Request
+from pdp.engine import MAX_EVALUATIONS, Engine, Request
 from pdp.ledger import AuditFilter, Ledger, LedgerOff, open_ledger
 from pdp.ledger.gate import Gate
 from pdp.ledger.keyring import Keyring
 from pdp.ledger.noop import NullGate
+from pdp.ledger.types import Ask, Limits
 from pdp.opa import DECISION_PATH
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -77,8 +78,6 @@ class FakeOpa:
     def query(self, path: str, doc: dict[str, Any]) -> Any:
         self.paths.append(path)
         self.inputs.append(doc)
-        if path == QUOTE_PATH:
-            return 0.01
         return {"allow": True, "reasons": [], "policy": "p", "revision": self.revision}
 
 
@@ -99,46 +98,58 @@ def _record(ledger: Ledger, decision_id: str) -> dict[str, Any]:
 TOOL = Request(W, tool="crm", action="read", params={"q": "x"})
 
 
-def test_an_optimistic_decision_opa_answered_on_a_newer_revision_is_decided_again(
-        ledger: Ledger) -> None:
+@pytest.mark.parametrize("state_ttl_s", [60, 0], ids=["cached-state", "ledger-state"])
+def test_a_decision_opa_answered_on_a_newer_revision_is_decided_again_on_its_view(
+        ledger: Ledger, state_ttl_s: float) -> None:
     revs = Revisions()
     revs.update(files("A"), DATA_PATH)
     opa = FakeOpa("A")
-    engine = Engine(opa, gate=Gate(ledger, revs, 60, 1000, state_ttl_s=60))  # type: ignore[arg-type]
-    engine.decide(TOOL)  # checked: nothing cached yet
+    engine = Engine(opa, gate=Gate(ledger, revs, 60, 1000, state_ttl_s=state_ttl_s))  # type: ignore[arg-type]
+    first = engine.decide(TOOL)
+    assert opa.paths == [DECISION_PATH]  # one query, also with nothing cached yet
+    assert "params" not in _record(ledger, first.decision_id)
     revs.update(files("B", ("identity", "outcome", "params")), DATA_PATH)
-    opa.revision, opa.paths = "B", []  # OPA pulls B after the cached state was read against A
+    opa.revision, opa.paths = "B", []  # OPA pulls B after the limits were read from A
     second = engine.decide(TOOL)
     assert opa.paths == [DECISION_PATH, DECISION_PATH]  # on A's view, then again on B's
     assert second.allow and second.revision == "B" and revs.active.id == "B"
-    assert _record(ledger, second.decision_id)["params"] == {"q": "x"}  # B's policy records it
+    row = _record(ledger, second.decision_id)
+    assert row["revision"] == "B" and row["params"] == {"q": "x"}  # B's policy records it
     opa.paths = []
     engine.decide(TOOL)
     assert opa.paths == [DECISION_PATH]  # one revision again: one query
 
 
-def test_a_checked_decision_is_audited_as_the_revision_opa_answered_with(ledger: Ledger) -> None:
-    revs = Revisions()
-    revs.update(files("A"), DATA_PATH)
-    opa = FakeOpa("A")
-    engine = Engine(opa, gate=Gate(ledger, revs, 60, 1000))  # type: ignore[arg-type]
-    first = engine.decide(TOOL)
-    assert "params" not in _record(ledger, first.decision_id)
-    revs.update(files("B", ("identity", "outcome", "params")), DATA_PATH)
-    opa.revision = "B"  # OPA activates B between the reservation (A's view) and its answer
-    second = engine.decide(TOOL)
-    assert second.allow and second.revision == "B"
-    row = _record(ledger, second.decision_id)
-    assert row["revision"] == "B" and row["params"] == {"q": "x"}
-
-
 def test_without_a_ledger_opa_gets_no_state_and_is_asked_no_price() -> None:
     opa = FakeOpa("A")
     engine = Engine(opa)  # type: ignore[arg-type]
-    assert isinstance(engine.gate, NullGate) and not engine.gate.optimistic
+    assert isinstance(engine.gate, NullGate)
     engine.decide(Request(W, model="m"))
     assert opa.paths == [DECISION_PATH]
     (doc,) = opa.inputs
     assert "state" not in doc and doc["estimate"] == {"tokens": 0, "cost_usd": 0.0}
     with pytest.raises(LedgerOff):
         engine.gate.settle("d", 1, 1.0)
+
+
+def test_a_reservation_the_ledger_refuses_is_decided_again_on_its_state(ledger: Ledger) -> None:
+    """Another PDP took the budget after this one cached its view: the batch that would
+    reserve writes nothing and returns the ledger's state, OPA decides again on that,
+    and an allow the ledger keeps refusing ends as an audited deny."""
+    revs = Revisions()
+    revs.update(files("A"), DATA_PATH)
+    opa = FakeOpa("A")  # allows whatever the state says, so only the ledger refuses
+    engine = Engine(opa, gate=Gate(ledger, revs, 60, 1000, state_ttl_s=60))  # type: ignore[arg-type]
+    assert engine.decide(TOOL).allow  # 0.01 of the 10 USD reserved, and the view cached
+    other = Ask("other-pdp", W, "", 9_985_000, 0, Limits(daily_micro=10_000_000), 60)
+    assert ledger.reserve(other).reserved
+    opa.paths, opa.inputs = [], []
+    denied = engine.decide(TOOL)
+    assert opa.paths == [DECISION_PATH] * MAX_EVALUATIONS
+    seen = [doc["state"]["budget"]["daily"]["reserved_usd"] for doc in opa.inputs]
+    assert seen == [0.01, 9.995, 9.995]  # the cached view, then the ledger's own
+    assert not denied.allow and [r.code for r in denied.reasons] == ["budget_exhausted"]
+    assert "refused the reservation" in denied.reasons[0].message
+    assert _record(ledger, denied.decision_id)["outcome"] == "deny"
+    after = ledger.peek(Ask("look", W, "", 0, 0, Limits(daily_micro=10_000_000), 60))
+    assert after.daily.reserved_micro == 9_995_000  # the refused decision holds nothing

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from compiler.bundle import DATA_PATH
-from pdp.ledger import LedgerError, open_ledger
+from pdp.ledger import LedgerError, open_ledger, pricing
 from pdp.ledger.gate import CompiledView, Gate, StateCache
 from pdp.ledger.types import Admission, Ask, Limits, RateWindow, Window, usd_to_micro
 
@@ -27,12 +27,11 @@ def _gate(fallbacks: bool) -> Gate:
     return Gate(ledger=None, view=view, reservation_ttl_s=60, default_tokens=1000)  # type: ignore[arg-type]
 
 
-def test_estimate_takes_the_route_price_rego_quoted() -> None:
-    assert _gate(True).estimate("m", 100_000, 0, quote_usd=0.2) == (200_000, 100_000)
-    assert _gate(True).estimate("m", 0, 0, quote_usd=0.01) == (10_000, 1000)  # default tokens
-    assert _gate(True).estimate("m", 10, 0.5) == (500_000, 10)  # no quote: the caller's cost
-    assert _gate(True).estimate("m", 10, 0) == (0, 10)
-    assert _gate(True).estimate("", 0, 0) == (0, 0)  # a tool call
+def test_estimate_before_opa_prices_the_route() -> None:
+    assert pricing.estimate("m", 0, 0, 1000) == (0, 1000)  # default tokens for a model call
+    assert pricing.estimate("m", 10, 0.5, 1000) == (500_000, 10)  # the caller's cost
+    assert pricing.estimate("", 0, 0, 1000) == (0, 0)  # a tool call
+    assert pricing.estimate("", 0, 0.0001, 1000, floor_usd=0.001) == (1000, 0)  # its grant's price
 
 
 def test_ledger_urls() -> None:
@@ -118,7 +117,8 @@ def test_state_cache_forgets_a_view_past_its_budget_window() -> None:
     assert cache.get("w", "") is None
 
 
-def test_gate_without_state_ttl_has_no_optimistic_path() -> None:
+def test_gate_without_state_ttl_keeps_no_cached_view() -> None:
     gate = _gate(True)
     m = gate.meter("d", "spiffe://prod/agent/none", "m", 0, 0)
-    assert gate.cache is None and gate.cached_state(m) is None
+    assert gate.cache is None
+    assert gate.read_state(m) == (m, True)  # no policy: nothing to read, no ledger call
