@@ -43,15 +43,19 @@ def workload_ids(ps: PolicySet) -> Iterator[Diagnostic]:
 
 
 def duplicate_workloads(ps: PolicySet) -> Iterator[Diagnostic]:
-    seen: dict[str, str] = {}
+    """A workload has at most one enforced and at most one shadow policy."""
+    seen: dict[tuple[str, str], str] = {}
     for p in ps.policies:
-        if p.workload in seen and seen[p.workload] != p.name:
+        key = (p.workload, p.rollout)
+        if key in seen and seen[key] != p.name:
+            where = ("spec", "rollout", "mode") if p.shadow else ("spec", "identity", "workload")
+            kind = "shadow policy" if p.shadow else "policy"
             yield p.doc.error(
-                ("spec", "identity", "workload"),
-                f"workload {p.workload} is already claimed by AgentPolicy {seen[p.workload]!r}"
-                " (one policy per workload)",
+                where,
+                f"workload {p.workload} is already claimed by {'shadow ' if p.shadow else ''}"
+                f"AgentPolicy {seen[key]!r} (one {kind} per workload)",
             )
-        seen.setdefault(p.workload, p.name)
+        seen.setdefault(key, p.name)
 
 
 def model_references(ps: PolicySet) -> Iterator[Diagnostic]:

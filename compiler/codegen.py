@@ -126,9 +126,11 @@ def _route(r: ModelRoute) -> dict[str, Any]:
 def generate(ps: PolicySet) -> dict[str, Any]:
     """The ``data.aam.compiled`` document, without its revision."""
     prices = {t.resource: t.price_usd for t in ps.tools if t.price_usd is not None}
+    ordered = sorted(ps.policies, key=lambda p: p.workload)
     return {
-        "policies": {p.workload: _policy(p, prices)
-                     for p in sorted(ps.policies, key=lambda p: p.workload)},
+        "policies": {p.workload: _policy(p, prices) for p in ordered if not p.shadow},
+        # Evaluated beside the enforced ones, never deciding (rego/aam/shadow.rego).
+        "shadow_policies": {p.workload: _policy(p, prices) for p in ordered if p.shadow},
         "routes": {r.name: _route(r) for r in sorted(ps.routes, key=lambda r: r.name)},
         "credentials": toolcredential.generate(ps),
     }

@@ -90,6 +90,11 @@ class AgentPolicy:
     budget: dict[str, Any] = field(default_factory=dict)  # spec.budget as written
     rate: dict[str, int] = field(default_factory=dict)  # spec.rate as written
     model_regions: tuple[str, ...] = ()  # spec.models.regions: data residency
+    rollout: str = "enforce"  # spec.rollout.mode: "enforce" decides, "shadow" is only compared
+
+    @property
+    def shadow(self) -> bool:
+        return self.rollout == "shadow"
 
     @classmethod
     def from_doc(cls, doc: Document) -> AgentPolicy:
@@ -123,6 +128,7 @@ class AgentPolicy:
             budget=dict(spec.get("budget", {})),
             rate=dict(spec.get("rate", {})),
             model_regions=tuple(spec.get("models", {}).get("regions", ())),
+            rollout=spec.get("rollout", {}).get("mode", "enforce"),
         )
 
 

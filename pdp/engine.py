@@ -36,6 +36,8 @@ from pdp.ledger.noop import NullGate
 from pdp.ledger.pricing import route_price
 from pdp.ledger.types import usd_to_micro
 from pdp.opa import DECISION_PATH, EXPLAIN_PATH, EngineUnavailable, OpaClient
+from pdp.shadow import Shadow, audit_field, disagrees
+from pdp.shadow import parse as parse_shadow
 
 # Denies that depend on the ledger's state: given only on the ledger's fresh state.
 LIMIT_REASONS = frozenset({"budget_exhausted", "rate_limited", "ledger_unavailable"})
@@ -71,6 +73,13 @@ class Reason:
     message: str
 
 
+# The deny when the policy allowed and the ledger kept refusing the reservation (other
+# decisions took the budget meanwhile): the ledger's answer, not the policy's, so
+# `aam replay` does not decide it again.
+LEDGER_REFUSED = Reason("budget_exhausted", "the ledger refused the reservation (limits changed "
+                        "while deciding); try again")
+
+
 @dataclass(frozen=True)
 class Credential:
     """A brokered credential for the gateway to inject. Never shown to the agent."""
@@ -93,6 +102,9 @@ class Decision:
     credential: Credential | None = None
     retry_after_s: float | None = None
     models: tuple[str, ...] = ()  # a models listing: the aliases the workload may call
+    # What the workload's shadow policy answered in the same query (pdp/shadow.py);
+    # never part of the answer, only of the audit row and metrics when it disagrees.
+    shadow: Shadow | None = None
 
 
 def new_decision_id() -> str:
@@ -180,8 +192,7 @@ class Engine:
             # The ledger refused (limits changed since the state was read) and wrote
             # nothing: decide again on the state it checked against.
             m, fresh = replace(m, admission=admission), True
-            again = Reason("budget_exhausted", "the ledger refused the reservation (limits "
-                           "changed while deciding); try again")
+            again = LEDGER_REFUSED
         decision = Decision(allow=False, reasons=(again,), policy="", decision_id=decision_id,
                             revision=revision.id, retry_after_s=1.0)
         return self._conclude(req, decision, m, _audit_fields(req, decision, m, self.gate.state(m)))
@@ -248,7 +259,7 @@ class Engine:
         """OPA's decision (and matched rules), or engine_unavailable: never an exception."""
         try:
             result, matched = self._query(input_doc, explain)
-            return _from_result(result, decision_id), matched
+            return from_result(result, decision_id), matched
         except EngineUnavailable as exc:
             return _engine_unavailable(decision_id, str(exc)), None
 
@@ -345,10 +356,16 @@ def _audit_fields(req: Request, decision: Decision, m: Metered | None = None,
         "estimate": {"tokens": m.tokens if m is not None else req.estimated_tokens,
                      "cost_usd": req.estimated_cost_usd},
         "state": state,
+        "shadow": audit_field(decision.shadow) if shadow_disagrees(decision) else None,
     }
 
 
-def _from_result(result: Any, decision_id: str) -> Decision:
+def shadow_disagrees(decision: Decision) -> bool:
+    """Whether the shadow policy answered otherwise than the answer given."""
+    return disagrees(decision.shadow, decision.allow, (r.code for r in decision.reasons))
+
+
+def from_result(result: Any, decision_id: str) -> Decision:
     """Map OPA's decision object; anything unexpected is a deny, never an allow."""
     if not isinstance(result, dict) or not isinstance(result.get("allow"), bool):
         raise EngineUnavailable("policy returned a malformed decision")
@@ -372,6 +389,7 @@ def _from_result(result: Any, decision_id: str) -> Decision:
         retry_after_s=float(retry) if isinstance(retry, int | float) and not allow else None,
         models=tuple(m for m in models if isinstance(m, str)) if allow and isinstance(models, list)
         else (),
+        shadow=parse_shadow(result),
     )
 
 

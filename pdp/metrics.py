@@ -17,7 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from pdp.bundles import BundleStore
-from pdp.engine import Decision, Request
+from pdp.engine import Decision, Request, shadow_disagrees
 
 METRICS_PATH = "/metrics"
 # Decision latency is dominated by one OPA round trip (~0.3-3 ms); the tail
@@ -62,6 +62,11 @@ class Metrics:
         self.opa_errors = Counter(
             "aam_opa_errors", "Decisions OPA could not answer (down, slow, no bundle).",
             registry=self.registry)
+        self.shadow_disagreements = Counter(
+            "aam_shadow_disagreements",
+            "Decisions a workload's shadow policy answered differently, by shadow policy and"
+            " outcomes (enforced, shadow: allow/deny).",
+            ("policy", "enforced", "shadow"), registry=self.registry)
         self.active_revision = ""
         if store is not None:
             self.registry.register(_BundleCollector(store, self))
@@ -71,6 +76,7 @@ class Metrics:
         self.latency.observe(elapsed_s)
         if decision.revision:
             self.active_revision = decision.revision
+        self._shadow(decision)
         if decision.allow:
             self.decisions.labels("allow", "").inc()
             return
@@ -78,6 +84,13 @@ class Metrics:
         self.decisions.labels("deny", codes[0] if codes else "").inc()
         if "engine_unavailable" in codes:
             self.opa_errors.inc()
+
+    def _shadow(self, decision: Decision) -> None:
+        """Count a shadow policy's disagreement (the engine parses it with pdp/shadow.py)."""
+        shadowed = decision.shadow
+        if shadowed is not None and shadow_disagrees(decision):
+            self.shadow_disagreements.labels(
+                shadowed.policy, "allow" if decision.allow else "deny", shadowed.outcome).inc()
 
     def refused(self, code: str) -> None:
         """A caller refused before any decision (identity): counted as a deny."""

@@ -1,7 +1,8 @@
 """Entry point of ``aam``: parse arguments, dispatch, map failures to exit codes.
 
 Exit codes: 0 success (or ALLOW for ``authorize``), 1 error, 2 usage error,
-3 DENY from ``authorize``. No command prints a traceback.
+3 DENY from ``authorize``, 4 a deny-to-allow flip from ``replay``. No command prints
+a traceback.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import sys
 from typing import TextIO
 
-from aam.cli import authorize, compile_cmd, import_cmd, ledger_cmd, serve, test_cmd
+from aam.cli import authorize, compile_cmd, import_cmd, ledger_cmd, replay_cmd, serve, shadow_cmd, test_cmd
 
 
 def parser() -> argparse.ArgumentParser:
@@ -22,6 +23,8 @@ def parser() -> argparse.ArgumentParser:
     authorize.register(sub)
     test_cmd.register(sub)
     ledger_cmd.register(sub)
+    replay_cmd.register(sub)
+    shadow_cmd.register(sub)
     return p
 
 

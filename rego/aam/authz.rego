@@ -57,4 +57,5 @@ decision := {
 	"route": route,
 	"revision": revision,
 	"models": listed_models,
+	"shadow": shadow,
 }

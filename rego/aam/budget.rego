@@ -15,9 +15,16 @@ budget_period := {"daily": "today", "monthly": "this month"}
 # Dollars and cents; sprintf's %f would print integers oddly.
 usd(x) := sprintf("%d.%02d", [floor(c / 100), c % 100]) if c := round(x * 100)
 
-# The PDP computes remaining_usd exactly (integer micro-dollars); a state
-# written by hand (aam test suites) may leave it out.
-remaining(b, limit) := object.get(b, "remaining_usd", (limit - b.spent_usd) - b.reserved_usd)
+# The PDP computes remaining_usd exactly (integer micro-dollars) against the
+# limit it metered (limit_usd; a state written by hand, in aam test suites, may
+# leave either out). It is null for a window metered without a limit, and a
+# shadow policy's own limit may differ from the metered one: then it is worked
+# out here.
+remaining(b, limit) := r if {
+	object.get(b, "limit_usd", limit) == limit
+	r := b.remaining_usd
+	is_number(r)
+} else := (limit - b.spent_usd) - b.reserved_usd
 
 budget_exceeded contains w if {
 	some w, field in budget_fields
