@@ -105,16 +105,16 @@ def _run(argv: list[str], timeout_s: float, stdin: bytes | None = None) -> bytes
 
 
 def ghz(addr: str, call: str, payloads: list[dict[str, Any]] | dict[str, Any], load: Load,
-        protoset: Path, metadata: dict[str, str] | None = None) -> Result:
-    """``payloads`` (one message, or many sent round-robin) at ``load``; SEQ in their strings
-    becomes this run's tag and the call's request number."""
+        protoset: Path, metadata: dict[str, str] | None = None, connections: int = 2) -> Result:
+    """``payloads`` (one message, or many sent round-robin) at ``load`` over ``connections``
+    connections; SEQ in their strings becomes this run's tag and the call's request number."""
     messages = tag_seq(payloads if isinstance(payloads, list) else [payloads], run_tag())
     with tempfile.TemporaryDirectory(prefix="aam-bench-") as tmp:
         data = Path(tmp) / "data.json"
         data.write_text(json.dumps(messages, separators=(",", ":")))
         argv = [tool("ghz"), "--insecure", "--protoset", str(protoset), "--call", call,
                 "-D", str(data), *(["-m", json.dumps(metadata)] if metadata else []),
-                "-z", f"{load.duration_s:g}s", "-t", "5s", "-O", "json", "--connections", "2",
+                "-z", f"{load.duration_s:g}s", "-t", "5s", "-O", "json", "--connections", str(connections),
                 "--duration-stop", "ignore"]
         if load.rate:
             argv += ["--rps", str(load.rate), "--async", "-c", "64"]

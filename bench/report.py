@@ -42,28 +42,40 @@ def _usage(u: Usage | None) -> list[str]:
     return [f"{u.cpu_pct:.0f}%", f"{u.rss_mb:.0f}"] if u else ["-", "-"]
 
 
+def parts(mb: tuple[float, ...]) -> str:
+    """Peak RSS of the PDP's processes: the parent's, then each worker's ("60+75+74")."""
+    return "+".join(f"{m:.0f}" for m in mb)
+
+
 def latency_table(rows: Sequence[Row]) -> str:
     headers = ["scenario", "offered", "p50 ms", "p90 ms", "p99 ms", "ok/s", "errors",
-               "PDP cpu", "PDP MB", "OPA cpu", "OPA MB", "PDP ms/req", "OPA ms/req",
+               "PDP cpu", "PDP MB", "PDP MB each", "OPA cpu", "OPA MB", "PDP ms/req", "OPA ms/req",
                "PG ms/req", "load ms/req", "all ms/req"]
     out = []
     for r in rows:
         if r.result is None:
             what = "not run" if r.skipped else f"failed: {r.error[:60]}"
-            out.append([r.scenario, r.load.label, what, *[""] * 13])
+            out.append([r.scenario, r.load.label, what, *[""] * 14])
             continue
         res = r.result
         out.append([r.scenario, r.load.label, _ms(res.p50_ms), _ms(res.p90_ms), _ms(res.p99_ms),
                     f"{res.throughput:.0f}", str(res.errors),
-                    *_usage(r.usage.get("pdp")), *_usage(r.usage.get("opa")),
+                    *_usage(r.usage.get("pdp")), _parts(r.usage.get("pdp")),
+                    *_usage(r.usage.get("opa")),
                     *(_per_request(r.usage.get(k), res) for k in ("pdp", "opa", "pg", "loadgen")),
                     _per_request(Usage(sum(u.cpu_pct for u in r.usage.values()), 0), res)])
     notes = dict.fromkeys(f"{r.scenario}: not run: {r.error}" for r in rows if r.skipped)
     return "\n".join([table(headers, out), CPU_NOTE, *notes])
 
 
+def _parts(u: Usage | None) -> str:
+    return parts(u.parts_mb) if u and u.parts_mb else "-"
+
+
 # Why "all ms/req" matters on this machine: it bounds what the co-located stack can reach.
-CPU_NOTE = ("ms/req: CPU milliseconds per answered request of the PDP, OPA, PostgreSQL (postmaster"
+CPU_NOTE = ("PDP: with worker processes, the parent and its workers together (PDP MB each: parent+"
+            "worker 0+...).\n"
+            "ms/req: CPU milliseconds per answered request of the PDP, OPA, PostgreSQL (postmaster"
             " and backends) and the load generator (ghz/vegeta);\nall ms/req is their sum: with"
             " everything on 2 cores, 2000 / (all ms/req) decisions/s is the ceiling of that row's setup.")
 
@@ -123,20 +135,22 @@ class ScalePoint:
     opa_rss_mb: float
     start_s: float
     error: str = ""
+    pdp_parts_mb: tuple[float, ...] = ()  # with worker processes: parent, then each worker
 
 
 def scale_table(points: Sequence[ScalePoint]) -> str:
     headers = ["policies", "start s", "p50 ms", "p99 ms", "p99 / p99@smallest", "ok/s",
-               "PDP MB", "OPA MB"]
+               "PDP MB", "PDP MB each", "OPA MB"]
     base = next((p.result.p99_ms for p in points if p.result), 0.0)
     out = []
     for p in points:
         if p.result is None:
-            out.append([str(p.policies), f"{p.start_s:.1f}", f"failed: {p.error[:60]}", *[""] * 5])
+            out.append([str(p.policies), f"{p.start_s:.1f}", f"failed: {p.error[:60]}", *[""] * 6])
             continue
         out.append([f"{p.policies:,}", f"{p.start_s:.1f}", _ms(p.result.p50_ms), _ms(p.result.p99_ms),
                     _ratio(p.result.p99_ms, base), f"{p.result.throughput:.0f}",
-                    f"{p.pdp_rss_mb:.0f}", f"{p.opa_rss_mb:.0f}"])
+                    f"{p.pdp_rss_mb:.0f}", parts(p.pdp_parts_mb) if p.pdp_parts_mb else "-",
+                    f"{p.opa_rss_mb:.0f}"])
     return table(headers, out)
 
 
@@ -283,10 +297,20 @@ def targets_23(rows: Sequence[Row], points: Sequence[ScalePoint], rate: int, idl
     lines.append(_scale_line(points, SCALE23_P99_X))
     by = {p.policies: p for p in points}
     big = by.get(SCALE_TO)
-    lines.append(f"PDP RSS per worker at {SCALE_TO:,} policies (1 worker): "
-                 + (f"{big.pdp_rss_mb:.0f} MB (OPA {big.opa_rss_mb:.0f} MB)" if big and big.result
-                    else "not measured (only the full run loads 10,000)"))
+    lines.append(_rss_per_worker(big))
     return "\n".join(lines)
+
+
+def _rss_per_worker(big: ScalePoint | None) -> str:
+    """The PDP's RSS at the largest scale: one process, or each worker and the parent."""
+    what = f"PDP RSS per worker at {SCALE_TO:,} policies"
+    if big is None or big.result is None:
+        return f"{what}: not measured (only the full run loads 10,000)"
+    if not big.pdp_parts_mb:
+        return f"{what} (1 worker): {big.pdp_rss_mb:.0f} MB (OPA {big.opa_rss_mb:.0f} MB)"
+    parent, *workers = big.pdp_parts_mb
+    return (f"{what} ({len(workers)} workers): {', '.join(f'{w:.0f}' for w in workers)} MB "
+            f"(parent {parent:.0f} MB, all {big.pdp_rss_mb:.0f} MB; OPA {big.opa_rss_mb:.0f} MB)")
 
 
 def _vs_go_saturation(go: Result | None, aam: dict[str, Result | None]) -> str:

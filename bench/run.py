@@ -109,8 +109,10 @@ Stack = AamStack | ExtAuthzStack
 def drive(s: Scenario, stack: Stack, load: Load) -> Result:
     if s.target in ("aam", "extauthz"):
         assert s.proto is not None
+        # ghz needs a caller per connection; with PDP workers, more connections (targets.py).
+        connections = min(getattr(stack, "connections", 2), 64 if load.rate else load.concurrency)
         return loadgen.ghz(stack.grpc_addr, s.call, s.payloads, load, _protoset(s.proto),
-                           stack.metadata)
+                           stack.metadata, connections)
     if s.target == "opa":
         bodies = scenarios.opa_bodies(s, OPA_BODIES, loadgen.run_tag())
         if stack.opa_url.startswith(UNIX_SCHEME):  # OPA on a Unix socket (opa_addr = "unix://...")
@@ -233,10 +235,11 @@ def run_main(p: Plan, work: Path, ledger: LedgerServer, out: TextIO) \
     if not chosen:
         return [], None, {}
     with AamStack(write_policy_dir(work / "p10", 10), p.stack_settings(ledger)) as stack:
+        print(f"  PDP: {processes(stack)}", file=out, flush=True)
         rows = run_scenarios(chosen, stack, p, out, ledger.trees())
         if p.profile_s and any(s.target == "aam" for s in chosen):
             s = next(s for s in chosen if s.target == "aam")
-            proc, path = profile.record(stack.pids["pdp"], p.profile_s)
+            proc, path = profile.record(stack.profile_pid, p.profile_s)
             time.sleep(0.5)
             drive(s, stack, Load(0, p.profile_s, p.concurrency))
             try:
@@ -247,6 +250,16 @@ def run_main(p: Plan, work: Path, ledger: LedgerServer, out: TextIO) \
             stack.opa_url, scenarios.by_name(s.baselines[0]).call, s.payload, p.micro_n)
             for s in chosen if s.call == scenarios.AUTHORIZE and s.baselines}
     return rows, prof, pieces
+
+
+def processes(stack: AamStack) -> str:
+    """How the PDP runs: one process, or a parent and N worker processes (the workers
+    setting; --workers)."""
+    workers = stack.worker_pids
+    if not workers:
+        return "1 process (workers = 1)"
+    return (f"{len(workers)} worker processes on one port (SO_REUSEPORT) beside the parent; "
+            f"ghz opens {stack.connections} connections")
 
 
 def run_vault(p: Plan, work: Path, ledger: LedgerServer, out: TextIO) -> list[Row]:
@@ -304,11 +317,13 @@ def run_scale(p: Plan, work: Path, ledger: LedgerServer, out: TextIO) -> list[Sc
                 with Meter(stack.pids) as meter:
                     result = drive(s, stack, Load(p.scale_rate, p.scale_s))
                 u = meter.usage
-                points.append(ScalePoint(n, result, u["pdp"].rss_mb, u["opa"].rss_mb, started))
+                points.append(ScalePoint(n, result, u["pdp"].rss_mb, u["opa"].rss_mb, started,
+                                         pdp_parts_mb=u["pdp"].parts_mb))
         except (LoadError, TargetError, RuntimeError) as exc:
             points.append(ScalePoint(n, None, 0, 0, time.monotonic() - t0, str(exc)))
         last = points[-1]
-        print(f"  {n:>6} policies: {_brief(last.result, last.error)}, PDP {last.pdp_rss_mb:.0f} MB",
+        print(f"  {n:>6} policies: {_brief(last.result, last.error)}, PDP {last.pdp_rss_mb:.0f} MB"
+              + (f" ({report.parts(last.pdp_parts_mb)})" if last.pdp_parts_mb else ""),
               file=out, flush=True)
     return points
 
@@ -360,9 +375,13 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     ap.add_argument("--pdp-setting", action="append", default=[], metavar="KEY=VALUE", type=_setting,
                     help="a PDP setting over the shipped defaults (repeatable), e.g. "
                          "ledger_state_ttl_ms=0 and opa_gogc=100 for the previous hot path")
+    ap.add_argument("--workers", type=int, metavar="N",
+                    help="PDP worker processes (the workers setting; default: the product's, 0 = "
+                         "one per CPU with the PostgreSQL ledger, 1 with --ledger sqlite)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
-    p = Plan(**{**asdict(plan(args)), "scale_rate": args.scale_rate, "pdp": tuple(args.pdp_setting),
+    pdp = (*args.pdp_setting, *((("workers", args.workers),) if args.workers is not None else ()))
+    p = Plan(**{**asdict(plan(args)), "scale_rate": args.scale_rate, "pdp": tuple(pdp),
                 "idle_rate": args.idle_rate})
     if args.no_profile:
         p = Plan(**{**asdict(p), "profile_s": 0})

@@ -109,10 +109,33 @@ class AamStack:
         return (self.out.read_text(errors="replace") + self.log.read_text(errors="replace"))[-1500:]
 
     @property
-    def pids(self) -> dict[str, int]:
+    def pids(self) -> dict[str, int | list[int]]:
+        """The PDP (with worker processes: the parent first, then each worker, measured as
+        one) and its managed OPA."""
         assert self.proc is not None
-        opa = [p for p in children(self.proc.pid) if _comm(p) == "opa"]
-        return {"pdp": self.proc.pid, **({"opa": opa[0]} if opa else {})}
+        kids = children(self.proc.pid)
+        opa = [p for p in kids if _comm(p) == "opa"]
+        workers = self.worker_pids
+        return {"pdp": [self.proc.pid, *workers] if workers else self.proc.pid,
+                **({"opa": opa[0]} if opa else {})}
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The PDP's worker processes (pdp/worker.py); [] when it runs as one process."""
+        assert self.proc is not None
+        return [p for p in children(self.proc.pid) if "pdp.worker" in _cmdline(p)]
+
+    @property
+    def connections(self) -> int:
+        """gRPC connections for the load generator: the kernel spreads connections, not calls,
+        over worker processes, so a few per worker (2 for one process, as before)."""
+        return max(2, 4 * len(self.worker_pids))
+
+    @property
+    def profile_pid(self) -> int:
+        """The process that decides: the first worker, else the PDP itself."""
+        assert self.proc is not None
+        return next(iter(self.worker_pids), self.proc.pid)
 
     def stop(self) -> None:
         procs.stop(self.proc, 15)
@@ -133,6 +156,13 @@ def _env() -> dict[str, str]:
 def _comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
 

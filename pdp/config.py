@@ -72,8 +72,14 @@ class Settings:
     bundle_signing_key_id: str = "aam"
     # HTTP listener serving bundles to OPA (and /metrics), "host:port".
     http_addr: str = "127.0.0.1:0"
-    # gRPC worker threads.
+    # gRPC worker threads (per worker process).
     max_workers: int = 16
+    # PDP worker processes serving grpc_addr (and extauthz_addr) together, each its own
+    # interpreter (one GIL) with its own engine, ledger connections and broker; the
+    # parent keeps compile, bundles, OPA and audit anchors. 0: auto (resolve_workers:
+    # one per CPU, but 1 with a SQLite ledger); 1: one process, no children. More than
+    # 1 needs a PostgreSQL ledger or none.
+    workers: int = 0
     # Largest serialized params + context accepted in one request.
     max_request_bytes: int = 64 * 1024
     # Envoy ext_authz (envoy.service.auth.v3.Authorization): "" serves it on
@@ -140,7 +146,7 @@ class Settings:
     # How long this PDP's last view of a workload's spend and rates may stand in for a
     # ledger read: OPA decides on it, and the ledger re-checks every limit atomically
     # when it reserves for the allow (in the same batch as the audit row). A limit deny
-    # is always confirmed on fresh state. 0: reserve before every decision instead.
+    # is always confirmed on fresh state. 0: read the ledger's state before every decision.
     ledger_state_ttl_ms: int = 1000
     # Token estimate for a model call that does not send one (prices the reservation).
     default_estimated_tokens: int = 4096
@@ -203,6 +209,12 @@ class Settings:
             raise ConfigError("opa_gogc must be positive (Go's default is 100)")
         if self.max_workers <= 0:
             raise ConfigError("max_workers must be positive")
+        if self.workers < 0:
+            raise ConfigError("workers must not be negative (0: one per CPU)")
+        if self.workers > 1 and sqlite_ledger(self.ledger_url):
+            raise ConfigError(f"workers = {self.workers} needs a PostgreSQL ledger (or none): the "
+                              "SQLite ledger admits one writer at a time, so its PDP runs as one "
+                              "process (workers = 1, or 0 for auto)")
         self._validate_bundle_signing()
         if self.require_jwt_svid and not self.jwt_bundle:
             raise ConfigError("require_jwt_svid needs jwt_bundle (a JWKS file)")
@@ -253,6 +265,50 @@ class Settings:
             "OPA binary not found (looked in "
             f"{', '.join(c for c in candidates if c) or 'PATH'}); run scripts/setup"
         )
+
+
+def sqlite_ledger(ledger_url: str) -> bool:
+    """Whether ``ledger_url`` names the embedded SQLite store (pdp/ledger open_ledger)."""
+    return ledger_url.lower().startswith("sqlite:")
+
+
+def resolve_workers(settings: Settings) -> int:
+    """How many PDP processes serve: ``workers``, or for 0 (auto) one per CPU, since one
+    PDP process is bound to about one core by its GIL. With a SQLite ledger auto is 1:
+    SQLite serialises every write on one file lock, so more processes only queue on it,
+    and ``validate`` refuses more than 1 there."""
+    if settings.workers > 0:
+        return settings.workers
+    if sqlite_ledger(settings.ledger_url):
+        return 1
+    return usable_cpus()
+
+
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """``os.cpu_count()``, but no more than this process may run on (its CPU affinity) or
+    use (a cgroup v2 CPU quota, as a container's CPU limit sets, rounded up): a pod limited
+    to 2 CPUs on a 64-core node gets 2 workers, not 64."""
+    cpus = os.cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        cpus = min(cpus, len(os.sched_getaffinity(0)) or cpus)
+    try:
+        quota, period = cgroup.read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            cpus = min(cpus, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def settings_dict(settings: Settings) -> dict[str, Any]:
+    """Every setting, JSON-ready: what a worker process is given (pdp/workers.py)."""
+    return {f.name: list(v) if isinstance(v := getattr(settings, f.name), tuple) else v
+            for f in fields(settings)}
+
+
+def settings_from_dict(values: Mapping[str, Any]) -> Settings:
+    """The inverse of :func:`settings_dict` (already validated by the parent)."""
+    return Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 UNIX_SCHEME = "unix://"

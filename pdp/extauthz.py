@@ -222,15 +222,16 @@ def register(server: grpc.Server, engine: Engine, settings: Settings,
 
 
 class ExtAuthzServer:
-    """Check on its own listener (``extauthz_addr``), with the same TLS settings as grpc_addr."""
+    """Check on its own listener (``extauthz_addr``), with the same TLS settings as grpc_addr
+    (``reuse_port``: shared by the worker processes, as pdp/server.py's)."""
 
     def __init__(self, settings: Settings, engine: Engine,
                  identity: identities.Identity | None = None,
-                 revisions: Revisions | None = None) -> None:
+                 revisions: Revisions | None = None, reuse_port: bool = False) -> None:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers,
                                        thread_name_prefix="aam-extauthz"),
-            options=[("grpc.so_reuseport", 0)])
+            options=[("grpc.so_reuseport", int(reuse_port))])
         register(self.server, engine, settings, identity, revisions)
         if settings.plaintext:
             self.port = self.server.add_insecure_port(settings.extauthz_addr)

@@ -41,14 +41,18 @@ class DecodeGuard(grpc.ServerInterceptor):
 
 
 class GrpcServer:
-    def __init__(self, settings: Settings, servicer: PolicyDecisionServicer) -> None:
+    """``reuse_port``: one of several worker processes on the same address (pdp/workers.py);
+    otherwise the port must be free, so a second PDP on it fails instead of sharing it."""
+
+    def __init__(self, settings: Settings, servicer: PolicyDecisionServicer,
+                 reuse_port: bool = False) -> None:
         self.settings = settings
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="aam-rpc"),
             interceptors=[DecodeGuard()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(reuse_port)),
             ],
         )
         pdp_pb2_grpc.add_PolicyDecisionServiceServicer_to_server(servicer, self.server)

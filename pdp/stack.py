@@ -1,38 +1,41 @@
 """The running PDP: bundle server, OPA (managed or external), engine and gRPC.
 
 ``aam up`` and ``aam serve`` both build a :class:`Stack`; they differ only in
-settings (``up`` is plaintext on loopback with embedded defaults).
+settings (``up`` is plaintext on loopback with embedded defaults). With one worker
+(resolve_workers) everything runs in this process; with more, the decision side
+(pdp/serving.py) runs in worker processes on the same port (pdp/workers.py) and this
+process keeps compile, bundles, OPA, the watcher and the audit anchors.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from compiler import Bundle, CompileError, compile_paths
 from compiler.bundle import DATA_PATH
 from pdp import broker as brokers
-from pdp import bundlesigner
+from pdp import bundlesigner, reuseport
 from pdp.broker import Broker
 from pdp.broker.metrics import BrokerCollector
 from pdp.bundles import BUNDLE_PATH, BundleStore, HttpServer
 from pdp.bundlesigner import BundleSigner
 from pdp.compiled import Revisions
-from pdp.config import Settings, split_addr
+from pdp.config import Settings, resolve_workers, split_addr
 from pdp.engine import Engine
-from pdp.extauthz import ExtAuthzServer, register
-from pdp.identity import AuditHook, Refusal, log_refusal
-from pdp.identity import from_settings as identity_from_settings
-from pdp.ledger import Ledger, LedgerError
+from pdp.extauthz import ExtAuthzServer
+from pdp.ledger import Ledger
 from pdp.ledger import startup as ledger_startup
 from pdp.ledger.anchor import AnchorWriter
-from pdp.ledger.gate import Gate, LedgerGate
-from pdp.ledger.noop import NullGate
+from pdp.ledger.types import ChainHead
 from pdp.metrics import METRICS_PATH, Metrics
-from pdp.opa import OpaClient, OpaProcess
+from pdp.opa import OpaProcess
 from pdp.server import GrpcServer
-from pdp.service import PolicyDecisionServicer
+from pdp.serving import Serving
+from pdp.workers import Workers
 
 log = logging.getLogger("aam.stack")
 
@@ -57,6 +60,8 @@ class Stack:
         self.ledger: Ledger | None = None
         self.anchors: AnchorWriter | None = None  # checkpoints of the audit chain's head
         self.signer: BundleSigner | None = None  # signs every bundle published to OPA
+        self.workers: Workers | None = None  # with more than one worker: their supervisor
+        self._held: list[socket.socket] = []  # the ports the workers share (pdp/reuseport.py)
 
     def compile(self) -> Bundle:
         return compile_paths([self.policies])
@@ -73,17 +78,27 @@ class Stack:
         s = self.settings
         signer = bundlesigner.from_settings(s)  # first: a bad key stops the start here
         self.signer = self.store.signer = signer
-        self.broker = brokers.build(s)
-        self.broker.start()
-        self.metrics.registry.register(BrokerCollector(self.broker))
+        count = resolve_workers(s)
+        if count > 1:  # the workers' ports first: one in use stops the start here
+            self._hold_ports()
+            self.workers = Workers(count, self._newest)
+        else:
+            self.broker = brokers.build(s)
+            self.broker.start()
+            self.metrics.registry.register(BrokerCollector(self.broker))
         self._publish(self.compile())
         # Keyed (refuses to start without audit_key_file), migrated, anchor checked.
         self.ledger, self.anchors = ledger_startup.open_for(s)
-        if self.anchors is not None:
+        head = self.ledger.head if self.ledger is not None else None
+        if self.workers is not None and self.ledger is not None:
+            self.ledger.close()  # the workers write; this process only checked the anchor
+            self.ledger = None
+        if self.anchors is not None and self.workers is None:
             self.anchors.start()
         host, port = split_addr(s.http_addr, "http_addr")
         self.http = HttpServer(host, port, self.store)
-        self.http.routes[METRICS_PATH] = self.metrics.route()
+        self.http.routes[METRICS_PATH] = (self.metrics.route() if self.workers is None
+                                          else self.workers.metrics.route(self.metrics))
         self.http.start()
         opa_url = s.opa_url
         if not opa_url:
@@ -91,20 +106,12 @@ class Stack:
                                   verification=signer.verification)
             self.opa.start()
             opa_url = self.opa.url
-        gate: LedgerGate = NullGate(self.revisions) if self.ledger is None else Gate(
-            self.ledger, self.revisions, s.reservation_ttl_s, s.default_estimated_tokens,
-            s.ledger_state_ttl_ms / 1000)
-        engine = Engine(OpaClient(opa_url, s.opa_timeout_ms / 1000), observers=[self.metrics.observe],
-                        broker=self.broker, gate=gate)
-        self.engine = engine
-        identity = identity_from_settings(s, audit=self._refusal_hook(gate, self.metrics))
-        self.grpc = GrpcServer(s, PolicyDecisionServicer(engine, s, identity))
-        if s.extauthz_addr:
-            self.extauthz = ExtAuthzServer(s, engine, identity, self.revisions)
-            self.extauthz.start()
+        if self.workers is not None:
+            self._start_workers(opa_url, head)
         else:
-            register(self.grpc.server, engine, s, identity, self.revisions)
-        self.grpc.start()
+            serving = Serving(s, opa_url, self.revisions, self.metrics, self.broker, self.ledger)
+            self.engine, self.grpc, self.extauthz = serving.engine, serving.grpc, serving.extauthz
+            serving.start()
         if self.opa is not None:
             threading.Thread(target=self._supervise_opa, name="aam-opa-supervisor",
                              daemon=True).start()
@@ -112,28 +119,43 @@ class Stack:
             self._watcher = threading.Thread(target=self._watch, name="aam-watch", daemon=True)
             self._watcher.start()
 
+    def _hold_ports(self) -> None:
+        """Hold grpc_addr (and extauthz_addr) for the workers, port 0 made concrete: the
+        settings then name the port every worker binds, and clients connect to."""
+        s = self.settings
+        held, grpc_addr = reuseport.hold(s.grpc_addr, "grpc_addr")
+        self._held.append(held)
+        extauthz_addr = s.extauthz_addr
+        if extauthz_addr:
+            held, extauthz_addr = reuseport.hold(extauthz_addr, "extauthz_addr")
+            self._held.append(held)
+        self.settings = replace(s, grpc_addr=grpc_addr, extauthz_addr=extauthz_addr)
+
+    def _start_workers(self, opa_url: str, head: ChainHead | None) -> None:
+        """The workers, on this OPA; they neither migrate nor anchor (this process does)."""
+        assert self.workers is not None
+        self.workers.start(replace(self.settings, opa_url=opa_url, workers=self.workers.count,
+                                   ledger_migrate=False, audit_anchor_file="", watch=False), head)
+        if self.anchors is not None:
+            self.anchors.head = self.workers.head  # the newest row any worker wrote
+            self.anchors.start()
+
+    def _newest(self, revisions: list[str]) -> str:
+        """Of the revisions the workers last decided with, the one published last."""
+        seqs = {r: rev.seq for r in revisions if (rev := self.revisions.get(r)) is not None}
+        return max(seqs, key=seqs.__getitem__) if seqs else ""
+
     def _publish(self, bundle: Bundle) -> None:
         """Parse the bundle's data once; the broker sees it first, so it stops issuing for
         removed grants before OPA does. Decisions read it once OPA has pulled it."""
         revision = self.revisions.update(bundle.files, DATA_PATH)
         if self.broker is not None:
             self.broker.adopt(revision.compiled)
+        if self.workers is not None:  # each worker's view and broker too, before OPA's
+            data = bundle.files[DATA_PATH]
+            self.workers.publish(revision.seq, revision.id,
+                                 data if isinstance(data, bytes) else str(data).encode())
         self.store.publish(bundle)
-
-    @staticmethod
-    def _refusal_hook(gate: LedgerGate, metrics: Metrics) -> AuditHook:
-        """Identity refusals go to the log, the decision counter and, with a ledger,
-        the audit table."""
-
-        def hook(refusal: Refusal) -> None:
-            log_refusal(refusal)
-            metrics.refused(refusal.code)
-            try:
-                gate.record_refusal(refusal.caller, refusal.asserted, refusal.code, refusal.message)
-            except LedgerError:
-                log.error("identity refusal not audited: ledger unavailable")
-
-        return hook
 
     @property
     def opa_url(self) -> str:
@@ -210,6 +232,8 @@ class Stack:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.workers:
+            self.workers.stop(self.settings.shutdown_grace_s)  # they drain their audit writers
         if self.extauthz:
             self.extauthz.stop(self.settings.shutdown_grace_s)
             self.extauthz = None
@@ -234,6 +258,9 @@ class Stack:
         if self.anchors:
             self.anchors.stop()  # ... so the last anchor names the final head
             self.anchors = None
+        for held in self._held:
+            held.close()
+        self._held = []
 
     def wait(self) -> None:
         self._stop.wait()

@@ -21,6 +21,9 @@ from pdp.ledger.startup import up_anchor_file, up_key_file
 from pdp.secretfile import ensure_secret
 from pdp.stack import Stack
 
+WORKERS_HELP = ("PDP worker processes sharing the gRPC port (the workers setting; default 0: one "
+                "per CPU, 1 with a SQLite ledger, which allows no more)")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("up", help="run the local stack (OPA + PDP) on loopback")
@@ -46,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--envoy-port", type=int, default=0, help="Envoy's port (default: a free one)")
     up.add_argument("--upstream", default="",
                     help="with --envoy: send allowed requests to IP:PORT instead of the demo upstream")
+    up.add_argument("--workers", type=int, help=WORKERS_HELP)
     up.add_argument("--agent", default="",
                     help="with --envoy: the SPIFFE ID of the sample agent SVID (default: the "
                          "finance-analyst example, else the first policy's workload)")
@@ -57,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sv.add_argument("--grpc-addr")
     sv.add_argument("--opa-url", help="use this OPA instead of starting one")
     sv.add_argument("--watch", action=argparse.BooleanOptionalAction, default=None)
+    sv.add_argument("--workers", type=int, help=WORKERS_HELP)
     sv.set_defaults(func=run_serve)
 
 
@@ -84,7 +89,8 @@ def run_up(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
                     policies=str(args.policies) if args.policies else None,
                     ledger_url=args.ledger_url, ledger_migrate=True,
                     gateway_token_file=str(args.gateway_token_file),
-                    extauthz_mapping=str(args.mapping) if args.mapping else None)
+                    extauthz_mapping=str(args.mapping) if args.mapping else None,
+                    workers=args.workers)
         base.update(_audit_files(args.ledger_url))
         settings = Settings.load(env={}, **base)
     except (ConfigError, OSError) as exc:
@@ -117,7 +123,7 @@ def run_serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     try:
         settings = Settings.load(
             args.config, grpc_addr=args.grpc_addr, opa_url=args.opa_url, watch=args.watch,
-            policies=str(args.policies) if args.policies else None,
+            policies=str(args.policies) if args.policies else None, workers=args.workers,
         )
     except ConfigError as exc:
         print(f"aam serve: error: {exc}", file=stderr)
@@ -168,15 +174,20 @@ def _serve(settings: Settings, stdout: TextIO, stderr: TextIO, banner: bool,
     if settings.ledger_url not in ("", "off"):
         print(f"audit      keyed by {settings.audit_key_file}; anchors to "
               f"{settings.audit_anchor_file or '(none: a cut tail goes unseen)'}", file=stdout)
+    settings = stack.settings  # with workers: the ports they share, made concrete
     print(f"grpc       {settings.grpc_addr} aam.v1.PolicyDecisionService"
           f"{' (plaintext, loopback)' if settings.plaintext else ' (mTLS)'}", file=stdout)
+    workers = stack.workers
+    print("workers    " + (f"{workers.count} processes on these ports (SO_REUSEPORT), pids "
+                           f"{' '.join(map(str, workers.pids()))}" if workers else
+                           "1 (this process)"), file=stdout)
     if settings.plaintext:
         print("gateways   " + (f"send metadata x-aam-gateway-token: the contents of "
                                f"{settings.gateway_token_file}" if settings.gateway_token_file else
                                "none (no gateway_token_file): no credential values, Check or "
                                "RecordUsage"), file=stdout)
     extauthz_addr = (f"{split_addr(settings.extauthz_addr)[0]}:{stack.extauthz.port}"
-                     if stack.extauthz else settings.grpc_addr)
+                     if stack.extauthz else settings.extauthz_addr or settings.grpc_addr)
     print(f"ext_authz  {extauthz_addr} envoy.service.auth.v3.Authorization (Envoy)", file=stdout)
     if companion_banner:
         print(companion_banner, file=stdout)

@@ -26,8 +26,12 @@ FINANCE = "spiffe://prod/agent/finance-analyst"
 
 @contextlib.contextmanager
 def running_stack(policies: Path = EXAMPLES, **overrides: Any) -> Iterator[Stack]:
-    """The stack on an embedded SQLite ledger unless ``ledger_url`` is given, like aam up."""
-    overrides = {"plaintext": True, **overrides}
+    """The stack on an embedded SQLite ledger unless ``ledger_url`` is given, like aam up.
+
+    One process unless ``workers`` is given: tests read the stack's in-process state
+    (stack.engine, stack.ledger, stack.grpc), and a PostgreSQL ledger would otherwise start
+    one worker process per CPU (tests/integration/test_workers.py runs several)."""
+    overrides = {"plaintext": True, "workers": 1, **overrides}
     with tempfile.TemporaryDirectory(prefix="aam-test-ledger-") as tmp:
         overrides.setdefault("ledger_url", f"sqlite://{tmp}/ledger.sqlite3")
         overrides.setdefault("ledger_migrate", True)

@@ -51,7 +51,10 @@ def pdp_processes(n: int, policies: Path, ledger_url: str, tmp: Path,
     # the ledger, so an OPA answer slowed by that crowd must not read as engine_unavailable.
     env.update({"AAM_PLAINTEXT": "true", "AAM_LEDGER_URL": ledger_url,
                 "AAM_OPA_BINARY": opa_binary(), "AAM_LOG_LEVEL": "warning",
-                "AAM_OPA_TIMEOUT_MS": "5000"})
+                "AAM_OPA_TIMEOUT_MS": "5000",
+                # Each PDP one process (a replica; kill9 kills its group): n of them model
+                # replicas, and worker processes would multiply the crowd on two cores.
+                "AAM_WORKERS": "1"})
     token_file = gateway_token_file(tmp)
     env["AAM_GATEWAY_TOKEN_FILE"] = str(token_file)
     env["AAM_AUDIT_KEY_FILE"] = str(audit_key_file(tmp))  # one keyring, tmp/audit.key, for all
