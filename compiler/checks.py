@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from compiler import language_checks, route_checks, spiffe, toolcredential
-from compiler.errors import Diagnostic
+from compiler.errors import Diagnostic, did_you_mean
 from compiler.model import PolicySet
 from compiler.source import Document
 from compiler.unique import repeats
@@ -59,13 +59,13 @@ def duplicate_workloads(ps: PolicySet) -> Iterator[Diagnostic]:
 
 
 def model_references(ps: PolicySet) -> Iterator[Diagnostic]:
-    routes = {r.name for r in ps.routes}
+    routes = {r.name for r in ps.routes} | {name for kind, name in ps.incomplete if kind == "ModelRoute"}
     for p in ps.policies:
         for i, model in enumerate(p.models):
             if model not in routes:
                 yield p.doc.error(
                     ("spec", "models", "allow", i),
-                    f"model {model!r} is not defined by any ModelRoute",
+                    f"model {model!r} is not defined by any ModelRoute{did_you_mean(model, routes)}",
                 )
 
 
@@ -78,7 +78,8 @@ def tool_grants(ps: PolicySet) -> Iterator[Diagnostic]:
                 yield p.doc.error(
                     (*path, "resource"),
                     f"tool resource {grant.resource!r} is already granted by"
-                    f" spec.tools[{first_index[grant.resource]}]; merge the two entries",
+                    f" {p.doc.written(('spec', 'tools', first_index[grant.resource]))};"
+                    " merge the two entries",
                 )
             first_index.setdefault(grant.resource, grant.index)
             for j, action in enumerate(grant.deny):

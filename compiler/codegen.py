@@ -19,6 +19,7 @@ from compiler.model import (
     RouteTarget,
     ToolGrant,
 )
+from compiler.source import Document
 
 _WEEKDAYS = {"mon": "Monday", "tue": "Tuesday", "wed": "Wednesday", "thu": "Thursday",
              "fri": "Friday", "sat": "Saturday", "sun": "Sunday"}
@@ -123,14 +124,54 @@ def _route(r: ModelRoute) -> dict[str, Any]:
     return out
 
 
+def _pos(doc: Document, path: tuple[str | int, ...]) -> str:
+    line, col = doc.at(path, key=True)
+    return f"{line}:{col}"
+
+
+def _policy_source(p: AgentPolicy) -> dict[str, Any]:
+    """Where each rule of a policy is written, keyed by the rule names the decision
+    and its reasons use (``spec.tools[0].deny``), for ``aam authorize --explain``.
+
+    Kept to the rules an explanation names: at 10,000 policies the map is a third
+    of the bundle's data, and OPA holds all of it in memory."""
+    d = p.doc
+    at = {"spec.identity.workload": _pos(d, ("spec", "identity", "workload"))}
+    for path in (("spec", "models", "allow"), ("spec", "budget"), ("spec", "rate")):
+        if path in d.key_positions:
+            at[".".join(path)] = _pos(d, path)
+    for g in p.tools:
+        base = ("spec", "tools", g.index)
+        at[g.rule] = _pos(d, base)
+        for part in ("actions", "deny", "conditions"):
+            if getattr(g, part):
+                at[f"{g.rule}.{part}"] = _pos(d, (*base, part))
+        at.update({f"{g.rule}.constraints[{c.index}]": _pos(d, (*base, "constraints", c.index))
+                   for c in g.constraints})
+    return {"file": d.source_name, "at": dict(sorted(at.items()))}
+
+
+def _route_source(r: ModelRoute) -> dict[str, Any]:
+    at = {"metadata.name": _pos(r.doc, ("metadata", "name"))}
+    at.update({f"spec.targets[{i}]": _pos(r.doc, ("spec", "targets", i)) for i in range(len(r.targets))})
+    return {"file": r.doc.source_name, "at": at}
+
+
 def generate(ps: PolicySet) -> dict[str, Any]:
     """The ``data.aam.compiled`` document, without its revision."""
     prices = {t.resource: t.price_usd for t in ps.tools if t.price_usd is not None}
     ordered = sorted(ps.policies, key=lambda p: p.workload)
+    routes = sorted(ps.routes, key=lambda r: r.name)
     return {
         "policies": {p.workload: _policy(p, prices) for p in ordered if not p.shadow},
         # Evaluated beside the enforced ones, never deciding (rego/aam/shadow.rego).
         "shadow_policies": {p.workload: _policy(p, prices) for p in ordered if p.shadow},
-        "routes": {r.name: _route(r) for r in sorted(ps.routes, key=lambda r: r.name)},
+        "routes": {r.name: _route(r) for r in routes},
         "credentials": toolcredential.generate(ps),
+        # The source map: file (relative to the directory compiled) and line:col of
+        # each rule, read only by explanations (rego/aam/explain.rego).
+        "sources": {
+            "policies": {p.workload: _policy_source(p) for p in ordered if not p.shadow},
+            "routes": {r.name: _route_source(r) for r in routes},
+        },
     }

@@ -7,6 +7,7 @@ and de-duplicated, so a run prints every error in file order.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -37,3 +38,26 @@ class CompileError(Exception):
     def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
         self.diagnostics: list[Diagnostic] = sorted(set(diagnostics))
         super().__init__("\n".join(str(d) for d in self.diagnostics))
+
+
+def closest(word: object, candidates: Iterable[str], cutoff: float = 0.75) -> str | None:
+    """The candidate ``word`` most likely misspells, or None when none is close.
+
+    Nothing is returned for a far miss, or for a prefix several candidates share,
+    where any guess would mislead."""
+    if not isinstance(word, str) or not word:
+        return None
+    options = sorted(set(candidates) - {word})
+    match = difflib.get_close_matches(word, options, n=1, cutoff=cutoff)
+    if not match:  # a unit suffix left out: spent -> spent_usd
+        match = [c for c in options if c.startswith(f"{word}_")]
+    return match[0] if len(match) == 1 else None
+
+
+def did_you_mean(word: object, candidates: Iterable[str], cutoff: float = 0.75) -> str:
+    """``'; did you mean "x"?'`` for the closest candidate, or ``""``.
+
+    Appended to "unknown X" messages: a near miss is almost always a typo, and
+    naming the intended word saves a trip to the docs."""
+    match = closest(word, candidates, cutoff)
+    return f'; did you mean "{match}"?' if match is not None else ""

@@ -12,6 +12,7 @@ declares (when a ``Tool`` declares the resource).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -21,7 +22,7 @@ from typing import Any
 
 import jsonschema
 
-from compiler.errors import Diagnostic
+from compiler.errors import Diagnostic, did_you_mean
 from compiler.model import AgentPolicy, Constraint, PolicySet, Tool, ToolGrant
 from compiler.unique import repeats
 
@@ -61,22 +62,38 @@ def tool_references(ps: PolicySet) -> Iterator[Diagnostic]:
     tools = _tools_by_resource(ps)
     for p in ps.policies:
         for g in p.tools:
+            if ("Tool", g.resource) in ps.incomplete:
+                continue  # its Tool has schema errors: judged once they are fixed
             tool = tools.get(g.resource)
             base = ("spec", "tools", g.index)
             if tool is None:
                 if g.constraints:
                     yield p.doc.error((*base, "resource"),
                                       f"tool resource {g.resource!r} has constraints but no Tool declares"
-                                      " it (add a Tool document with its inputSchema)")
+                                      " it (add a Tool document with its inputSchema)"
+                                      f"{did_you_mean(g.resource, tools)}")
                 continue
             for field in ("actions", "deny"):
                 for j, action in enumerate(getattr(g, field)):
                     if action not in tool.actions:
-                        yield p.doc.error((*base, field, j),
-                                          f"action {action!r} is not an action of Tool {tool.name!r}"
-                                          f" (actions: {', '.join(tool.actions)})")
+                        yield p.doc.error((*base, field, j), _not_an_action(action, tool))
             for c in g.constraints:
                 yield from _constraint_param(p, g, c, tool)
+
+
+def _not_an_action(action: str, tool: Tool) -> str:
+    return (f"action {action!r} is not an action of Tool {tool.name!r}"
+            f" (actions: {', '.join(tool.actions)}){did_you_mean(action, tool.actions)}")
+
+
+def _siblings(schema: Any, path: tuple[str, ...]) -> list[str]:
+    """The parameter names declared beside the last part of ``path``, for a suggestion."""
+    parent = _declared(schema, path[:-1]) if len(path) > 1 else schema
+    props = parent.get("properties") if isinstance(parent, dict) else None
+    if not isinstance(props, dict):
+        return []
+    prefix = ".".join(path[:-1])
+    return [f"{prefix}.{k}" if prefix else str(k) for k in props]
 
 
 def _declared(schema: Any, path: tuple[str, ...]) -> Any:
@@ -105,7 +122,8 @@ def _constraint_param(p: AgentPolicy, g: ToolGrant, c: Constraint, tool: Tool) -
     declared = _declared(tool.input_schema or {}, c.path)
     if declared is None:
         yield p.doc.error((*at, "param"), f"parameter {c.param!r} is not declared by the inputSchema of"
-                          f" Tool {tool.name!r}")
+                          f" Tool {tool.name!r}"
+                          f"{did_you_mean(c.param, _siblings(tool.input_schema or {}, c.path))}")
         return
     types = _types(declared)
     if types and any(k in c.rules for k in _NUMERIC) and not types & {"number", "integer"}:
@@ -121,7 +139,7 @@ def constraint_rules(ps: PolicySet) -> Iterator[Diagnostic]:
         for g in p.tools:
             for c in g.constraints:
                 at = ("spec", "tools", g.index, "constraints", c.index)
-                if not c.rules:
+                if not c.rules and not p.doc.is_damaged(at):
                     yield p.doc.error(at, f"constraint on {c.param!r} sets no rule (use required, forbidden,"
                                       " min, max, allowed_values, forbidden_values, pattern or max_length)")
                 if c.rules.get("required") and c.rules.get("forbidden"):
@@ -153,7 +171,13 @@ def _timezone(p: AgentPolicy, at: tuple[Any, ...], tz: str) -> Iterator[Diagnost
     try:
         zoneinfo.ZoneInfo(tz)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        yield p.doc.error(at, f"unknown time zone {tz!r} (use an IANA name such as 'Europe/Berlin')")
+        yield p.doc.error(at, f"unknown time zone {tz!r} (use an IANA name such as 'Europe/Berlin')"
+                          f"{did_you_mean(tz, _zones())}")
+
+
+@functools.cache
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
 
 
 def conditions(ps: PolicySet) -> Iterator[Diagnostic]:
@@ -198,14 +222,12 @@ def credential_actions(ps: PolicySet) -> Iterator[Diagnostic]:
     tools = _tools_by_resource(ps)
     for c in ps.credentials:
         tool = tools.get(c.resource)
-        if tool is None:
+        if tool is None or ("Tool", c.resource) in ps.incomplete:
             continue
         for s in c.scopes:
             for i, action in enumerate(s.actions):
                 if action not in tool.actions:
-                    yield c.doc.error(("spec", "scopes", s.name, "actions", i),
-                                      f"action {action!r} is not an action of Tool {tool.name!r}"
-                                      f" (actions: {', '.join(tool.actions)})")
+                    yield c.doc.error(("spec", "scopes", s.name, "actions", i), _not_an_action(action, tool))
 
 
 CHECKS = (credential_actions, duplicate_tools, tool_input_schemas, tool_references, constraint_rules,

@@ -211,3 +211,6 @@ class PolicySet:
     routes: tuple[ModelRoute, ...]
     tools: tuple[Tool, ...] = ()
     credentials: tuple[ToolCredential, ...] = ()
+    # ("ModelRoute", name) and ("Tool", resource) of documents a schema error left
+    # unusable or cut down: a reference to one is not judged by what it lacks.
+    incomplete: frozenset[tuple[str, str]] = frozenset()

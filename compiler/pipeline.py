@@ -45,26 +45,64 @@ def _load(paths: Sequence[Path]) -> PolicySet:
             errors.append(Diagnostic(str(p), 1, 1, "no such file or directory"))
     if not files and not errors:
         errors.append(Diagnostic(str(paths[0]) if paths else ".", 1, 1, "no policy files found"))
+    names = bundle_names(paths, files)
     by_kind: dict[str, list] = {kind: [] for kind in _KIND_CLASS}
+    incomplete: set[tuple[str, str]] = set()
     with source.tag_cache():
         for f in files:
             docs, load_errors = source.load_file(f)
             errors.extend(load_errors)
             for doc in docs:
-                doc_errors = list(schema.validate(doc))
+                doc.bundle_name = names.get(f, f.name)
+                doc_errors, usable = schema.check(doc)
                 errors.extend(doc_errors)
-                if not doc_errors:
+                if doc_errors:
+                    incomplete.update(_identity(doc.value))
+                if usable is not None:
                     kind = doc.value["kind"]
-                    by_kind[kind].append(_KIND_CLASS[kind].from_doc(doc))
+                    by_kind[kind].append(_KIND_CLASS[kind].from_doc(usable))
     ps = PolicySet(tuple(by_kind["AgentPolicy"]), tuple(by_kind["ModelRoute"]), tuple(by_kind["Tool"]),
-                   credentials=tuple(by_kind["ToolCredential"]))
+                   credentials=tuple(by_kind["ToolCredential"]), incomplete=frozenset(incomplete))
+    # Semantic checks run on every usable document, also when some have schema
+    # errors: one run reports all the mistakes of a file.
     errors.extend(checks.run(ps))
     if errors:
         raise CompileError(errors)
     return ps
 
 
-def compile_paths(paths: Sequence[Path]) -> Bundle:
-    ps = load(paths)
+def _identity(value: object) -> list[tuple[str, str]]:
+    """What other documents may name a document by: a route's name, a tool's resource."""
+    if not isinstance(value, dict):
+        return []
+    kind, meta, spec = value.get("kind"), value.get("metadata"), value.get("spec")
+    if kind == "ModelRoute" and isinstance(meta, dict) and isinstance(meta.get("name"), str):
+        return [("ModelRoute", meta["name"])]
+    if kind == "Tool" and isinstance(spec, dict) and isinstance(spec.get("resource"), str):
+        return [("Tool", spec["resource"])]
+    return []
+
+
+def bundle_names(paths: Sequence[Path], files: Sequence[Path]) -> dict[Path, str]:
+    """Each file's name in the bundle's source map: relative to the directory
+    compiled (a file named directly: its base name). Never an absolute path, so
+    the same policies give the same bundle (and revision) wherever they live."""
+    out: dict[Path, str] = {}
+    for root in paths:
+        if root.is_dir():
+            for f in files:
+                if f not in out and f.is_relative_to(root):
+                    out[f] = f.relative_to(root).as_posix()
+        elif root in files:
+            out.setdefault(root, root.name)
+    return out
+
+
+def build(ps: PolicySet) -> Bundle:
+    """The bundle of a loaded, checked policy set."""
     with _gc_paused():
         return Bundle.build(codegen.generate(ps), rego_library())
+
+
+def compile_paths(paths: Sequence[Path]) -> Bundle:
+    return build(load(paths))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from fnmatch import fnmatchcase
 
-from compiler.errors import Diagnostic
+from compiler.errors import Diagnostic, did_you_mean
 from compiler.model import ModelRoute, PolicySet, RouteTarget
 from compiler.unique import repeats
 
@@ -22,13 +22,16 @@ def region_matches(patterns: tuple[str, ...], region: str) -> bool:
 
 def provider_names(ps: PolicySet) -> Iterator[Diagnostic]:
     for r in ps.routes:
+        if r.doc.is_damaged(("spec", "targets")):
+            continue  # a target a schema error cut out may be the one named
         providers = {t.provider for t in r.targets}
         for key, names in (("only", r.only), ("ignore", r.ignore)):
             for i, name in enumerate(names):
                 if name not in providers:
                     yield r.doc.error(("spec", "providers", key, i),
                                       f"provider {name!r} is not a target of ModelRoute {r.name!r}"
-                                      f" (targets: {', '.join(sorted(providers))})")
+                                      f" (targets: {', '.join(sorted(providers))})"
+                                      f"{did_you_mean(name, providers)}")
                 elif key == "ignore" and name in r.only:
                     yield r.doc.error(("spec", "providers", key, i),
                                       f"provider {name!r} is both in providers.only and providers.ignore")
@@ -40,7 +43,7 @@ def duplicate_targets(ps: PolicySet) -> Iterator[Diagnostic]:
                                           lambda it: (it[1].provider, it[1].model, it[1].region)):
             yield r.doc.error(("spec", "targets", i),
                               f"target {t.provider}/{t.model} @ {t.region or 'any region'}"
-                              f" repeats spec.targets[{first}]")
+                              f" repeats {r.doc.written(('spec', 'targets', first))}")
 
 
 def static_exclusion(r: ModelRoute, t: RouteTarget) -> str | None:
@@ -62,6 +65,8 @@ def static_exclusion(r: ModelRoute, t: RouteTarget) -> str | None:
 
 def routes_with_no_target(ps: PolicySet) -> Iterator[Diagnostic]:
     for r in ps.routes:
+        if r.doc.is_damaged(("spec",)):
+            continue  # what a schema error cut out may be what keeps a target eligible
         why = [static_exclusion(r, t) for t in r.targets]
         if all(why):
             yield r.doc.error(("spec", "targets"),

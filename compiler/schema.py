@@ -17,7 +17,8 @@ import fastjsonschema
 import jsonschema
 from referencing import Registry, Resource
 
-from compiler.errors import Diagnostic
+from compiler import prune
+from compiler.errors import Diagnostic, did_you_mean
 from compiler.source import Document
 
 API_VERSION = "access.envisionai.dev/v1"
@@ -81,25 +82,32 @@ def _dotted(path: tuple[Any, ...]) -> str:
 
 def validate(doc: Document) -> Iterator[Diagnostic]:
     """Every schema violation of one document, each at its node."""
+    yield from check(doc)[0]
+
+
+def check(doc: Document) -> tuple[list[Diagnostic], Document | None]:
+    """Every schema violation of one document, and the part of it semantic checks
+    may read: the document itself when valid, a cut-down copy when a schema error
+    leaves the rest usable (compiler/prune.py), None when nothing is."""
     value = doc.value
     if not isinstance(value, dict):
-        yield doc.error((), "a policy document must be a mapping with apiVersion, kind, metadata, spec")
-        return
+        return [doc.error((), "a policy document must be a mapping with apiVersion, kind, metadata,"
+                          " spec")], None
     api, kind = value.get("apiVersion"), value.get("kind")
     if api != API_VERSION:
-        yield doc.error(("apiVersion",), f"apiVersion must be {API_VERSION!r}, got {api!r}")
-        return
+        return [doc.error(("apiVersion",), f"apiVersion must be {API_VERSION!r}, got {api!r}")], None
     if not isinstance(kind, str) or kind not in KINDS:
         known = ", ".join(sorted(KINDS))
-        yield doc.error(("kind",), f"unknown kind {kind!r} (known kinds: {known})")
-        return
+        hint = did_you_mean(kind, KINDS)
+        return [doc.error(("kind",), f"unknown kind {kind!r} (known kinds: {known}){hint}")], None
     try:
         fast_check(kind)(value)
-        return
+        return [], doc
     except fastjsonschema.JsonSchemaException:
         pass  # report every error, located, from the reference validator
-    for err in validator(kind).iter_errors(value):
-        yield from _located(doc, err)
+    errors = list(validator(kind).iter_errors(value))
+    diagnostics = [d for err in errors for d in _located(doc, err)]
+    return diagnostics, prune.usable_part(doc, errors, validator(kind).iter_errors)
 
 
 def _located(doc: Document, err: jsonschema.ValidationError) -> Iterator[Diagnostic]:
@@ -109,7 +117,8 @@ def _located(doc: Document, err: jsonschema.ValidationError) -> Iterator[Diagnos
         allowed = set(err.schema.get("properties", {}))
         for key in sorted(k for k in err.instance if k not in allowed):
             hint = f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""
-            yield doc.error((*path, key), f"{_dotted((*path, key))}: unknown field{hint}", key=True)
+            yield doc.error((*path, key), f"{_dotted((*path, key))}: unknown field{hint}"
+                            f"{did_you_mean(key, allowed)}", key=True)
         return
     if err.validator in ("anyOf", "oneOf") and err.context:
         best = jsonschema.exceptions.best_match(err.context)
@@ -121,5 +130,9 @@ def _located(doc: Document, err: jsonschema.ValidationError) -> Iterator[Diagnos
     if err.validator == "pattern":
         yield doc.error(path, f"{where}: {err.instance!r} is not a valid {path[-1] if path else 'value'}"
                         f" (must match {err.validator_value})")
+        return
+    if err.validator == "enum" and isinstance(err.validator_value, list):
+        options = [v for v in err.validator_value if isinstance(v, str)]
+        yield doc.error(path, f"{where}: {err.message}{did_you_mean(err.instance, options)}")
         return
     yield doc.error(path, f"{where}: {err.message}")

@@ -88,6 +88,13 @@ class Document:
     col: int
     positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     key_positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    # The file's name inside the policy set (relative to the directory compiled),
+    # for the source map in the bundle; "" means the base name of ``file``.
+    bundle_name: str = ""
+    # Set on a copy cut down to its schema-valid part (compiler/prune.py): paths of
+    # that copy -> paths as written, and the containers that lost a part.
+    origin: dict[Path_, Path_] | None = None
+    damaged: frozenset[Path_] = frozenset()
 
     def at(self, path: Path_, *, key: bool = False) -> tuple[int, int]:
         """Position of the node at ``path``, or of its closest ancestor."""
@@ -104,6 +111,25 @@ class Document:
     def error(self, path: Path_, message: str, *, key: bool = False) -> Diagnostic:
         line, col = self.at(path, key=key)
         return Diagnostic(self.file, line, col, message)
+
+    def written(self, path: Path_) -> str:
+        """``path`` as the author wrote it (``spec.tools[2]``), also in a cut-down copy
+        whose list items moved up when an invalid one before them was cut."""
+        original = self.origin.get(tuple(path), tuple(path)) if self.origin is not None else path
+        out = ""
+        for part in original:
+            out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        return out
+
+    def is_damaged(self, prefix: Path_ = ()) -> bool:
+        """Whether a schema error cut something out of the node at ``prefix`` or below:
+        checks that judge a node by what it lacks skip such a node."""
+        n = len(prefix)
+        return any(d[:n] == tuple(prefix) for d in self.damaged)
+
+    @property
+    def source_name(self) -> str:
+        return self.bundle_name or Path(self.file).name
 
 
 class _Builder:
@@ -186,6 +212,99 @@ class _Abort(Exception):
         self.message = message
 
 
+def _line_col(text: str, position: int) -> tuple[int, int]:
+    before = text[:position]
+    return before.count("\n") + 1, position - (before.rfind("\n") + 1) + 1
+
+
+def _source_line(text: str, mark: Any) -> str:
+    lines = text.split("\n")
+    return lines[mark.line] if mark is not None and 0 <= mark.line < len(lines) else ""
+
+
+def _lined_up(mark: Any) -> str:
+    return f", lined up with line {mark.line + 1} (column {mark.column + 1})" if mark is not None else ""
+
+
+def _opened(opener: str, mark: Any) -> str:
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"unclosed {opener}{where}"
+
+
+# (words of PyYAML's problem or context, the sentence a user needs), first match wins;
+# the phrases of both the C parser (LibYAML) and the pure-Python one, since the C one
+# is used when present.
+_PLAIN: tuple[tuple[str, str], ...] = (
+    ("sequence entries are not allowed",
+     "a list item ('- ') is not allowed here (put the list on its own lines, indented under its key)"),
+    ("node content", "a value is missing here (is a '[' or '{' left unclosed, or is there a stray ','?)"),
+    ("unexpected end of stream", "the file ends in the middle of a value"),
+    ("undefined alias", "undefined alias: a '*name' needs an '&name' anchor before it"
+     " (quote a value that starts with '*')"),
+    ("duplicate anchor", "duplicate anchor name"),
+    ("escape character", "unknown escape sequence in a double-quoted string"
+     " (write \\\\ for a backslash, or use single quotes)"),
+    ("alphabetic or numeric character", "an anchor or alias needs a name"
+     " (quote a value that starts with '&' or '*')"),
+    ("could not find expected ':'", "this key has no ':' (or a key spans more than one line)"),
+    ("block scalar", "bad block scalar header after '|' or '>'"),
+    ("tag handle", "unknown tag (quote a value that starts with '!')"),
+    ("directive", "unknown directive (quote a value that starts with '%')"),
+    ("document start", "content after the end of a document (is a '---' missing, or a line indented"
+     " wrongly?)"),
+)
+
+
+def _syntax_message(exc: yaml.MarkedYAMLError, text: str) -> tuple[Any, str]:
+    """The mark to report and one plain sentence for a YAML syntax error.
+
+    PyYAML's own text ("expected <block end>, but found '<block mapping
+    start>'", LibYAML's "did not find expected key") names parser states, not
+    the mistake; these are the mistakes that produce each."""
+    problem, context = exc.problem or "", exc.context or ""
+    mark, start = exc.problem_mark, exc.context_mark
+    line = _source_line(text, mark)
+    col = mark.column if mark is not None else 0
+    head, rest = line[:col], line[col:]
+    block_end = "expected <block end>" in problem
+    if "tab" in problem or rest.startswith("\t"):
+        return mark, "a tab character where YAML needs spaces (indent with spaces only)"
+    if "mapping values are not allowed" in problem:
+        if ": " in head or head.rstrip().endswith(":"):
+            return mark, ("a second ': ' on this line (quote a value that contains ': ',"
+                          " or put a nested mapping on its own indented lines)")
+        return mark, ("a mapping value is not allowed here (is a colon missing a space, or missing"
+                      " on the line above, or is the line indented wrongly?)")
+    if "did not find expected key" in problem or (block_end and "block mapping" in context):
+        if rest.lstrip().startswith("-"):
+            return mark, ("bad indentation: a list item where a mapping entry ('key: value')"
+                          f" was expected{_lined_up(start)}")
+        return mark, f"bad indentation: expected a mapping entry ('key: value'){_lined_up(start)}"
+    if "expected '-' indicator" in problem or (block_end and "block collection" in context):
+        return mark, f"bad indentation: expected a list item ('- ...'){_lined_up(start)}"
+    for opener, closer in (("'['", "']'"), ("'{'", "'}'")):
+        if f"',' or {closer}" in problem:
+            if rest.startswith(":") and start is not None and start.line == mark.line:
+                return mark, f"a second ':' inside {opener}...{closer} (quote a value that contains ': ')"
+            return mark, f"{_opened(opener, start)}: expected ',' or {closer}"
+    if "unexpected end of stream" in problem and "quoted scalar" in context:
+        return start or mark, "unclosed quote: this string never ends"
+    if "cannot start any token" in problem:
+        return mark, f"{rest[:1] or '?'!r} cannot start a plain value (quote the value)"
+    for words, sentence in _PLAIN:
+        if words in problem or words in context:
+            return mark or start, sentence
+    first = (problem or context or "unreadable").strip().splitlines()[0]
+    return mark or start, f"invalid YAML: {first}"
+
+
+def syntax_error(exc: yaml.MarkedYAMLError, text: str, file: str) -> Diagnostic:
+    """One located, one-line diagnostic for a YAML syntax error, never PyYAML's dump."""
+    mark, message = _syntax_message(exc, text)
+    line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+    return Diagnostic(file, line, col, message)
+
+
 def load_text(text: str, file: str) -> tuple[list[Document], list[Diagnostic]]:
     """Parse a multi-document YAML text; return documents and located errors."""
     docs: list[Document] = []
@@ -193,12 +312,14 @@ def load_text(text: str, file: str) -> tuple[list[Document], list[Diagnostic]]:
     try:
         nodes = list(yaml.compose_all(text, Loader=_Loader))
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = exc.problem or exc.context or "invalid YAML"
-        return [], [Diagnostic(file, line, col, f"invalid YAML: {problem}")]
+        return [], [syntax_error(exc, text, file)]
+    except yaml.reader.ReaderError as exc:
+        line, col = _line_col(text, exc.position)
+        return [], [Diagnostic(file, line, col, f"character U+{exc.character:04X} is not allowed in YAML"
+                               " (control characters must be escaped in a double-quoted string)")]
     except (yaml.YAMLError, ValueError) as exc:
-        return [], [Diagnostic(file, 1, 1, f"invalid YAML: {exc}")]
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+        return [], [Diagnostic(file, 1, 1, f"invalid YAML: {first}")]
     except RecursionError:
         return [], [Diagnostic(file, 1, 1, "invalid YAML: nesting too deep")]
     for index, node in enumerate(nodes):

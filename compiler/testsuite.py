@@ -10,6 +10,7 @@ over the Data API with the input assembled by the PDP's own
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import re
 import subprocess
@@ -25,11 +26,12 @@ from typing import Any
 import jsonschema
 
 from compiler import source
-from compiler.errors import CompileError, Diagnostic
-from compiler.pipeline import compile_paths
+from compiler.errors import CompileError, Diagnostic, closest, did_you_mean
+from compiler.model import PolicySet
+from compiler.pipeline import build, load
 from compiler.schema import SCHEMA_DIR, _located
 from pdp.engine import Engine, Request
-from pdp.opa import DECISION_PATH, EngineUnavailable, OpaClient, free_port
+from pdp.opa import DECISION_PATH, EXPLAIN_PATH, EngineUnavailable, OpaClient, free_port
 
 
 class SuiteError(Exception):
@@ -55,6 +57,7 @@ class Case:
     where: str  # file:line:col of the case
     input: dict[str, Any]
     expect: Expect
+    state: dict[str, Any] | None = None  # as the suite wrote it, before defaults
 
     @property
     def full_name(self) -> str:
@@ -77,6 +80,9 @@ class Outcome:
     policy: str
     seconds: float
     diff: tuple[str, ...] = field(default=())
+    # On a failure, what the decision actually was and why: its reasons (with
+    # where the rule is written), what allowed it, its route, the state used.
+    detail: tuple[str, ...] = field(default=())
 
     @property
     def passed(self) -> bool:
@@ -110,6 +116,22 @@ FRESH_LEDGER: dict[str, Any] = {
 }
 
 
+def with_defaults(state: dict[str, Any]) -> dict[str, Any]:
+    """A hand-written state completed with a fresh ledger's values.
+
+    The PDP always sends every field (pdp/ledger/limits.py ``state``); a suite
+    writes only what matters to the case, e.g. ``{budget: {daily: {spent_usd:
+    4.9}}}``. Sent as written, the missing ``reserved_usd`` left the budget
+    rule undefined, so the case was silently allowed. Whatever is left out is
+    what a fresh ledger says: nothing reserved, spent or counted."""
+    def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        return out
+    return merge(copy.deepcopy(FRESH_LEDGER), state)
+
+
 def _build_input(req: dict[str, Any], state: Any, now: str | None) -> dict[str, Any]:
     estimate = req.get("estimate", {})
     doc = Engine.build_input(Engine.__new__(Engine), Request(  # build_input does not use OPA
@@ -119,45 +141,60 @@ def _build_input(req: dict[str, Any], state: Any, now: str | None) -> dict[str, 
     ))
     doc["identity"] = {**req.get("identity", {}), **doc["identity"]}
     # Without a ``state`` a case runs against a fresh ledger: nothing spent, no recent calls.
-    doc["state"] = FRESH_LEDGER if state is None else state
+    doc["state"] = FRESH_LEDGER if state is None else with_defaults(state)
     if now is not None:
         doc["now"] = now
     return doc
 
 
 def load_suite(path: Path) -> Suite:
+    suite, errors, _ = _load_suite(path)
+    if errors or suite is None:
+        raise SuiteError(errors)
+    return suite
+
+
+def _policies(path: Path, v: Any) -> tuple[Path, ...]:
+    """The policy paths a suite runs against (also for a suite with errors, so that
+    the policies' own errors are reported in the same run)."""
+    named = v.get("policies") if isinstance(v, dict) else None
+    if isinstance(named, list) and named and all(isinstance(p, str) and p for p in named):
+        return tuple((path.parent / p).resolve() for p in named)
+    return ((path.parent.parent if path.parent.name == "tests" else path.parent).resolve(),)
+
+
+def _load_suite(path: Path) -> tuple[Suite | None, list[Diagnostic], tuple[Path, ...] | None]:
+    """The suite (None if it has errors), every error it has, and its policy paths."""
     docs, errors = source.load_file(path)
     if errors:
-        raise SuiteError(errors)
+        return None, errors, None
     if len(docs) != 1:
-        raise SuiteError([Diagnostic(str(path), 1, 1, "a test suite file holds exactly one YAML document")])
+        return None, [Diagnostic(str(path), 1, 1, "a test suite file holds exactly one YAML document")], None
     doc = docs[0]
     if not isinstance(doc.value, dict):
-        raise SuiteError([doc.error((), "a test suite must be a mapping with name and cases")])
-    errors = [d for err in _validator().iter_errors(doc.value) for d in _located(doc, err)]
-    if errors:
-        raise SuiteError(errors)
+        return None, [doc.error((), "a test suite must be a mapping with name and cases")], None
     v = doc.value
-    if "policies" in v:
-        policies = tuple((path.parent / p).resolve() for p in v["policies"])
-    else:
-        policies = ((path.parent.parent if path.parent.name == "tests" else path.parent).resolve(),)
+    errors = [d for err in _validator().iter_errors(v) for d in _located(doc, err)]
     seen: set[str] = set()
+    for i, c in enumerate(v.get("cases") if isinstance(v.get("cases"), list) else ()):
+        name = c.get("name") if isinstance(c, dict) else None
+        if isinstance(name, str) and name in seen:
+            errors.append(doc.error(("cases", i, "name"), f"duplicate case name {name!r}"))
+        if isinstance(name, str):
+            seen.add(name)
+    policies = _policies(path, v)
+    if errors:
+        return None, errors, policies
     cases = []
     for i, c in enumerate(v["cases"]):
         line, col = doc.at(("cases", i))
-        if c["name"] in seen:
-            errors.append(doc.error(("cases", i, "name"), f"duplicate case name {c['name']!r}"))
-        seen.add(c["name"])
         e = c["expect"]
         reasons = tuple(sorted(e["reasons"])) if "reasons" in e else None
         route = tuple(e["route"]) if "route" in e else None
         expect = Expect(e["decision"], reasons, e.get("policy"), route)
         cases.append(Case(v["name"], c["name"], f"{doc.file}:{line}:{col}",
-                          _build_input(c["request"], c.get("state"), c.get("now")), expect))
-    if errors:
-        raise SuiteError(errors)
-    return Suite(v["name"], doc.file, policies, tuple(cases))
+                          _build_input(c["request"], c.get("state"), c.get("now")), expect, c.get("state")))
+    return Suite(v["name"], doc.file, policies, tuple(cases)), [], policies
 
 
 @contextlib.contextmanager
@@ -218,7 +255,89 @@ def _route(result: dict[str, Any]) -> tuple[str, ...]:
                  for t in targets or () if isinstance(t, dict))
 
 
-def run_case(client: OpaClient, case: Case) -> Outcome:
+@dataclass(frozen=True)
+class Known:
+    """What the compiled policy set names, for "did you mean" on a failing case and
+    for printing where a rule is written."""
+
+    workloads: frozenset[str] = frozenset()
+    models: dict[str, tuple[str, ...]] = field(default_factory=dict)  # workload -> models.allow
+    tools: dict[str, tuple[str, ...]] = field(default_factory=dict)  # workload -> granted resources
+    files: dict[str, str] = field(default_factory=dict)  # name in the source map -> file as found
+
+    @classmethod
+    def of(cls, ps: PolicySet) -> Known:
+        enforced = [p for p in ps.policies if not p.shadow]
+        docs = [p.doc for p in enforced] + [r.doc for r in ps.routes]
+        return cls(frozenset(p.workload for p in enforced),
+                   {p.workload: p.models for p in enforced},
+                   {p.workload: tuple(g.resource for g in p.tools) for p in enforced},
+                   {d.source_name: d.file for d in docs})
+
+    def where(self, at: object) -> str:
+        """``name:line:col`` of the source map as a path the reader can open."""
+        if not isinstance(at, str) or at.count(":") < 2:
+            return ""
+        name, line, col = at.rsplit(":", 2)
+        return f"{self.files.get(name, name)}:{line}:{col}"
+
+    def hint(self, code: str, request: dict[str, Any]) -> str:
+        workload = str(request.get("identity", {}).get("spiffe_id", ""))
+        if code == "no_policy":
+            return _near_workload(workload, self.workloads)
+        if code == "model_not_allowed":
+            return did_you_mean(request.get("model"), self.models.get(workload, ()))
+        if code == "tool_not_granted":
+            return did_you_mean(request.get("tool"), self.tools.get(workload, ()))
+        return ""
+
+
+def _near_workload(workload: str, known: frozenset[str]) -> str:
+    """SPIFFE IDs share long prefixes, which make any two look alike: compare the
+    last path segment among IDs with the same trust domain and parent path."""
+    parent, _, leaf = workload.rpartition("/")
+    peers = {k.rpartition("/")[2]: k for k in known if k.rpartition("/")[0] == parent}
+    match = closest(leaf, peers) if parent else None
+    return f'; did you mean "{peers[match]}"?' if match is not None else ""
+
+
+_ALLOWING = ("models.allow", "models.list", "tools.actions", "mcp.session")
+
+
+def _flat(value: Any, prefix: str = "") -> list[str]:
+    if isinstance(value, dict) and value:
+        return [x for k, v in value.items() for x in _flat(v, f"{prefix}.{k}" if prefix else str(k))]
+    return [f"{prefix}={json.dumps(value)}"]
+
+
+def _detail(case: Case, decision: str, reasons: tuple[tuple[str, str], ...], route: tuple[str, ...],
+            diff: tuple[str, ...], matched: Any, known: Known) -> tuple[str, ...]:
+    """The actual decision behind a failure, under its diff lines."""
+    exp = case.expect
+    rules = [m for m in matched if isinstance(m, dict)] if isinstance(matched, list) else []
+    at = {(m.get("rule"), m.get("source")): known.where(m.get("at")) for m in rules}
+    shown = ({code for code, _ in reasons if code not in exp.reasons}
+             if any(d.startswith("reasons") for d in diff) and exp.reasons is not None else set())
+    out = []
+    for code, msg in reasons:
+        if code in shown:
+            continue
+        where = at.get((f"deny.{code}", msg), "")
+        out.append(f"reason    {code}: {msg}{known.hint(code, case.input)}"
+                   + (f"  ({where})" if where else ""))
+    if decision == "ALLOW":
+        for m in rules:
+            if m.get("rule") in _ALLOWING:
+                where = at.get((m.get("rule"), m.get("source")), "")
+                out.append(f"allowed   by {m.get('source')}" + (f"  ({where})" if where else ""))
+        if route and not any(d.startswith("route") for d in diff):
+            out.append(f"route     {', '.join(route)}")
+    if case.state is not None:
+        out.append(f"state     {', '.join(_flat(case.state)) or '{}'} (the rest: a fresh ledger)")
+    return tuple(out)
+
+
+def run_case(client: OpaClient, case: Case, known: Known | None = None) -> Outcome:
     start = time.perf_counter()
     try:
         result = client.query(DECISION_PATH, case.input)
@@ -231,40 +350,59 @@ def run_case(client: OpaClient, case: Case) -> Outcome:
                     if isinstance(r, dict))
     decision = "ALLOW" if result.get("allow") is True and not reasons else "DENY"
     policy = str(result.get("policy", ""))
-    return Outcome(case, decision, reasons, policy, time.perf_counter() - start,
-                   _diff(case, decision, reasons, policy, _route(result)))
+    route = _route(result)
+    diff = _diff(case, decision, reasons, policy, route)
+    seconds = time.perf_counter() - start
+    detail: tuple[str, ...] = ()
+    if diff:  # a second query, on failures only: which rules matched, and where they are written
+        try:
+            explained = client.query(EXPLAIN_PATH, case.input)
+        except EngineUnavailable:
+            explained = None
+        matched = explained.get("matched") if isinstance(explained, dict) else None
+        detail = _detail(case, decision, reasons, route, diff, matched, known or Known())
+    return Outcome(case, decision, reasons, policy, seconds, diff, detail)
 
 
 def run(paths: Sequence[Path], opa_binary: str, name_filter: str | None = None) -> list[Outcome]:
-    """Load every suite, compile each policy set once, and run the selected cases."""
+    """Load every suite, compile each policy set once, and run the selected cases.
+
+    Every error is reported in one run: those of every suite, and those of the
+    policies each suite runs against (also when the suite itself has errors)."""
     suite_files = discover(paths)
     if not suite_files:
         raise SuiteError([Diagnostic(str(paths[0]) if paths else ".", 1, 1, "no test suites found")])
-    suites, errors = [], []
-    for f in suite_files:
-        try:
-            suites.append(load_suite(f))
-        except SuiteError as exc:
-            errors.extend(exc.diagnostics)
-    if errors:
-        raise SuiteError(errors)
     try:
         pattern = re.compile(name_filter) if name_filter else None
     except re.error as exc:
         raise SuiteError([Diagnostic("--filter", 1, 1, f"invalid regular expression: {exc}")]) from None
-    outcomes: list[Outcome] = []
+    errors: list[Diagnostic] = []
     by_policies: dict[tuple[Path, ...], list[Case]] = {}
-    for s in suites:
-        selected = [c for c in s.cases if pattern is None or pattern.search(c.full_name)]
-        if selected:
-            by_policies.setdefault(s.policies, []).extend(selected)
-    for policies, cases in by_policies.items():
+    for f in suite_files:
+        suite, suite_errors, policies = _load_suite(f)
+        errors.extend(suite_errors)
+        if suite_errors and policies is not None:
+            by_policies.setdefault(policies, [])  # compiled for its errors only
+        if suite is not None:
+            selected = [c for c in suite.cases if pattern is None or pattern.search(c.full_name)]
+            if selected:
+                by_policies.setdefault(suite.policies, []).extend(selected)
+    loaded: dict[tuple[Path, ...], PolicySet] = {}
+    for policies in by_policies:
         try:
-            bundle = compile_paths(list(policies))
+            loaded[policies] = load(list(policies))
         except CompileError as exc:
-            raise SuiteError(exc.diagnostics) from None
-        with opa_with_bundle(opa_binary, bundle.to_tar_gz()) as client:
-            outcomes.extend(run_case(client, c) for c in cases)
+            errors.extend(exc.diagnostics)
+    if errors:
+        raise SuiteError(errors)
+    outcomes: list[Outcome] = []
+    for policies, cases in by_policies.items():
+        if not cases:
+            continue
+        ps = loaded[policies]
+        known = Known.of(ps)
+        with opa_with_bundle(opa_binary, build(ps).to_tar_gz()) as client:
+            outcomes.extend(run_case(client, c, known) for c in cases)
     return outcomes
 
 
@@ -275,7 +413,7 @@ def report(outcomes: Sequence[Outcome]) -> str:
             lines.append(f"PASS  {o.case.full_name}")
         else:
             lines.append(f"FAIL  {o.case.full_name}  ({o.case.where})")
-            lines.extend(f"      {d}" for d in o.diff)
+            lines.extend(f"      {d}" for d in (*o.diff, *o.detail))
     failed = sum(not o.passed for o in outcomes)
     lines.append(f"{len(outcomes) - failed} passed, {failed} failed")
     return "\n".join(lines)
@@ -297,6 +435,6 @@ def junit_xml(outcomes: Sequence[Outcome]) -> bytes:
                                file=o.case.where.rsplit(":", 2)[0])
             if not o.passed:
                 failure = ET.SubElement(tc, "failure", message=o.diff[0], type="PolicyMismatch")
-                failure.text = "\n".join((o.case.where, *o.diff))
+                failure.text = "\n".join((o.case.where, *o.diff, *o.detail))
     ET.indent(root)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"

@@ -91,6 +91,8 @@ def unique(ps: PolicySet) -> Iterator[Diagnostic]:
 def engine_fields(ps: PolicySet) -> Iterator[Diagnostic]:
     """Each scope carries exactly what its engine needs; wrapping is a KV delivery."""
     for c in ps.credentials:
+        if c.doc.is_damaged():
+            continue  # a field a schema error cut out would be reported missing
         if c.delivery == "wrapped" and c.engine != "kv":
             yield c.doc.error(("spec", "inject", "delivery"),
                               f"delivery 'wrapped' is only for engine 'kv', not {c.engine!r}")

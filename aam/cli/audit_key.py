@@ -1,6 +1,8 @@
 """``aam audit key init|rotate|list``: the audit keyring file (pdp/ledger/keyring.py).
 
-No command prints a secret: only file names, key ids and creation times.
+No command prints a secret: only file names, key ids and creation times. Exit codes:
+0 done, 1 the key file cannot be made, read or written (e.g. init refuses to overwrite),
+2 usage (bad --config).
 """
 
 from __future__ import annotations
@@ -25,24 +27,36 @@ def register(asub: argparse._SubParsersAction) -> None:
         p.add_argument("file", nargs="?", type=Path,
                        help="keyring file (default: audit_key_file, else aam up's "
                             f"{up_key_file()})")
-        p.add_argument("--config", type=Path, help="TOML settings file (for audit_key_file)")
+        p.add_argument("--config", type=Path, metavar="FILE",
+                       help="TOML settings file (for audit_key_file)")
         p.set_defaults(func=fn)
+
+
+class _Usage(Exception):
+    """The settings file (--config) is unusable: a usage error, not the key file's."""
 
 
 def _file(args: argparse.Namespace) -> Path:
     if args.file is not None:
         return Path(args.file)
-    settings = Settings.load(args.config)
+    try:
+        settings = Settings.load(args.config)
+    except ConfigError as exc:
+        raise _Usage(str(exc)) from None
     return Path(settings.audit_key_file) if settings.audit_key_file else up_key_file()
+
+
+def _failed(command: str, exc: Exception, stderr: TextIO) -> int:
+    print(f"aam audit key {command}: error: {_message(exc)}", file=stderr)
+    return 2 if isinstance(exc, _Usage) else 1
 
 
 def run_init(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     try:
         path = _file(args)
         ring = init_file(path)
-    except (ConfigError, OSError) as exc:
-        print(f"aam audit key init: error: {_message(exc)}", file=stderr)
-        return 2
+    except (_Usage, ConfigError, OSError) as exc:
+        return _failed("init", exc, stderr)
     print(f"created {path} (mode 0600): audit key {ring.current().id} (current)", file=stdout)
     print("set audit_key_file to it on every PDP replica and keep a copy: without it the "
           "chain's rows cannot be verified", file=stdout)
@@ -53,9 +67,8 @@ def run_rotate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     try:
         path = _file(args)
         before, after = rotate_file(path)
-    except (ConfigError, OSError) as exc:
-        print(f"aam audit key rotate: error: {_message(exc)}", file=stderr)
-        return 2
+    except (_Usage, ConfigError, OSError) as exc:
+        return _failed("rotate", exc, stderr)
     old = before.current().id
     print(f"{path}: new current audit key {after.current().id}; kept {old} and every older "
           "key, so their rows still verify", file=stdout)
@@ -68,9 +81,8 @@ def run_list(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     try:
         path = _file(args)
         ring = Keyring.load(path)
-    except (ConfigError, OSError) as exc:
-        print(f"aam audit key list: error: {_message(exc)}", file=stderr)
-        return 2
+    except (_Usage, ConfigError, OSError) as exc:
+        return _failed("list", exc, stderr)
     current = ring.current().id
     for key_id in ring.ids():
         key = ring.get(key_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -15,19 +16,24 @@ from pdp.identity import GATEWAY_TOKEN_HEADER
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("authorize", help="ask the PDP for one decision")
+    p = sub.add_parser("authorize", help="ask the PDP for one decision",
+                       description="Ask for one decision: a model call (--model) or a tool call "
+                                   "(--tool and --action). Exit 0 ALLOW, 3 DENY, 1 error, 2 usage.")
     p.add_argument("--addr", default="127.0.0.1:50051", help="PDP gRPC address")
     p.add_argument("--workload", required=True, help="SPIFFE ID of the agent")
-    p.add_argument("--model", default="")
-    p.add_argument("--tool", default="")
-    p.add_argument("--action", default="")
+    p.add_argument("--model", default="", metavar="ALIAS", help="model alias to call, e.g. reasoning-high")
+    p.add_argument("--tool", default="", metavar="RESOURCE",
+                   help="tool resource to act on, e.g. salesforce.accounts (needs --action)")
+    p.add_argument("--action", default="", help="action on --tool, e.g. read or export")
     p.add_argument("--params", default="{}", help="tool parameters as a JSON object")
     p.add_argument("--context", default="{}", help="runtime context as a JSON object")
     p.add_argument("--tokens", type=int, default=0, help="estimated tokens")
-    p.add_argument("--request-id", default="")
+    p.add_argument("--request-id", default="", metavar="ID",
+                   help="the caller's request id, recorded with the decision")
     p.add_argument("--explain", action="store_true", help="show which rules matched")
     p.add_argument("--json", action="store_true", help="print the response as JSON")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    p.add_argument("--timeout", type=float, default=5.0,
+                   help="seconds to wait for the answer (default 5)")
     p.add_argument("--cert", help="client X.509-SVID (PEM) for mTLS; plaintext without it")
     p.add_argument("--key", help="private key of --cert (PEM)")
     p.add_argument("--ca", help="trust bundle (PEM) to verify the PDP's certificate")
@@ -48,7 +54,18 @@ def _json_object(flag: str, text: str) -> dict[str, Any]:
     return value
 
 
+def _check_target(args: argparse.Namespace) -> None:
+    """What the PDP would refuse as INVALID_ARGUMENT is a usage error here (exit 2)."""
+    if not args.model and not args.tool:
+        raise ValueError("say what to decide: --model ALIAS, or --tool RESOURCE --action ACTION")
+    if args.tool and not args.action:
+        raise ValueError("--tool needs --action")
+    if args.action and not args.tool:
+        raise ValueError("--action needs --tool")
+
+
 def build_request(args: argparse.Namespace) -> pdp_pb2.AuthorizeRequest:
+    _check_target(args)
     req = pdp_pb2.AuthorizeRequest(
         identity=pdp_pb2.Identity(spiffe_id=args.workload),
         model=args.model, tool=args.tool, action=args.action,
@@ -70,6 +87,8 @@ def render(resp: pdp_pb2.AuthorizeResponse) -> str:
              f"  revision  {resp.bundle_revision[:12] or '-'}"]
     for r in resp.reasons:
         lines.append(f"  reason    {r.code}: {r.message}")
+    if resp.decision != pdp_pb2.DECISION_ALLOW and resp.HasField("retry_after"):
+        lines.append(f"  retry     after {duration(resp.retry_after.ToTimedelta().total_seconds())}")
     if resp.HasField("route"):
         lines.extend(_route(resp.route))
     if resp.HasField("credential"):
@@ -110,16 +129,34 @@ def _route(r: pdp_pb2.ModelRoute) -> list[str]:
 
 
 def _explanation(doc: dict[str, Any]) -> list[str]:
-    """The rules that matched, one per line: the Rego rule and the policy source."""
+    """The rules that matched, one per line: the Rego rule, where the policy writes
+    it (file:line:col in the policy directory the PDP compiled, from the bundle's
+    source map) and the policy source; then the input OPA decided on, indented."""
     matched = [m for m in doc.get("matched", ()) if isinstance(m, dict)]
     lines = ["  matched rules" if matched else "  matched rules  (none)"]
     width = max((len(str(m.get("rule", ""))) for m in matched), default=0)
+    at_width = max((len(str(m.get("at") or "-")) for m in matched), default=0)
     for m in matched:
-        lines.append(f"    {m.get('rule', '')!s:<{width}}  {m.get('source', '')}")
+        at = str(m.get("at") or "-")
+        lines.append(f"    {m.get('rule', '')!s:<{width}}  {at:<{at_width}}  {m.get('source', '')}")
     inp = doc.get("input")
     if isinstance(inp, dict):
-        lines.append("  input     " + json.dumps(inp, sort_keys=True, separators=(",", ":")))
+        lines.append("  input")
+        pretty = json.dumps(_whole(inp), sort_keys=True, indent=2, ensure_ascii=False)
+        lines.extend("    " + line for line in pretty.splitlines())
     return lines
+
+
+def _whole(value: Any) -> Any:
+    """Numbers as they were sent: a protobuf Struct holds every number as a double,
+    so ``5`` comes back ``5.0``; JSON gives both one meaning."""
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
 
 
 def _channel(args: argparse.Namespace) -> grpc.Channel:
@@ -135,6 +172,50 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
     except OSError as exc:
         raise ValueError(f"{exc.filename}: {exc.strerror}") from None
     return grpc.secure_channel(args.addr, creds)
+
+
+def duration(seconds: float) -> str:
+    """A wait as people read it (4h12m, 30s, 2d3h), rounded up: never earlier than it is."""
+    total = max(0, math.ceil(seconds))
+    if total > 3_600:  # past an hour, to the minute; past a day, to the hour
+        total = -(-total // 60) * 60
+    if total > 86_400:
+        total = -(-total // 3_600) * 3_600
+    days, rest = divmod(total, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    units = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    first = next((i for i, (n, _) in enumerate(units) if n), 3)
+    return "".join(f"{n}{u}" for i, (n, u) in enumerate(units[first:first + 2]) if n or i == 0)
+
+
+def unreachable(args: argparse.Namespace, exc: grpc.RpcError) -> str | None:
+    """A sentence for a PDP that never answered (refused, timed out, TLS failed); None
+    for an answer the PDP gave (e.g. PERMISSION_DENIED), which is shown as it is."""
+    code, details = exc.code(), exc.details() or ""
+    addr = args.addr
+    tls = bool(args.cert or args.ca)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return (f"aam: the PDP at {addr} did not answer within {args.timeout:g} s (timeout): is "
+                "it overloaded, or is something else listening there? (--timeout waits longer)")
+    if code != grpc.StatusCode.UNAVAILABLE:
+        return None
+    low = details.lower()
+    if "connection refused" in low:
+        return (f"aam: cannot reach the PDP at {addr} (connection refused): is `aam up` running?")
+    if "handshake" in low or "ssl" in low or "tsi_" in low:
+        return (f"aam: cannot reach the PDP at {addr} (TLS handshake failed): check that --ca "
+                "holds the CA of the PDP's certificate and that the PDP serves TLS "
+                "(`aam up` serves plaintext: drop --cert, --key and --ca)")
+    if "socket closed" in low or "connection reset" in low:
+        if tls:
+            return (f"aam: cannot reach the PDP at {addr} (TLS handshake refused): the PDP "
+                    "closed the connection; does its tls_client_ca trust --cert?")
+        return (f"aam: cannot reach the PDP at {addr} (connection closed): does it serve "
+                "mTLS (aam serve)? then pass --cert, --key and --ca")
+    if "resolv" in low or "dns" in low:
+        return f"aam: cannot reach the PDP at {addr} (address not found): check --addr"
+    return f"aam: cannot reach the PDP at {addr} (unavailable: {details}): is `aam up` running?"
 
 
 def _withheld(resp: pdp_pb2.AuthorizeResponse) -> pdp_pb2.AuthorizeResponse:
@@ -171,7 +252,8 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         try:
             resp = stub.Authorize(req, timeout=args.timeout, metadata=metadata)
         except grpc.RpcError as exc:
-            print(f"aam authorize: error: {exc.code().name}: {exc.details()}", file=stderr)
+            print(unreachable(args, exc) or f"aam authorize: error: {exc.code().name}: "
+                  f"{exc.details()}", file=stderr)
             return 1
     if args.json:
         print(json_format.MessageToJson(_withheld(resp), sort_keys=True), file=stdout)

@@ -14,8 +14,10 @@ from compiler.sign import ALGORITHMS, SigningError, sign
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile", help="validate policies and build an OPA bundle")
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    p.add_argument("-o", "--output", type=Path, default=Path("bundle.tar.gz"))
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="policy YAML files, or directories of them")
+    p.add_argument("-o", "--output", type=Path, default=Path("bundle.tar.gz"), metavar="FILE",
+                   help="the bundle to write (default bundle.tar.gz)")
     p.add_argument("--sign-key", type=Path, metavar="FILE",
                    help="sign the bundle: PEM private key (RS256, ES256) or file holding the secret (HS256)")
     p.add_argument("--signing-alg", choices=ALGORITHMS, default="RS256",

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for kind in IMPORTERS:
         what, metavar = _HELP[kind]
         k = kinds.add_parser(kind, help=f"import {what}")
-        k.add_argument("path", type=Path, metavar=metavar)
+        k.add_argument("path", type=Path, metavar=metavar, help=f"the file to import: {what}")
         k.add_argument("-o", "--output", type=Path, metavar="FILE",
                        help="write the YAML here (default: standard output)")
         if kind == "openrouter":

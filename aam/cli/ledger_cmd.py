@@ -1,4 +1,9 @@
-"""``aam migrate`` and ``aam audit query|verify|key``: thin calls into pdp.ledger."""
+"""``aam migrate`` and ``aam audit query|verify|key``: thin calls into pdp.ledger.
+
+Every command here (and ``aam replay`` and ``aam shadow report``, through ``_call``) reads
+the ledger read-only: a SQLite path that does not exist is "no ledger at PATH", never a new
+empty file. ``aam migrate`` alone opens it for writing.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,9 @@ from pdp.ledger import AuditFilter, Ledger, LedgerError, open_ledger
 from pdp.ledger import anchor as anchors
 from pdp.ledger.chain import Report, check
 from pdp.ledger.keyring import Keyring
+from pdp.ledger.sqlite import READ_ONLY
 from pdp.ledger.startup import up_anchor_file, up_key_file
+from pdp.ledger.types import FilterError, parse_time
 
 T = TypeVar("T")
 
@@ -28,14 +35,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     au = sub.add_parser("audit", help="query or verify the audit log")
     asub = au.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
-    q = asub.add_parser("query", help="audit rows by workload, time, outcome or decision id")
+    q = asub.add_parser("query", help="audit rows by workload, time, outcome, policy, reason, "
+                                      "tool or decision id",
+                        description="Print audit rows, oldest first. Filters combine (AND). "
+                                    "With --limit N, the newest N matching rows (like tail -n).")
     _ledger_args(q)
-    q.add_argument("--workload")
-    q.add_argument("--outcome", choices=["allow", "deny"])
-    q.add_argument("--decision-id")
-    q.add_argument("--since", help="ISO 8601 time, inclusive")
-    q.add_argument("--until", help="ISO 8601 time, exclusive")
-    q.add_argument("--limit", type=int)
+    q.add_argument("--workload", metavar="ID|NAME",
+                   help="a full SPIFFE ID (exact), or a workload name: the ID's last path "
+                        "segment(s), e.g. github-triage for spiffe://prod/agent/github-triage")
+    q.add_argument("--outcome", type=str.lower, choices=["allow", "deny"],
+                   help="allow or deny (any case)")
+    q.add_argument("--decision-id", metavar="ID", help="one decision, by the id it was answered with")
+    q.add_argument("--policy", metavar="NAME", help="decided by this policy (metadata.name)")
+    q.add_argument("--reason", metavar="CODE",
+                   help="carries this reason code, e.g. budget_exhausted or action_denied")
+    q.add_argument("--tool", metavar="RESOURCE", help="tool calls on this resource, e.g. "
+                                                      "salesforce.accounts")
+    q.add_argument("--model", metavar="ALIAS", help="model calls for this alias, e.g. reasoning-high")
+    _time_args(q)
+    q.add_argument("--limit", type=_count, metavar="N",
+                   help="only the newest N matching rows (still printed oldest first)")
     q.add_argument("--json", action="store_true", help="one JSON object per line")
     q.set_defaults(func=run_query)
     v = asub.add_parser("verify", help="check the keyed hash chain and its anchors; name every "
@@ -51,9 +70,37 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _ledger_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML settings file (for ledger_url)")
-    p.add_argument("--ledger-url", help="postgresql://..., sqlite:///path (default: settings,"
-                                        " else the embedded ledger of aam up)")
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file (for ledger_url)")
+    p.add_argument("--ledger-url", metavar="URL",
+                   help="postgresql://..., sqlite:///path (default: settings, else the embedded "
+                        "ledger of aam up)")
+
+
+def _time_args(p: argparse.ArgumentParser) -> None:
+    """--since/--until as every audit-reading command should take them (a bad value exits 2)."""
+    p.add_argument("--since", type=_time, metavar="TIME",
+                   help="from this time, inclusive: ISO 8601 (no zone means UTC), a date "
+                        "(2026-12-01) or a duration back from now (30m, 1h, 2d)")
+    p.add_argument("--until", type=_time, metavar="TIME", help="before this time, exclusive; "
+                                                               "same forms as --since")
+
+
+def _time(text: str) -> str:
+    """argparse type: the bound resolved now, in UTC, so a bad one is a usage error (exit 2)."""
+    try:
+        return parse_time(text).isoformat()
+    except FilterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0, 1, 2, ...)")
+    return n
 
 
 def _url(settings: Settings) -> str:
@@ -63,31 +110,54 @@ def _url(settings: Settings) -> str:
     return url
 
 
-def _open(args: argparse.Namespace, stderr: TextIO) -> Ledger | None:
-    try:
-        settings = Settings.load(args.config, ledger_url=args.ledger_url)
-        ledger = open_ledger(_url(settings), 1, settings.ledger_timeout_ms / 1000)
-    except (ConfigError, LedgerError) as exc:
-        print(f"aam: error: {exc}", file=stderr)
-        return None
-    if ledger is None:
-        print("aam: error: no ledger configured (--ledger-url or AAM_LEDGER_URL)", file=stderr)
-    return ledger
-
-
 class _Exit(Exception):
     def __init__(self, code: int) -> None:
         self.code = code
 
 
-def _call(args: argparse.Namespace, stderr: TextIO, command: str, fn: Callable[[Ledger], T]) -> T:
-    """Open the ledger, make one call, close it; a failure is one error line and _Exit."""
-    ledger = _open(args, stderr)
+def _sqlite_path(url: str) -> str | None:
+    """The file of a sqlite: URL (as open_ledger reads it), None for other stores."""
+    if not url.startswith("sqlite:"):
+        return None
+    return url.removeprefix("sqlite://").removeprefix("sqlite:")
+
+
+def _open(args: argparse.Namespace, stderr: TextIO, command: str = "", write: bool = False) -> Ledger:
+    """The ledger of --ledger-url / --config / aam up's. Read-only unless ``write``: reading
+    never creates a SQLite file (a mistyped path says so instead of reading an empty ledger).
+    Bad settings or URL: usage, _Exit(2); a missing file: _Exit(1)."""
+    try:
+        settings = Settings.load(args.config, ledger_url=args.ledger_url)
+        url = _url(settings)
+        path = _sqlite_path(url)
+        if path is not None and not write and path != ":memory:":
+            if not Path(path).is_file():
+                print(f"aam {command or 'audit'}: error: no ledger at {path} (aam up creates it; "
+                      "check --ledger-url)", file=stderr)
+                raise _Exit(1)
+            url += READ_ONLY
+        ledger = open_ledger(url, 1, settings.ledger_timeout_ms / 1000)
+    except (ConfigError, LedgerError) as exc:
+        print(f"aam: error: {exc}", file=stderr)
+        raise _Exit(2) from None
     if ledger is None:
+        print("aam: error: no ledger configured (--ledger-url, --config or AAM_LEDGER_URL; "
+              "aam up creates one)", file=stderr)
         raise _Exit(2)
+    return ledger
+
+
+def _call(args: argparse.Namespace, stderr: TextIO, command: str, fn: Callable[[Ledger], T],
+          write: bool = False) -> T:
+    """Open the ledger (read-only unless ``write``), make one call, close it; a failure is
+    one error line and _Exit: 2 for a bad filter value, 1 for the ledger's own failure."""
+    ledger = _open(args, stderr, command, write)
     try:
         return fn(ledger)
-    except (LedgerError, ValueError) as exc:  # ValueError: a malformed --since/--until
+    except FilterError as exc:  # e.g. a malformed --since from a command that did not parse it
+        print(f"aam {command}: error: {exc}", file=stderr)
+        raise _Exit(2) from None
+    except (LedgerError, ValueError) as exc:
         print(f"aam {command}: error: {exc}", file=stderr)
         raise _Exit(1) from None
     finally:
@@ -96,7 +166,8 @@ def _call(args: argparse.Namespace, stderr: TextIO, command: str, fn: Callable[[
 
 def run_migrate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     try:
-        applied = _call(args, stderr, "migrate", lambda ledger: ledger.migrate(args.grant_role))
+        applied = _call(args, stderr, "migrate", lambda ledger: ledger.migrate(args.grant_role),
+                        write=True)
     except _Exit as done:
         return done.code
     for name in applied:
@@ -109,7 +180,8 @@ def run_migrate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
 def run_query(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     flt = AuditFilter(workload=args.workload or "", outcome=args.outcome or "",
                       decision_id=args.decision_id or "", since=args.since or "",
-                      until=args.until or "", limit=args.limit)
+                      until=args.until or "", limit=args.limit, policy=args.policy or "",
+                      reason=args.reason or "", tool=args.tool or "", model=args.model or "")
     try:
         rows = _call(args, stderr, "audit query", lambda ledger: ledger.audit_rows(flt))
     except _Exit as done:
@@ -134,8 +206,8 @@ def run_query(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 
 def run_verify(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    """Exit 0: intact (every keyed row's HMAC checked); 1: broken; 2: cannot tell (no key,
-    unreadable key or anchor, no ledger)."""
+    """Exit 0: intact (every keyed row's HMAC checked); 1: broken, or no ledger at the path
+    given; 2: cannot tell (no key, unreadable key or anchor, no ledger configured)."""
     try:
         settings = Settings.load(args.config, ledger_url=args.ledger_url)
         url = _url(settings)

@@ -185,9 +185,7 @@ class PostgresLedger(WriterBacked):
     # --- audit ----------------------------------------------------------------
 
     def audit_rows(self, flt: AuditFilter) -> list[AuditRow]:
-        query, args = flt.sql("%s")
-        if flt.limit is not None:
-            query += f" LIMIT {int(flt.limit)}"
+        query, args = flt.sql("%s", dialect="postgres")  # a bad time raises here, before SQL
 
         def run(conn: psycopg.Connection) -> list[AuditRow]:
             rows = conn.execute(query.encode(), args).fetchall()  # type: ignore[call-overload]

@@ -16,6 +16,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from pdp.ledger import migrations
@@ -37,20 +38,30 @@ from pdp.ledger.writer import AuditWriter, NewRows, Pending, WriterBacked
 
 T = TypeVar("T")
 RATE_WINDOW_S = 60.0
+READ_ONLY = "?mode=ro"  # a URL suffix: open an existing file for reading only
 
 
 class SqliteLedger(WriterBacked):
     def __init__(self, path: str, timeout_s: float = 2.0, clock: Callable[[], float] = time.time,
                  keyring: Keyring | None = None) -> None:
         self.keyring = keyring
-        if path != ":memory:":
+        # "PATH?mode=ro" (what the audit commands open): read an existing file only, never
+        # create it, so a mistyped path is "no ledger there", not a new empty ledger.
+        path, read_only = (path.removesuffix(READ_ONLY), True) if path.endswith(READ_ONLY) \
+            else (path, False)
+        if path != ":memory:" and not read_only:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.clock = clock
         self._lock = threading.Lock()
         try:
-            self.conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None,
-                                        check_same_thread=False)
-            self.conn.execute("PRAGMA journal_mode=WAL")
+            if read_only:
+                self.conn = sqlite3.connect(f"file:{quote(path)}{READ_ONLY}", uri=True,
+                                            timeout=timeout_s, isolation_level=None,
+                                            check_same_thread=False)
+            else:
+                self.conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None,
+                                            check_same_thread=False)
+                self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
             raise LedgerUnavailable(f"ledger: cannot open {path}: {exc}") from None
@@ -226,23 +237,30 @@ class SqliteLedger(WriterBacked):
         return self._tx("settle", run)
 
     def audit_rows(self, flt: AuditFilter) -> list[AuditRow]:
-        rows = []
-        query, args = flt.sql("?", times=False)
+        """Times are compared as datetimes here, not as text in SQL (a row's ISO text need
+        not be in the filter's form), so ``limit`` (the newest N) is applied here too."""
+        query, args = flt.sql("?", dialect="sqlite", times=False)
+        since, until = flt.bounds()
         with self._lock:
             try:
                 fetched = self.conn.execute(query, args).fetchall()
             except sqlite3.Error as exc:
                 raise LedgerUnavailable(f"ledger audit query: {exc}") from None
-        since = datetime.fromisoformat(flt.since) if flt.since else None
-        until = datetime.fromisoformat(flt.until) if flt.until else None
-        for r in fetched:
-            ts = datetime.fromisoformat(r[1])
+        rows = []
+        for r in reversed(fetched):  # newest first, until the limit is reached
+            if flt.limit is not None and len(rows) >= flt.limit:
+                break
+            ts = _utc(datetime.fromisoformat(r[1]))
             if (since and ts < since) or (until and ts >= until):
                 continue
             rows.append(AuditRow(*r[:8], cost_micro=r[8], settlement=r[9], key_id=r[10]))
-            if flt.limit is not None and len(rows) >= flt.limit:
-                break
+        rows.reverse()
         return rows
+
+
+def _utc(ts: datetime) -> datetime:
+    """Rows are written in UTC with the zone; one without a zone is taken as UTC too."""
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
 
 
 def _release(c: sqlite3.Connection, decision_id: str) -> None:

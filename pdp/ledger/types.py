@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 MICRO = 1_000_000
@@ -149,34 +152,134 @@ class ChainHead:
     hash: str
 
 
+class FilterError(ValueError):
+    """An audit filter value that cannot be used (a malformed time): the caller's mistake,
+    found before any SQL runs, so both stores refuse it the same way."""
+
+
+_DURATION = re.compile(r"(?:\d+[wdhms])+")
+_UNITS = {"w": 604_800, "d": 86_400, "h": 3_600, "m": 60, "s": 1}
+TIME_FORMS = ("ISO 8601 (2026-12-01T19:52, 2026-12-01T19:52:00+01:00 or 2026-12-01; no zone "
+              "means UTC) or a duration back from now (90s, 30m, 1h, 2d, 1w, 1h30m)")
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """An audit time bound as users type it, in UTC: ISO 8601 with or without a zone (none
+    means UTC, the zone the ledger stores), a date (its midnight, UTC), or a duration
+    before ``now`` (``30m``, ``1h``, ``2d``). Raises :class:`FilterError`."""
+    value = text.strip()
+    if _DURATION.fullmatch(value):
+        seconds = sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([wdhms])", value))
+        try:
+            return (now or datetime.now(UTC)).astimezone(UTC) - timedelta(seconds=seconds)
+        except OverflowError:
+            raise FilterError(f"{text!r} reaches back before year 1") from None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise FilterError(f"{text!r} is not a time: use {TIME_FORMS}") from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
 @dataclass(frozen=True)
 class AuditFilter:
+    """Which audit rows to read; every field set must match (AND).
+
+    ``workload`` is a full SPIFFE ID (``spiffe://...``, matched exactly) or a workload name:
+    the last path segment(s) of the ID (``github-triage`` and ``agent/github-triage`` match
+    ``spiffe://prod/agent/github-triage``). ``outcome`` is allow or deny, any case.
+    ``policy``, ``reason`` (a reason code any of the row's reasons carries), ``tool`` and
+    ``model`` match fields of the row's JSON body. ``since`` (inclusive) and ``until``
+    (exclusive) take what :func:`parse_time` does. ``limit`` keeps the newest N matching
+    rows (a log is read for what happened last), still returned in chain order."""
+
     workload: str = ""
     outcome: str = ""
     decision_id: str = ""
-    since: str = ""  # ISO 8601
+    since: str = ""
     until: str = ""
     limit: int | None = None
+    policy: str = ""
+    reason: str = ""
+    tool: str = ""
+    model: str = ""
 
-    def sql(self, placeholder: str, *, times: bool = True) -> tuple[str, list[Any]]:
-        """The audit query both stores run, with ``placeholder`` for their driver.
+    def bounds(self, now: datetime | None = None) -> tuple[datetime | None, datetime | None]:
+        """``since`` and ``until`` as UTC datetimes; a malformed one is a FilterError."""
+        out: list[datetime | None] = []
+        for flag, text in (("--since", self.since), ("--until", self.until)):
+            try:
+                out.append(parse_time(text, now) if text else None)
+            except FilterError as exc:
+                raise FilterError(f"{flag} {exc}") from None
+        return out[0], out[1]
 
-        ``times=False`` leaves the since/until filter to the caller (SQLite keeps
-        ISO text, compared after parsing)."""
-        where, args = [], []
-        for column, value in (("a.workload", self.workload), ("a.outcome", self.outcome),
+    def sql(self, placeholder: str, *, dialect: str = "postgres",
+            times: bool = True) -> tuple[str, list[Any]]:
+        """The audit query both stores run, with ``placeholder`` for their driver and the
+        JSON functions of ``dialect`` ("postgres": the text body cast to jsonb; "sqlite":
+        json_extract, guarded by json_valid so one unreadable body does not fail the query).
+
+        ``times=False`` leaves since/until, and so ``limit``, to the caller (SQLite keeps
+        ISO text, compared after parsing). Times are checked here first either way: a bad
+        one is a FilterError before any SQL runs."""
+        since, until = self.bounds()
+        if self.limit is not None and self.limit < 0:
+            raise FilterError(f"--limit {self.limit}: must not be negative")
+        ph = placeholder
+        where: list[str] = []
+        args: list[Any] = []
+        if self.workload.startswith("spiffe://"):
+            where.append(f"a.workload = {ph}")
+            args.append(self.workload)
+        elif self.workload:
+            # The ID's last segment(s): a suffix test written the same way for both stores
+            # (no LIKE: SQLite's is case-insensitive and '_' is a wildcard in both).
+            tail = "/" + self.workload.strip("/")
+            where.append(f"(a.workload = {ph} OR substr(a.workload, length(a.workload)"
+                         f" - CAST({ph} AS integer) + 1) = {ph})")
+            args += [self.workload, len(tail), tail]
+        for column, value in (("a.outcome", self.outcome.lower()),
                               ("a.decision_id", self.decision_id)):
             if value:
-                where.append(f"{column} = {placeholder}")
+                where.append(f"{column} = {ph}")
                 args.append(value)
-        if times and self.since:
-            where.append(f"a.ts >= {placeholder}")
-            args.append(self.since)
-        if times and self.until:
-            where.append(f"a.ts < {placeholder}")
-            args.append(self.until)
+        for path, value in ((("policy",), self.policy), (("action", "tool"), self.tool),
+                            (("action", "model"), self.model)):
+            if value:
+                where.append(f"{_json_text(dialect, path)} = {ph}")
+                args.append(value)
+        if self.reason:
+            where.append(_json_reason(dialect, ph))
+            args.append(json.dumps([{"code": self.reason}]) if dialect == "postgres" else self.reason)
+        if times and since:
+            where.append(f"a.ts >= {ph}")
+            args.append(since.isoformat())
+        if times and until:
+            where.append(f"a.ts < {ph}")
+            args.append(until.isoformat())
         query = ("SELECT a.seq, a.ts, a.decision_id, a.workload, a.outcome, a.body, a.prev_hash,"
-                 " a.hash, r.cost_micro, coalesce(r.state, ''), a.key_id FROM aam_audit a"
-                 " LEFT JOIN aam_reservations r ON r.decision_id = a.decision_id"
-                 + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY a.seq")
-        return query, args
+                 " a.hash, r.cost_micro, coalesce(r.state, '') AS settlement, a.key_id"
+                 " FROM aam_audit a LEFT JOIN aam_reservations r ON r.decision_id = a.decision_id"
+                 + (" WHERE " + " AND ".join(where) if where else ""))
+        if times and self.limit is not None:
+            # The newest N, put back in chain order.
+            return (f"SELECT * FROM ({query} ORDER BY a.seq DESC LIMIT {int(self.limit)})"
+                    " AS newest ORDER BY seq"), args
+        return query + " ORDER BY a.seq", args
+
+
+def _json_text(dialect: str, path: tuple[str, ...]) -> str:
+    """A string field of the row's JSON body, NULL when absent."""
+    if dialect == "postgres":
+        return "(a.body::jsonb" + "".join(f" -> '{k}'" for k in path[:-1]) + f" ->> '{path[-1]}')"
+    return (f"(CASE WHEN json_valid(a.body) THEN json_extract(a.body, '$.{'.'.join(path)}') END)")
+
+
+def _json_reason(dialect: str, ph: str) -> str:
+    """Some entry of the body's ``reasons`` list has this ``code``."""
+    if dialect == "postgres":
+        return f"(a.body::jsonb -> 'reasons') @> {ph}::jsonb"
+    return ("EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid(a.body) THEN a.body"
+            " ELSE '{}' END, '$.reasons') AS r"
+            f" WHERE json_extract(a.body, r.fullkey || '.code') = {ph})")

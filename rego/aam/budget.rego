@@ -36,8 +36,11 @@ budget_exceeded contains w if {
 deny contains reason("budget_exhausted", msg) if {
 	some w in budget_exceeded
 	b := input.state.budget[w]
-	msg := sprintf("spent %s of %s USD %s; this call may cost up to %s USD", [
-		usd(b.spent_usd + b.reserved_usd), usd(policy.budget[budget_fields[w]]), budget_period[w],
+
+	# Spent (settled) and reserved (allowed calls not yet settled) are told apart: a
+	# reader seeing only "spent" cannot tell where the rest of the budget went.
+	msg := sprintf("spent %s and reserved %s of %s USD %s; this call may cost up to %s USD", [
+		usd(b.spent_usd), usd(b.reserved_usd), usd(policy.budget[budget_fields[w]]), budget_period[w],
 		usd(call_cost_usd),
 	])
 }

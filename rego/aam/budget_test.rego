@@ -44,7 +44,7 @@ test_daily_budget_exhausted_explains_spend if {
 		with data.aam.compiled as fixture
 	not d.allow
 	codes(d) == {"budget_exhausted"}
-	startswith(d.reasons[0].message, "spent 74.20 of 75.00 USD today")
+	startswith(d.reasons[0].message, "spent 74.00 and reserved 0.20 of 75.00 USD today; this call may cost up to 1.20 USD")
 	d.retry_after_s == 3600
 }
 
@@ -81,7 +81,7 @@ test_hand_written_state_without_remaining if {
 	st := {"budget": {"daily": {"spent_usd": 74, "reserved_usd": 0.5}, "monthly": {"spent_usd": 0, "reserved_usd": 0}}}
 	d := authz.decision with input as req(1, st) with data.aam.compiled as fixture
 	codes(d) == {"budget_exhausted"}
-	startswith(d.reasons[0].message, "spent 74.50 of 75.00 USD today")
+	startswith(d.reasons[0].message, "spent 74.00 and reserved 0.50 of 75.00 USD today")
 }
 
 # Tool calls are priced by their grant (price_usd, compiled with a default), and a

@@ -145,7 +145,7 @@ test_budget_leaving_no_target_denies if {
 	not d.allow
 	{r.code | some r in d.reasons} == {"budget_exhausted"}
 	count(d.reasons) == 1
-	startswith(d.reasons[0].message, "spent 9.99 of 10.00 USD today; this call may cost up to 0.10 USD")
+	startswith(d.reasons[0].message, "spent 9.99 and reserved 0.00 of 10.00 USD today; this call may cost up to 0.10 USD")
 	d.retry_after_s == 60
 }
 

@@ -37,7 +37,7 @@ def test_budget_is_reserved_settled_and_explained(stack: Stack) -> None:
         assert second.decision == pdp_pb2.DECISION_DENY
         assert [r.code for r in second.reasons] == ["budget_exhausted"]
         assert second.reasons[0].message == (
-            "spent 74.20 of 75.00 USD today; this call may cost up to 1.00 USD")
+            "spent 74.20 and reserved 0.00 of 75.00 USD today; this call may cost up to 1.00 USD")
         assert 0 < second.retry_after.ToSeconds() <= 86_400
 
         # A smaller call still fits: 40k tokens cost up to 0.66 USD of the 0.80 left.

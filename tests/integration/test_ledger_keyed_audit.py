@@ -397,7 +397,7 @@ def test_no_secret_appears_in_output_logs_or_errors(
         decide(s, 3)
     assert run_cli("audit", "key", "rotate", str(key)) == 0
     assert run_cli("audit", "key", "list", str(key)) == 0
-    assert run_cli("audit", "key", "init", str(key)) == 2  # refuses to overwrite
+    assert run_cli("audit", "key", "init", str(key)) == 1  # refuses to overwrite: an error
     assert run_cli("audit", "verify", "--ledger-url", url, "--key-file", str(key),
                    "--anchor", str(anchor)) == 0
     as_attacker(url, ("UPDATE aam_audit SET outcome = CASE outcome WHEN 'deny' THEN 'allow'"

@@ -132,7 +132,8 @@ def test_malformed_times_and_time_zones(tmp_path: Path, monkeypatch: pytest.Monk
         "p.yaml:6:36: error: unknown time zone 'Mars/Olympus' (use an IANA name such as 'Europe/Berlin')",
         "p.yaml:11:30: error: malformed time '25:00' (expected HH:MM, 00:00 to 24:00)",
         "p.yaml:11:44: error: malformed time '8h' (expected HH:MM, 00:00 to 24:00)",
-        "p.yaml:11:60: error: unknown time zone 'Europe/Berln' (use an IANA name such as 'Europe/Berlin')",
+        "p.yaml:11:60: error: unknown time zone 'Europe/Berln' (use an IANA name such as 'Europe/Berlin');"
+        ' did you mean "Europe/Berlin"?',
     ]
 
 
@@ -240,7 +241,10 @@ def test_unknown_field_in_constraint(tmp_path: Path, monkeypatch: pytest.MonkeyP
           - resource: crm.accounts
             constraints: [{param: limit, maximum: 5}]
         """))
+    # The schema error and, in the same run, the semantic error of the rest.
     assert got == [
+        "p.yaml:7:17: error: tool resource 'crm.accounts' has constraints but no Tool declares it"
+        " (add a Tool document with its inputSchema)",
         "p.yaml:8:36: error: spec.tools[0].constraints[0].maximum: unknown field (allowed: allowed_values,"
         " forbidden, forbidden_values, max, max_length, min, param, pattern, required)"]
 

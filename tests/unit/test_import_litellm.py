@@ -318,7 +318,8 @@ litellm_settings:
 
 
 @pytest.mark.parametrize(("text", "error"), [
-    ("model_list: [\n", "c.yaml:2:1: error: invalid YAML: did not find expected node content"),
+    ("model_list: [\n", "c.yaml:2:1: error: a value is missing here (is a '[' or '{' left unclosed,"
+                        " or is there a stray ','?)"),
     ("- a\n- b\n", "c.yaml:1:1: error: document: a LiteLLM config must be a mapping, got a list"),
     ("a: 1\n---\nb: 2\n", "c.yaml:3:1: error: expected one YAML document, found 2"),
     ("general_settings: {master_key: sk-1}\n",

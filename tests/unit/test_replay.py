@@ -329,5 +329,6 @@ def test_cli_bad_candidate_prints_diagnostics_without_a_traceback(tmp_path: Path
     assert f"{bad}:" in err and ": error: " in err and "Traceback" not in err
     code, _, err = cli("replay", "--candidate", str(EXAMPLES), "--ledger-url", ledger_url,
                        "--since", "yesterday")
-    assert code == 1 and "aam replay: error:" in err
+    # A malformed time is a usage error (exit 2), refused before any SQL (issue 17).
+    assert code == 2 and "aam replay: error: --since 'yesterday' is not a time" in err
     assert cli("replay", "--ledger-url", ledger_url)[0] == 2
