@@ -19,7 +19,9 @@ from typing import Any
 
 ROOT = "aam"
 DATA_PATH = f"{ROOT}/compiled/data.json"
-REGO_DIR = Path(__file__).resolve().parent.parent / "rego"
+# A link to the repository's rego/ (compiler/rego -> ../rego), so a built wheel carries the
+# library as package data and a source checkout reads the same files.
+REGO_DIR = Path(__file__).resolve().parent / "rego"
 
 
 def canonical_json(value: Any) -> bytes:
