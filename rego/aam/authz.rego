@@ -53,7 +53,9 @@ decision := {
 	"allow": allow,
 	"retry_after_s": retry_after,
 	"policy": policy_name,
-	"reasons": [r | some r in deny],
+	# Sorted (by code, then message): the same order on every engine (OPA's server
+	# and its Wasm iterate sets differently), so the first reason is stable.
+	"reasons": sort([r | some r in deny]),
 	"route": route,
 	"revision": revision,
 	"models": listed_models,

@@ -24,7 +24,7 @@ default shadow := null
 shadow := {"policy": shadow_policy.name, "allow": count(reasons) == 0, "reasons": reasons} if {
 	shadow_policy := shadow_policies[workload]
 	found := deny with policy as shadow_policy
-	reasons := [shadow_reason(r) | some r in found]
+	reasons := sort([shadow_reason(r) | some r in found])
 }
 
 shadow_reason(r) := reason("limit_not_metered", msg) if {
