@@ -85,7 +85,7 @@ class Settings:
     # Envoy ext_authz (envoy.service.auth.v3.Authorization): "" serves it on
     # grpc_addr beside Authorize; "host:port" gives it a listener of its own.
     extauthz_addr: str = ""
-    # TOML file mapping HTTP requests to decisions (README "Envoy ext_authz");
+    # TOML file mapping HTTP requests to decisions (docs/envoy.md);
     # "" uses the built-in defaults.
     extauthz_mapping: str = ""
     # Seconds in-flight calls get to finish on shutdown.
@@ -150,7 +150,7 @@ class Settings:
     ledger_state_ttl_ms: int = 1000
     # Token estimate for a model call that does not send one (prices the reservation).
     default_estimated_tokens: int = 4096
-    # --- Keyed audit chain (README "Keyed chain and anchors") ---
+    # --- Keyed audit chain (docs/ledger-and-audit.md, "Keyed chain and anchors") ---
     # Keyring file (JSON, mode 0600) with the HMAC keys that key every audit row;
     # required whenever ledger_url is set: the PDP refuses to start without it.
     # `aam audit key init FILE` creates one, `aam audit key rotate FILE` adds a new

@@ -4,7 +4,7 @@ Envoy's ext_authz tells us the method, path, headers, body and the peer; this
 module turns them into an engine :class:`~pdp.engine.Request` (who, which model
 or tool, which action, which params) and says which headers the gateway sets
 and strips. It knows nothing of protobuf: :mod:`pdp.extauthz` translates the
-wire messages. The defaults are documented in README ("Envoy ext_authz") and
+wire messages. The defaults are documented in docs/envoy.md and
 can be replaced by a TOML file named by the ``extauthz_mapping`` setting.
 
 Anything the mapping cannot read with certainty is a :class:`MappingError`,
