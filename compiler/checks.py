@@ -23,11 +23,12 @@ def _first(doc: Document) -> str:
 
 
 def duplicate_names(ps: PolicySet) -> Iterator[Diagnostic]:
-    """Names are unique per kind: AgentPolicy, ModelRoute, Tool, ToolCredential."""
+    """Names are unique per kind: AgentPolicy, ModelRoute, Tool, ToolCredential. An
+    enforced and a shadow AgentPolicy may share one (the next version of a policy)."""
     kinds = (("AgentPolicy", ps.policies), ("ModelRoute", ps.routes), ("Tool", ps.tools),
              ("ToolCredential", ps.credentials))
     for kind, items in kinds:
-        for item, first in repeats(items, lambda i: i.name):
+        for item, first in repeats(items, lambda i: (i.name, getattr(i, "rollout", ""))):
             yield item.doc.error(
                 ("metadata", "name"),
                 f"duplicate {kind} name {item.name!r} (first defined at {_first(first.doc)})",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from compiler import checks, codegen, schema, source
@@ -31,25 +32,35 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def load(paths: Sequence[Path]) -> PolicySet:
-    """Load and check every policy file under ``paths``; raise with all errors."""
+def load(paths: Sequence[Path], shadow: Sequence[Path] = ()) -> PolicySet:
+    """Load and check every policy file under ``paths``; raise with all errors.
+
+    ``shadow`` names a whole candidate policy set evaluated beside the enforced one:
+    each of its AgentPolicies is compiled as ``rollout: {mode: shadow}``. It decides
+    with the enforced routes, tools and credentials, so any other document in it must
+    be the same as the enforced one of its name (compare route changes with
+    ``aam replay``)."""
     with _gc_paused():
-        return _load(paths)
+        return _load(paths, shadow)
 
 
-def _load(paths: Sequence[Path]) -> PolicySet:
+def _load(paths: Sequence[Path], shadow: Sequence[Path] = ()) -> PolicySet:
     errors: list[Diagnostic] = []
     files = source.discover(list(paths))
-    for p in paths:
+    candidate = [f for f in source.discover(list(shadow)) if f not in files]
+    for p in (*paths, *shadow):
         if not p.exists():
             errors.append(Diagnostic(str(p), 1, 1, "no such file or directory"))
     if not files and not errors:
         errors.append(Diagnostic(str(paths[0]) if paths else ".", 1, 1, "no policy files found"))
     names = bundle_names(paths, files)
+    names.update({f: f"shadow/{n}" for f, n in bundle_names(shadow, candidate).items()})
+    in_shadow = set(candidate)
     by_kind: dict[str, list] = {kind: [] for kind in _KIND_CLASS}
+    alongside: list[source.Document] = []  # a candidate's other kinds: must match the enforced
     incomplete: set[tuple[str, str]] = set()
     with source.tag_cache():
-        for f in files:
+        for f in (*files, *candidate):
             docs, load_errors = source.load_file(f)
             errors.extend(load_errors)
             for doc in docs:
@@ -58,9 +69,15 @@ def _load(paths: Sequence[Path]) -> PolicySet:
                 errors.extend(doc_errors)
                 if doc_errors:
                     incomplete.update(_identity(doc.value))
-                if usable is not None:
-                    kind = doc.value["kind"]
-                    by_kind[kind].append(_KIND_CLASS[kind].from_doc(usable))
+                if usable is None:
+                    continue
+                kind = doc.value["kind"]
+                if f in in_shadow and kind != "AgentPolicy":
+                    alongside.append(usable)
+                    continue
+                item = _KIND_CLASS[kind].from_doc(usable)
+                by_kind[kind].append(replace(item, rollout="shadow") if f in in_shadow else item)
+    errors.extend(_same_as_enforced(alongside, by_kind))
     ps = PolicySet(tuple(by_kind["AgentPolicy"]), tuple(by_kind["ModelRoute"]), tuple(by_kind["Tool"]),
                    credentials=tuple(by_kind["ToolCredential"]), incomplete=frozenset(incomplete))
     # Semantic checks run on every usable document, also when some have schema
@@ -69,6 +86,22 @@ def _load(paths: Sequence[Path]) -> PolicySet:
     if errors:
         raise CompileError(errors)
     return ps
+
+
+def _same_as_enforced(alongside: list[source.Document],
+                      by_kind: dict[str, list]) -> Iterator[Diagnostic]:
+    """A shadow candidate's routes, tools and credentials are the enforced ones: a
+    shadow policy decides with what is enforced, so a different one would not be
+    what the candidate means."""
+    enforced = {(kind, item.name): item.doc.value for kind, items in by_kind.items()
+                if kind != "AgentPolicy" for item in items}
+    for doc in alongside:
+        kind, name = doc.value["kind"], doc.value["metadata"]["name"]
+        if enforced.get((kind, name)) != doc.value:
+            yield doc.error(("metadata", "name"), (
+                f"{kind} {name!r} of the shadow candidate is not the enforced one: shadow "
+                "policies decide with the enforced routes, tools and credentials (leave it "
+                "out, or compare the change with `aam replay --candidate`)"))
 
 
 def _identity(value: object) -> list[tuple[str, str]]:
@@ -104,5 +137,5 @@ def build(ps: PolicySet) -> Bundle:
         return Bundle.build(codegen.generate(ps), rego_library())
 
 
-def compile_paths(paths: Sequence[Path]) -> Bundle:
-    return build(load(paths))
+def compile_paths(paths: Sequence[Path], shadow: Sequence[Path] = ()) -> Bundle:
+    return build(load(paths, shadow))

@@ -7,7 +7,9 @@ environment for configuration.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import tomllib
 from collections.abc import Mapping
@@ -27,7 +29,19 @@ DEFAULT_TOOLS_DIR = Path(
 # (gateway token, audit key, audit anchor), each a 0600 file (pdp/secretfile.py).
 DEFAULT_STATE_DIR = Path(
     os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "aam"
+# Before ledgers were per project, aam up kept one here (still read when nothing newer is).
 DEFAULT_SQLITE_LEDGER = DEFAULT_STATE_DIR / "ledger.sqlite3"
+# The ledger URL of the latest aam up, for the reading commands (aam audit, replay, shadow).
+LAST_UP_LEDGER = DEFAULT_STATE_DIR / "last-up-ledger"
+
+
+def up_project_dir(policies: Path) -> Path:
+    """aam up's state for one policy directory: its own embedded ledger, so two clones or
+    two policy sets never share spend, rates or an audit chain."""
+    resolved = policies.resolve()
+    slug = re.sub(r"[^a-z0-9]+", "-", resolved.name.lower()).strip("-") or "policies"
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    return DEFAULT_STATE_DIR / "projects" / f"{slug}-{digest}"
 
 
 class ConfigError(ValueError):
@@ -42,6 +56,10 @@ class Settings:
     plaintext: bool = False
     # Policy directory compiled into the bundle the PDP serves.
     policies: str = str(REPO_ROOT / "examples")
+    # A whole candidate policy set evaluated in shadow beside the enforced one: its
+    # AgentPolicies never decide, their disagreements are audited and counted
+    # (docs/ledger-and-audit.md, "Shadow rollout"). "" for none.
+    shadow_policies: str = ""
     # Recompile and republish the bundle when a policy file changes.
     watch: bool = False
     # URL of an OPA the PDP does not manage; empty means start one as a child.

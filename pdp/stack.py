@@ -64,7 +64,11 @@ class Stack:
         self._held: list[socket.socket] = []  # the ports the workers share (pdp/reuseport.py)
 
     def compile(self) -> Bundle:
-        return compile_paths([self.policies])
+        return compile_paths([self.policies], self._shadow)
+
+    @property
+    def _shadow(self) -> list[Path]:
+        return [Path(self.settings.shadow_policies)] if self.settings.shadow_policies else []
 
     def start(self) -> None:
         """Start everything or nothing: a failure stops what already started."""
@@ -166,8 +170,8 @@ class Stack:
         return (self.http.url if self.http else "") + BUNDLE_PATH
 
     def _snapshot(self) -> tuple[tuple[str, int, int], ...]:
-        files = sorted(p for p in self.policies.rglob("*") if p.is_file()) \
-            if self.policies.is_dir() else [self.policies]
+        files = sorted(p for root in (self.policies, *self._shadow)
+                       for p in (root.rglob("*") if root.is_dir() else [root]) if p.is_file())
         out = []
         for f in files:
             try:

@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile", help="validate policies and build an OPA bundle")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                    help="policy YAML files, or directories of them")
+    p.add_argument("--shadow", type=Path, action="append", default=[], metavar="PATH",
+                   help="a candidate policy set compiled in shadow: its AgentPolicies are "
+                        "evaluated beside the enforced ones and never decide (repeatable)")
     p.add_argument("-o", "--output", type=Path, default=Path("bundle.tar.gz"), metavar="FILE",
                    help="the bundle to write (default bundle.tar.gz)")
     p.add_argument("--sign-key", type=Path, metavar="FILE",
@@ -42,7 +45,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     try:
-        bundle = compile_paths(args.paths)
+        bundle = compile_paths(args.paths, args.shadow)
     except CompileError as exc:
         for d in exc.diagnostics:
             print(d, file=stderr)

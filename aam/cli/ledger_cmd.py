@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO, TypeVar
 
 from aam.cli import audit_key
-from pdp.config import DEFAULT_SQLITE_LEDGER, ConfigError, Settings
+from pdp.config import DEFAULT_SQLITE_LEDGER, LAST_UP_LEDGER, ConfigError, Settings
 from pdp.ledger import AuditFilter, Ledger, LedgerError, open_ledger
 from pdp.ledger import anchor as anchors
 from pdp.ledger.chain import Report, check
@@ -104,8 +104,12 @@ def _count(text: str) -> int:
 
 
 def _url(settings: Settings) -> str:
+    """The configured ledger, else the latest ``aam up``'s (each policy directory has its
+    own), else the one ``aam up`` kept before ledgers were per project."""
     url = settings.ledger_url
-    if not url and DEFAULT_SQLITE_LEDGER.exists():  # what a local `aam up` wrote
+    if not url and LAST_UP_LEDGER.exists():
+        url = LAST_UP_LEDGER.read_text().strip()
+    if not url and DEFAULT_SQLITE_LEDGER.exists():
         url = f"sqlite://{DEFAULT_SQLITE_LEDGER}"
     return url
 

@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--candidate", type=Path, action="append", required=True, metavar="PATH",
                    help="candidate policy file or directory (repeatable), compiled as aam compile does")
     _ledger_args(p)
-    p.add_argument("--workload")
+    p.add_argument("--workload", metavar="ID|NAME",
+                   help="only this workload: a full SPIFFE ID or its last path segment(s)")
     p.add_argument("--since", help="ISO 8601 time, inclusive")
     p.add_argument("--until", help="ISO 8601 time, exclusive")
     p.add_argument("--allow-widening", action="store_true",

@@ -14,11 +14,18 @@ import requests
 
 from compiler import CompileError, compile_paths, load
 from pdp import devgateway, devvault, logs
-from pdp.config import DEFAULT_SQLITE_LEDGER, DEFAULT_STATE_DIR, ConfigError, Settings, split_addr
+from pdp.config import (
+    DEFAULT_STATE_DIR,
+    LAST_UP_LEDGER,
+    ConfigError,
+    Settings,
+    split_addr,
+    up_project_dir,
+)
 from pdp.ledger import LedgerError
 from pdp.ledger.keyring import ensure_file
 from pdp.ledger.startup import up_anchor_file, up_key_file
-from pdp.secretfile import ensure_secret
+from pdp.secretfile import ensure_secret, write_secret
 from pdp.stack import Stack
 
 WORKERS_HELP = ("PDP worker processes sharing the gRPC port (the workers setting; default 0: one "
@@ -28,11 +35,15 @@ WORKERS_HELP = ("PDP worker processes sharing the gRPC port (the workers setting
 def register(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("up", help="run the local stack (OPA + PDP) on loopback")
     up.add_argument("--policies", type=Path, help="policy directory (default: examples/)")
+    up.add_argument("--shadow-policies", type=Path, metavar="DIR",
+                    help="a candidate policy set evaluated in shadow beside --policies")
     up.add_argument("--grpc-addr", default="127.0.0.1:50051", help="default 127.0.0.1:50051")
     up.add_argument("--watch", action=argparse.BooleanOptionalAction, default=True,
                     help="republish the bundle when a policy file changes (default on)")
-    up.add_argument("--ledger-url", default=f"sqlite://{DEFAULT_SQLITE_LEDGER}",
-                    help="ledger store (default: embedded SQLite; postgresql://... or off)")
+    up.add_argument("--ledger-url",
+                    help="ledger store (default: an embedded SQLite ledger of this policy "
+                         "directory's own, under ~/.local/state/aam/projects/; "
+                         "postgresql://... or off)")
     up.add_argument("--gateway-token-file", type=Path, default=DEFAULT_STATE_DIR / "gateway.token",
                     help="the token a gateway sends (metadata x-aam-gateway-token) to receive "
                          "credential values, call Check and report usage; created (mode 0600) "
@@ -57,10 +68,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sv = sub.add_parser("serve", help="run the PDP from a settings file and AAM_* env")
     sv.add_argument("--config", type=Path, help="TOML settings file")
-    sv.add_argument("--policies", type=Path)
-    sv.add_argument("--grpc-addr")
+    sv.add_argument("--policies", type=Path, help="policy directory (the policies setting)")
+    sv.add_argument("--shadow-policies", type=Path, metavar="DIR",
+                    help="a candidate policy set evaluated in shadow (the shadow_policies setting)")
+    sv.add_argument("--grpc-addr", help="gRPC listener host:port (the grpc_addr setting)")
     sv.add_argument("--opa-url", help="use this OPA instead of starting one")
-    sv.add_argument("--watch", action=argparse.BooleanOptionalAction, default=None)
+    sv.add_argument("--watch", action=argparse.BooleanOptionalAction, default=None,
+                    help="republish the bundle when a policy file changes (the watch setting)")
     sv.add_argument("--workers", type=int, help=WORKERS_HELP)
     sv.set_defaults(func=run_serve)
 
@@ -85,17 +99,24 @@ def run_up(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             raise ConfigError("aam up serves plaintext gRPC and binds loopback only; "
                               "use aam serve with TLS for other addresses")
         ensure_secret(args.gateway_token_file)  # plaintext authenticates no one else
+        ledger_url = args.ledger_url or up_ledger_url(args.policies)
         base = dict(grpc_addr=args.grpc_addr, plaintext=True, watch=args.watch,
                     policies=str(args.policies) if args.policies else None,
-                    ledger_url=args.ledger_url, ledger_migrate=True,
+                    shadow_policies=str(args.shadow_policies) if args.shadow_policies else None,
+                    ledger_url=ledger_url, ledger_migrate=True,
                     gateway_token_file=str(args.gateway_token_file),
                     extauthz_mapping=str(args.mapping) if args.mapping else None,
                     workers=args.workers)
-        base.update(_audit_files(args.ledger_url))
+        base.update(_audit_files(ledger_url))
         settings = Settings.load(env={}, **base)
-    except (ConfigError, OSError) as exc:
+        # 0600: a PostgreSQL URL may hold a password.
+        write_secret(LAST_UP_LEDGER, ledger_url.encode(), overwrite=True)
+    except ConfigError as exc:  # the settings given: a usage error
         print(f"aam up: error: {exc}", file=stderr)
         return 2
+    except OSError as exc:  # the machine's: the state directory cannot be written
+        print(f"aam up: error: {exc}", file=stderr)
+        return 1
     dev = None
     bao = devvault.find_bao() if args.vault else None
     if bao:
@@ -124,6 +145,7 @@ def run_serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         settings = Settings.load(
             args.config, grpc_addr=args.grpc_addr, opa_url=args.opa_url, watch=args.watch,
             policies=str(args.policies) if args.policies else None, workers=args.workers,
+            shadow_policies=str(args.shadow_policies) if args.shadow_policies else None,
         )
     except ConfigError as exc:
         print(f"aam serve: error: {exc}", file=stderr)
@@ -192,13 +214,11 @@ def _serve(settings: Settings, stdout: TextIO, stderr: TextIO, banner: bool,
     if companion_banner:
         print(companion_banner, file=stdout)
     if banner:
-        print("\ntry, from another shell:\n"
-              f"  aam authorize --addr {settings.grpc_addr} "
-              "--workload spiffe://prod/agent/finance-analyst --model reasoning-high\n"
-              f"  aam authorize --addr {settings.grpc_addr} "
-              "--workload spiffe://prod/agent/finance-analyst "
-              "--tool salesforce.accounts --action export\n"
-              "Ctrl-C stops everything.", file=stdout)
+        tries = example_calls(Path(settings.policies), settings.grpc_addr)
+        print("\ntry, from another shell:\n" + "".join(f"  {t}\n" for t in tries)
+              + ("" if tries else "  (no AgentPolicy in the policies yet: add one, it is "
+                                  "picked up while this runs)\n")
+              + "Ctrl-C stops everything.", file=stdout)
     stdout.flush()
     try:
         stack.wait()
@@ -232,6 +252,33 @@ def _gateway(args: argparse.Namespace) -> Companion:
                 gw.stop)
 
     return start
+
+
+def up_ledger_url(policies: Path | None) -> str:
+    """aam up's default ledger: an embedded SQLite file of this policy directory's own."""
+    directory = up_project_dir(policies or Path(Settings().policies))
+    return f"sqlite://{directory / 'ledger.sqlite3'}"
+
+
+def example_calls(policies: Path, addr: str) -> list[str]:
+    """Calls that show what the served policies decide: a model the first policy allows,
+    and a tool action it denies (else one it grants). None when there is no policy (or
+    the directory does not compile: the stack has said why)."""
+    try:
+        ps = load([policies])
+    except CompileError:
+        return []
+    enforced = [p for p in ps.policies if not p.shadow]
+    if not enforced:
+        return []
+    p = next((p for p in enforced if p.models and p.tools), enforced[0])
+    head = f"aam authorize --addr {addr} --workload {p.workload}"
+    out = [f"{head} --model {sorted(p.models)[0]}"] if p.models else []
+    grant = next(iter(p.tools), None)
+    if grant is not None:
+        action = sorted(grant.deny)[0] if grant.deny else sorted(grant.actions)[0]
+        out.append(f"{head} --tool {grant.resource} --action {action}")
+    return out
 
 
 def _audit_files(ledger_url: str) -> dict[str, str]:

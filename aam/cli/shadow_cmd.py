@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _ledger_args(r)
     r.add_argument("--since", help="ISO 8601 time, inclusive")
     r.add_argument("--until", help="ISO 8601 time, exclusive")
-    r.add_argument("--workload")
+    r.add_argument("--workload", metavar="ID|NAME",
+                   help="only this workload: a full SPIFFE ID or its last path segment(s)")
     r.add_argument("--json", action="store_true", help="one JSON object per group per line")
     r.set_defaults(func=run_report)
 

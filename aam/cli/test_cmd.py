@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import TextIO
 
@@ -15,10 +16,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("test", help="run YAML policy test suites against a real OPA")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                    help="suite files, or directories holding tests/*.yaml or *.test.yaml")
-    p.add_argument("--filter", metavar="REGEX", help="run only cases whose 'suite/case' name matches")
+    p.add_argument("--filter", metavar="REGEX", type=_regex,
+                   help="run only cases whose 'suite/case' name matches")
     p.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML for CI")
     p.add_argument("--opa-binary", metavar="PATH", help="OPA to run (default: the one scripts/setup built)")
     p.set_defaults(func=run_cmd)
+
+
+def _regex(text: str) -> str:
+    """A bad pattern is a usage error (exit 2), said before any OPA starts."""
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression: {exc}") from None
+    return text
 
 
 def run_cmd(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:

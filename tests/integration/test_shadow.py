@@ -241,3 +241,39 @@ def test_real_opa_judges_the_shadow_policy_alone(tmp_path: Path) -> None:
     assert decision["allow"] is True and decision["policy"] == "crm-sync"
     assert decision["shadow"]["policy"] == "crm-sync-next"
     assert [x["code"] for x in decision["shadow"]["reasons"]] == ["action_not_granted"]
+
+
+def test_a_whole_candidate_policy_set_runs_in_shadow(tmp_path: Path, postgres: Postgres) -> None:
+    """`shadow_policies`: the next version of the policies, in their own directory, decides
+    nothing and is compared on every call, and an edit to it is picked up like any other."""
+    live, candidate = tmp_path / "live", tmp_path / "candidate"
+    live.mkdir()
+    candidate.mkdir()
+    (live / "crm-sync.yaml").write_text(ENFORCED)
+    next_version = ENFORCED.replace("actions: [read, export]", "actions: [read]\n      deny: [export]")
+    write_atomic(candidate / "crm-sync.yaml", next_version)
+    with running_stack(live, ledger_url=fresh_database(postgres), shadow_policies=str(candidate),
+                       watch=True) as stack:
+        channel, pdp = stub(stack)
+        with channel:
+            answers = [pdp.Authorize(export(), timeout=10) for _ in range(3)]
+            assert all(a.decision == pdp_pb2.DECISION_ALLOW and a.policy == "crm-sync"
+                       for a in answers)
+            assert stack.ledger is not None
+            for a in answers:
+                (row,) = stack.ledger.audit_rows(AuditFilter(decision_id=a.decision_id))
+                assert row.record()["shadow"]["policy"] == "crm-sync"
+                assert row.record()["shadow"]["outcome"] == "deny"
+            first = answers[0].bundle_revision
+            write_atomic(candidate / "crm-sync.yaml", ENFORCED)  # the candidate now agrees
+            agreed = None
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                a = pdp.Authorize(export(), timeout=10)
+                if a.bundle_revision != first:
+                    agreed = a
+                    break
+                time.sleep(0.05)
+        assert agreed is not None and agreed.decision == pdp_pb2.DECISION_ALLOW
+        (row,) = stack.ledger.audit_rows(AuditFilter(decision_id=agreed.decision_id))
+        assert "shadow" not in row.record()

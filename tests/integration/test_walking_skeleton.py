@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import tarfile
@@ -143,7 +144,9 @@ def test_aam_up_then_authorize_from_another_process(tmp_path: Path) -> None:
         assert f"127.0.0.1:{port} aam.v1.PolicyDecisionService" in text
         assert "aam authorize" in text
         assert "/bundles/aam.tar.gz (signed ES256, ephemeral key)" in text  # on by default
-        assert f"ledger     sqlite://{tmp_path}/aam/ledger.sqlite3 (embedded)" in text
+        # The policy directory's own ledger: two clones or policy sets never share one.
+        assert re.search(rf"ledger     sqlite://{re.escape(str(tmp_path))}/aam/projects/"
+                         r"examples-[0-9a-f]{12}/ledger\.sqlite3 \(embedded\)", text), text
         assert "OpenBao dev server, 1 demo secret(s) seeded" in text
         outcomes = {}
         for name, extra in {

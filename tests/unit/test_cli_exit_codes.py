@@ -127,3 +127,9 @@ def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=30) == 1
     assert err == ""
+
+
+def test_a_bad_filter_pattern_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    assert run(["test", "examples", "--filter", "("], out, err) == 2
+    assert "is not a regular expression" in capsys.readouterr().err  # argparse's usage line

@@ -107,6 +107,62 @@ def test_two_enforced_policies_for_one_workload_still_an_error(
                    " AgentPolicy 'crm' (one policy per workload)"]
 
 
+ROUTE = """\
+apiVersion: access.envisionai.dev/v1
+kind: ModelRoute
+metadata: {name: m1}
+spec:
+  targets: [{provider: openai, model: gpt-5}]
+"""
+
+
+def candidate_dirs(tmp_path: Path, *candidate: str) -> tuple[Path, Path]:
+    live, cand = tmp_path / "live", tmp_path / "candidate"
+    live.mkdir()
+    cand.mkdir()
+    (live / "p.yaml").write_text("---\n".join((ENFORCED, ROUTE)))
+    (cand / "p.yaml").write_text("---\n".join(candidate))
+    return live, cand
+
+
+def test_a_whole_candidate_set_compiles_in_shadow(tmp_path: Path) -> None:
+    """The next version of a policy, same name, in a candidate directory: it becomes the
+    workload's shadow policy; the candidate's copy of an enforced route is accepted."""
+    next_version = policy("crm", "tools: [{resource: crm.accounts, actions: [read], deny: [export]}]")
+    live, cand = candidate_dirs(tmp_path, next_version, ROUTE)
+    data = json.loads(compile_paths([live], [cand]).files[DATA_PATH])
+    assert data["policies"]["spiffe://prod/agent/a"]["tools"]["crm.accounts"]["deny"] == {}
+    shadowed = data["shadow_policies"]["spiffe://prod/agent/a"]
+    assert shadowed["name"] == "crm" and "export" in shadowed["tools"]["crm.accounts"]["deny"]
+    assert list(data["routes"]) == ["m1"]
+    assert all(not name.startswith("/") for name in data["sources"])  # no absolute paths
+    assert compile_paths([live], [cand]).files == compile_paths([live], [cand]).files
+
+
+def test_a_candidate_route_that_differs_from_the_enforced_one_is_an_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    changed = ROUTE.replace("gpt-5", "gpt-6")
+    candidate_dirs(tmp_path, ENFORCED, changed)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CompileError) as exc:
+        load([Path("live")], [Path("candidate")])
+    (d,) = exc.value.diagnostics
+    assert str(d).startswith("candidate/p.yaml:10:18: error: ")  # the route's metadata.name
+    assert "ModelRoute 'm1' of the shadow candidate is not the enforced one" in str(d)
+
+
+def test_a_candidate_beside_an_enforced_shadow_policy_is_one_shadow_too_many(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    live, _ = candidate_dirs(tmp_path, policy("crm-candidate"))
+    (live / "p.yaml").write_text("---\n".join((ENFORCED, SHADOW, ROUTE)))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CompileError) as exc:
+        load([Path("live")], [Path("candidate")])
+    assert [d.message for d in exc.value.diagnostics] == [
+        "workload spiffe://prod/agent/a is already claimed by shadow AgentPolicy 'crm-next' "
+        "(one shadow policy per workload)"]
+
+
 @pytest.mark.parametrize(("rollout", "message"), [
     ("{mode: canary}", "p.yaml:6:19: error: spec.rollout.mode: 'canary' is not one of"
                        " ['enforce', 'shadow']"),
