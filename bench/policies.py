@@ -12,13 +12,18 @@ make the bundle (and OPA's data) big.
 from __future__ import annotations
 
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from pdp.config import REPO_ROOT
 
 EXAMPLES = REPO_ROOT / "examples"
+# Daily budgets in the bench's copy of the policies, large enough that a full run at
+# saturation (which never settles) stays inside them: every call reserves the price
+# routes.rego puts on it (up to ~0.06 USD for a model call), not the caller's estimate,
+# so the examples' own budgets (finance-analyst: 75 USD) run out mid-run and the bench
+# would measure budget denies instead of the decisions it means to.
+BENCH_DAILY_USD = 1_000_000
 # AgentPolicy documents in examples/ (finance-analyst, claims-assistant, support-triage).
 EXAMPLE_POLICIES = sum(len(re.findall(r"^kind: AgentPolicy\s*$", f.read_text(), re.M))
                        for f in EXAMPLES.glob("*.yaml"))
@@ -93,14 +98,16 @@ class BenchAgent:
 
     @property
     def budget_usd(self) -> int:
-        return 10 + self.i % 90
+        return BENCH_DAILY_USD + self.i % 90
 
 
 def write_policy_dir(dest: Path, total: int) -> Path:
     """Examples plus generated policies so that ``total`` AgentPolicies are loaded."""
     dest.mkdir(parents=True, exist_ok=True)
     for f in sorted(EXAMPLES.glob("*.yaml")):
-        shutil.copy(f, dest / f.name)
+        text = re.sub(r"daily_usd: *\d+(\.\d+)?", f"daily_usd: {BENCH_DAILY_USD}", f.read_text())
+        text = re.sub(r"monthly_usd: *\d+(\.\d+)?", f"monthly_usd: {31 * BENCH_DAILY_USD}", text)
+        (dest / f.name).write_text(text)
     n = max(0, total - EXAMPLE_POLICIES)
     with open(dest / "bench-generated.yaml", "w") as out:
         for sys in range(min(n, SYSTEMS)):

@@ -178,9 +178,10 @@ FIELDS = (["name", "owner"], ["name", "industry", "annual_revenue"], ["owner"])
 
 def model_calls(n: int = VARIANTS) -> list[Variant]:
     """Model calls by the finance analyst (two aliases), the claims assistant (EU routing)
-    and the generated agents; token estimates and prices vary by request. Priced at 5-20
-    micro-USD so that a long run at saturation stays inside every daily budget (each call
-    reserves its estimate in the ledger; the bench never settles)."""
+    and the generated agents; token estimates and prices vary by request. Each call
+    reserves routes.rego's price for its tokens (the bench never settles), so the bench's
+    copy of the policies has budgets a long run at saturation stays inside
+    (bench/policies.py BENCH_DAILY_USD)."""
     who = [(WORKLOAD, "reasoning-high"), (WORKLOAD, "summarization"), (CLAIMS, "reasoning-high"),
            *((a.workload, a.model) for a in AGENTS)]
     out = []
