@@ -97,12 +97,18 @@ class Metrics:
         self.decisions.labels("deny", code).inc()
 
     def route(self) -> Callable[[BaseHTTPRequestHandler], None]:
-        def serve(h: BaseHTTPRequestHandler) -> None:
-            body = generate_latest(self.registry)
-            h.send_response(200)
-            h.send_header("Content-Type", CONTENT_TYPE_LATEST)
-            h.send_header("Content-Length", str(len(body)))
-            h.end_headers()
-            h.wfile.write(body)
+        return exposition(lambda: generate_latest(self.registry))
 
-        return serve
+
+def exposition(body: Callable[[], bytes]) -> Callable[[BaseHTTPRequestHandler], None]:
+    """A GET /metrics handler serving ``body()`` in Prometheus' text format."""
+
+    def serve(h: BaseHTTPRequestHandler) -> None:
+        data = body()
+        h.send_response(200)
+        h.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    return serve

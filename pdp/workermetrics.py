@@ -23,11 +23,10 @@ from typing import NamedTuple
 
 from prometheus_client import generate_latest
 from prometheus_client.core import InfoMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from pdp.metrics import METRICS_PATH, Metrics
+from pdp.metrics import METRICS_PATH, Metrics, exposition
 
 SCRAPE_TIMEOUT_S = 2.0
 # The worker's latest decision's revision: not summed; the parent shows the newest one.
@@ -195,15 +194,7 @@ class WorkerMetrics:
         return merged
 
     def route(self, parent: Metrics) -> Callable[[BaseHTTPRequestHandler], None]:
-        def serve(h: BaseHTTPRequestHandler) -> None:
-            body = generate_latest(_Registry(self.merged(parent)))  # type: ignore[arg-type]
-            h.send_response(200)
-            h.send_header("Content-Type", CONTENT_TYPE_LATEST)
-            h.send_header("Content-Length", str(len(body)))
-            h.end_headers()
-            h.wfile.write(body)
-
-        return serve
+        return exposition(lambda: generate_latest(_Registry(self.merged(parent))))  # type: ignore[arg-type]
 
 
 class _Registry:

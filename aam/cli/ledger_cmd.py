@@ -40,9 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="Print audit rows, oldest first. Filters combine (AND). "
                                     "With --limit N, the newest N matching rows (like tail -n).")
     _ledger_args(q)
-    q.add_argument("--workload", metavar="ID|NAME",
-                   help="a full SPIFFE ID (exact), or a workload name: the ID's last path "
-                        "segment(s), e.g. github-triage for spiffe://prod/agent/github-triage")
+    _audit_filter_args(q)
     q.add_argument("--outcome", type=str.lower, choices=["allow", "deny"],
                    help="allow or deny (any case)")
     q.add_argument("--decision-id", metavar="ID", help="one decision, by the id it was answered with")
@@ -52,7 +50,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--tool", metavar="RESOURCE", help="tool calls on this resource, e.g. "
                                                       "salesforce.accounts")
     q.add_argument("--model", metavar="ALIAS", help="model calls for this alias, e.g. reasoning-high")
-    _time_args(q)
     q.add_argument("--limit", type=_count, metavar="N",
                    help="only the newest N matching rows (still printed oldest first)")
     q.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -74,6 +71,14 @@ def _ledger_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ledger-url", metavar="URL",
                    help="postgresql://..., sqlite:///path (default: settings, else the embedded "
                         "ledger of aam up)")
+
+
+def _audit_filter_args(p: argparse.ArgumentParser) -> None:
+    """What every command that reads decisions back filters by: when, and whose."""
+    _time_args(p)
+    p.add_argument("--workload", metavar="ID|NAME",
+                   help="a full SPIFFE ID (exact), or a workload name: the ID's last path "
+                        "segment(s), e.g. github-triage for spiffe://prod/agent/github-triage")
 
 
 def _time_args(p: argparse.ArgumentParser) -> None:

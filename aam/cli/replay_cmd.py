@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from aam.cli.ledger_cmd import _call, _Exit, _ledger_args
+from aam.cli.ledger_cmd import _audit_filter_args, _call, _Exit, _ledger_args
 from compiler import Bundle, CompileError, compile_paths
 from pdp import replay
 from pdp.config import ConfigError, Settings
@@ -31,10 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--candidate", type=Path, action="append", required=True, metavar="PATH",
                    help="candidate policy file or directory (repeatable), compiled as aam compile does")
     _ledger_args(p)
-    p.add_argument("--workload", metavar="ID|NAME",
-                   help="only this workload: a full SPIFFE ID or its last path segment(s)")
-    p.add_argument("--since", help="ISO 8601 time, inclusive")
-    p.add_argument("--until", help="ISO 8601 time, exclusive")
+    _audit_filter_args(p)
     p.add_argument("--allow-widening", action="store_true",
                    help="exit 0 even when a denied decision would now be allowed")
     p.add_argument("--json", action="store_true", help="one JSON report")

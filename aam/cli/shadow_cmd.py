@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from aam.cli.ledger_cmd import _call, _Exit, _ledger_args
+from aam.cli.ledger_cmd import _audit_filter_args, _call, _Exit, _ledger_args
 from pdp.ledger import AuditFilter
 from pdp.ledger.types import AuditRow
 
@@ -24,10 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = ssub.add_parser("report", help="disagreements of shadow policies with the enforced ones,"
                                        " grouped by policy and reason")
     _ledger_args(r)
-    r.add_argument("--since", help="ISO 8601 time, inclusive")
-    r.add_argument("--until", help="ISO 8601 time, exclusive")
-    r.add_argument("--workload", metavar="ID|NAME",
-                   help="only this workload: a full SPIFFE ID or its last path segment(s)")
+    _audit_filter_args(r)
     r.add_argument("--json", action="store_true", help="one JSON object per group per line")
     r.set_defaults(func=run_report)
 

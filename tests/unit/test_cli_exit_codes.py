@@ -104,11 +104,11 @@ def test_exit_2_on_usage_errors(argv: list[str], tmp_path: Path, monkeypatch: py
 
 @pytest.mark.parametrize("command", [["shadow", "report"], ["replay", "--candidate", str(EXAMPLES)]])
 def test_exit_2_for_a_bad_time_in_commands_that_reuse_the_audit_filter(
-        command: list[str], ledger_url: str) -> None:
-    """replay and shadow report pass --since through; the filter refuses it before SQL."""
+        command: list[str], ledger_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """replay and shadow report take --since as audit query does: a usage error."""
     code, _, err = aam(*command, "--ledger-url", ledger_url, "--since", "last tuesday")
     assert code == 2, err
-    assert "--since 'last tuesday' is not a time: use ISO 8601" in err
+    assert "argument --since: 'last tuesday' is not a time: use ISO 8601" in capsys.readouterr().err
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback() -> None:

@@ -319,8 +319,8 @@ def test_cli_filters_and_starts_no_opa_without_rows(ledger_url: str, fake_opa: l
     assert code == 0 and "0 replayed" in out
 
 
-def test_cli_bad_candidate_prints_diagnostics_without_a_traceback(tmp_path: Path,
-                                                                  ledger_url: str) -> None:
+def test_cli_bad_candidate_prints_diagnostics_without_a_traceback(
+        tmp_path: Path, ledger_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("apiVersion: access.envisionai.dev/v1\nkind: AgentPolicy\nmetadata: {name: x}\n"
                    "spec: {identity: {workload: not-a-spiffe-id}}\n")
@@ -330,5 +330,5 @@ def test_cli_bad_candidate_prints_diagnostics_without_a_traceback(tmp_path: Path
     code, _, err = cli("replay", "--candidate", str(EXAMPLES), "--ledger-url", ledger_url,
                        "--since", "yesterday")
     # A malformed time is a usage error (exit 2), refused before any SQL (issue 17).
-    assert code == 2 and "aam replay: error: --since 'yesterday' is not a time" in err
+    assert code == 2 and "argument --since: 'yesterday' is not a time" in capsys.readouterr().err
     assert cli("replay", "--ledger-url", ledger_url)[0] == 2

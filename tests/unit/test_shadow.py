@@ -321,10 +321,12 @@ def test_report_command_prints_groups(monkeypatch: pytest.MonkeyPatch) -> None:
     out, err = io.StringIO(), io.StringIO()
     assert cli.run(["shadow", "report", "--since", "2026-01-01"], out, err) == 0
     lines = out.getvalue().splitlines()
-    assert lines[0] == "3 shadow disagreement(s) since 2026-01-01 in 5 decision(s), 2 group(s)"
+    # --since as resolved (a date is midnight UTC; a duration would be its moment)
+    assert lines[0] == ("3 shadow disagreement(s) since 2026-01-01T00:00:00+00:00 in 5 "
+                        "decision(s), 2 group(s)")
     assert lines[1] == "crm-next  ALLOW -> DENY   action_denied        2  e.g. decision=d3"
     assert lines[2] == "other     DENY  -> ALLOW  no_policy            1  e.g. decision=d4"
-    assert seen == ["2026-01-01"]
+    assert seen == ["2026-01-01T00:00:00+00:00"]
     out = io.StringIO()
     assert cli.run(["shadow", "report", "--json"], out, err) == 0
     assert [json.loads(line)["count"] for line in out.getvalue().splitlines()] == [2, 1]
