@@ -18,7 +18,7 @@ from pathlib import Path
 from compiler import Bundle, CompileError, compile_paths
 from compiler.bundle import DATA_PATH
 from pdp import broker as brokers
-from pdp import bundlesigner, reuseport
+from pdp import bundlesigner, memory, reuseport
 from pdp.broker import Broker
 from pdp.broker.metrics import BrokerCollector
 from pdp.bundles import BUNDLE_PATH, BundleStore, HttpServer
@@ -160,6 +160,7 @@ class Stack:
             self.workers.publish(revision.seq, revision.id,
                                  data if isinstance(data, bytes) else str(data).encode())
         self.store.publish(bundle)
+        memory.release_freed()  # the compile's garbage: RSS back from its peak
 
     @property
     def opa_url(self) -> str:

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from compiler.bundle import DATA_PATH
 from pdp import broker as brokers
-from pdp import logs
+from pdp import logs, memory
 from pdp.broker import Broker
 from pdp.broker.metrics import BrokerCollector
 from pdp.bundles import BUNDLE_PATH, BundleStore, HttpServer
@@ -104,7 +104,8 @@ class Worker:
         self.http: HttpServer | None = None
         self._reported = self.head
         self._learn_lock = threading.Lock()
-        for item in boot.get("revisions") or ():
+        # Popped: the compiled data (MBs per revision) is kept as views, not as JSON text.
+        for item in boot.pop("revisions", None) or ():
             self._learn(item)
 
     @property
@@ -142,6 +143,7 @@ class Worker:
             if self.broker is not None:
                 self.broker.adopt(rev.compiled)
         self.channel.send(learned=int(item["seq"]))
+        memory.release_freed()  # the parse's garbage, after the parent heard back
 
     def _read_parent(self) -> None:
         try:
@@ -210,6 +212,7 @@ def main() -> int:
     if not line:
         return 1
     boot = json.loads(line)
+    del line  # the revisions' JSON text: only their parsed views are kept
     settings = settings_from_dict(boot["settings"])
     logs.configure(settings.log_level, sys.stderr)
     for handler in logging.getLogger("aam").handlers:
@@ -226,6 +229,7 @@ def main() -> int:
             worker.stop()
         return 1
     channel.send(ready={"metrics": worker.metrics_url, "pid": os.getpid()})
+    memory.release_freed()
     while not stopping.wait(0.5):
         pass
     worker.stop()
