@@ -357,7 +357,11 @@ def load_file(path: Path, display: str | None = None) -> tuple[list[Document], l
 
 
 def discover(paths: list[Path]) -> list[Path]:
-    """Policy files under the given paths, sorted so output is reproducible."""
+    """Policy files under the given paths, sorted so output is reproducible.
+
+    Hidden files and directories are not policies: a Kubernetes ConfigMap volume holds
+    each file twice, as ``name.yaml`` and inside the kubelet's ``..data`` /
+    ``..<timestamp>`` directories, and editors leave ``.name.yaml.swp``-style files."""
     found: set[Path] = set()
     for p in paths:
         if p.is_dir():
@@ -365,6 +369,7 @@ def discover(paths: list[Path]) -> list[Path]:
                 f for f in p.rglob("*") if f.suffix in (".yaml", ".yml") and f.is_file()
                 and not f.name.endswith((".test.yaml", ".test.yml"))
                 and "tests" not in f.relative_to(p).parts[:-1]
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
             )
         else:
             found.add(p)
