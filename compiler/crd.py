@@ -2,9 +2,12 @@
 
 Kubernetes wants a *structural* OpenAPI v3 schema: no ``$ref``, no
 ``const``, one ``type`` per node, no ``uniqueItems``, no
-``additionalProperties: false`` (the API server prunes unknown fields
-instead). This module rewrites the JSON Schemas into that form; a test fails
-when ``deploy/crds/`` drifts from what it generates.
+``additionalProperties: false`` (the API server prunes unknown fields, or
+rejects them under ``fieldValidation=Strict``), ``items`` on every array, and
+no ``type`` inside ``anyOf`` but for the int-or-string form. This module
+rewrites the JSON Schemas into that form; a test fails when ``deploy/crds/``
+drifts from what it generates, and tests/integration/test_kubernetes_crds.py
+posts them to a real kube-apiserver.
 
 Regenerate with ``.venv/bin/python -m compiler.crd`` (or ``scripts/gen-crds``).
 """
@@ -60,10 +63,7 @@ def structural(node: Any, file: str) -> Any:
         elif key in ("uniqueItems", "propertyNames"):  # not in Kubernetes' schema; the compiler checks
             continue
         elif key in ("oneOf", "anyOf"):
-            branches = [structural(b, file) for b in value]
-            if {b.get("type") for b in branches} == {"integer", "string"}:
-                out["x-kubernetes-int-or-string"] = True  # the one typed junctor Kubernetes allows
-                out["anyOf"] = branches
+            out.update(_int_or_string([structural(b, file) for b in value]))
         else:
             out[key] = value
     if out.get("x-kubernetes-int-or-string"):
@@ -73,10 +73,57 @@ def structural(node: Any, file: str) -> Any:
         out["x-kubernetes-preserve-unknown-fields"] = True
     elif "enum" in out and "type" not in out:
         out["type"] = _enum_type(out["enum"])
+    if out.get("type") == "array" and "items" not in out:
+        # Any JSON value per element (allowed_values): structural, still a list.
+        out["items"] = {"x-kubernetes-preserve-unknown-fields": True}
     if node.get("uniqueItems") and _scalar_items(out.get("items", {})):
         out["x-kubernetes-list-type"] = "set"
     if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
         out["x-kubernetes-preserve-unknown-fields"] = True
+    return out
+
+
+_NUMERIC = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+
+
+def _int_or_string(branches: list[dict[str, Any]]) -> dict[str, Any]:
+    """An integer-or-string junctor in the one form a structural schema allows.
+
+    Kubernetes accepts only ``anyOf: [{type: integer}, {type: string}]``
+    beside ``x-kubernetes-int-or-string``, with nothing else in the branches,
+    so each branch's bounds and pattern move into one CEL rule (a type
+    switch) rather than being lost. Any other junctor fails the generator.
+    """
+    by_type = {b.get("type"): b for b in branches}
+    if len(branches) != 2 or set(by_type) != {"integer", "string"}:
+        raise ValueError(f"no structural form for anyOf/oneOf {branches!r}")
+    rules: dict[str, list[str]] = {"integer": [], "string": []}
+    words: dict[str, list[str]] = {"integer": [], "string": []}
+    for typ, branch in by_type.items():
+        for key, bound in branch.items():
+            if key in ("type", "description"):
+                continue
+            if typ == "integer" and key in _NUMERIC:
+                rules[typ].append(f"self {_NUMERIC[key]} {json.dumps(bound)}")
+                words[typ].append(f"{_NUMERIC[key]} {bound}")
+            elif typ == "string" and key == "pattern":
+                rules[typ].append(f"self.matches({json.dumps(bound)})")
+                words[typ].append(f"matching {bound}")
+            elif typ == "string" and key in ("minLength", "maxLength"):
+                op = ">=" if key == "minLength" else "<="
+                rules[typ].append(f"size(self) {op} {int(bound)}")
+                words[typ].append(f"of length {op} {int(bound)}")
+            else:
+                raise ValueError(f"{key} in an int-or-string branch has no CEL translation")
+    out: dict[str, Any] = {"x-kubernetes-int-or-string": True,
+                           "anyOf": [{"type": "integer"}, {"type": "string"}]}
+    if rules["integer"] or rules["string"]:
+        ints, strs = (" && ".join(rules[t]) or "true" for t in ("integer", "string"))
+        out["x-kubernetes-validations"] = [{
+            "rule": f"type(self) == int ? ({ints}) : ({strs})",
+            "message": (f"must be an integer {', '.join(words['integer']) or 'of any value'}"
+                        f" or a string {', '.join(words['string']) or 'of any value'}"),
+        }]
     return out
 
 

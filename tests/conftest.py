@@ -31,3 +31,10 @@ def vault(postgres: servers.Postgres, openbao: servers.OpenBao,
     """OpenBao configured as an operator would (AppRole, KV, database and token engines),
     with a fresh KV secret per test module."""
     return vaultsetup.setup(openbao, postgres, tmp_path_factory.mktemp("vault"))
+
+
+@pytest.fixture(scope="session")
+def kube() -> Iterator[servers.Kube]:
+    """One kube-apiserver (on kine) for the session: starting one costs seconds."""
+    with servers.run_kube_apiserver() as k:
+        yield k

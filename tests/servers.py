@@ -182,3 +182,110 @@ def run_openbao() -> Iterator[OpenBao]:
         yield OpenBao(server.addr, server.root_token, server.proc)
     finally:
         server.stop()
+
+
+# --- Kubernetes API server (kube-apiserver on kine/SQLite) ------------------
+
+@dataclass
+class Kube:
+    """A real kube-apiserver: its URL, an admin bearer token and the CA to trust."""
+
+    url: str
+    token: str
+    ca_file: str
+    proc: subprocess.Popen
+    log: Path
+
+    def session(self) -> requests.Session:
+        """HTTPS with the server's own CA (never verify=False) and the admin token."""
+        s = requests.Session()
+        # With trust_env, requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override a
+        # Session's verify (psf/requests#3829), and proxies do not belong on loopback.
+        s.trust_env = False
+        s.verify = self.ca_file
+        s.headers["Authorization"] = f"Bearer {self.token}"
+        return s
+
+
+def tool_binary(name: str) -> str:
+    """A tool scripts/setup builds into the tools dir (outside the repo), or fail loudly."""
+    from pdp.config import DEFAULT_TOOLS_DIR
+
+    return require_binary(name, str(DEFAULT_TOOLS_DIR / "bin" / name))
+
+
+def _service_account_key(path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+
+
+@contextlib.contextmanager
+def run_kube_apiserver(timeout_s: float = 60.0) -> Iterator[Kube]:
+    """kine (etcd's API on a temp SQLite file) and kube-apiserver, both on loopback.
+
+    Authentication is a static token in group system:masters; the serving
+    certificate is the self-signed one kube-apiserver writes into --cert-dir,
+    whose chain (leaf, then its CA) is what clients verify against.
+    """
+    kine_bin, kas_bin = tool_binary("kine"), tool_binary("kube-apiserver")
+    with tempfile.TemporaryDirectory(prefix="aam-test-kube-") as tmp_s:
+        tmp = Path(tmp_s)
+        kine_port, port = free_port(), free_port()
+        token = secrets.token_urlsafe(24)
+        (tmp / "tokens.csv").write_text(f'{token},aam-admin,aam-admin,"system:masters"\n')
+        _service_account_key(tmp / "sa.key")
+        kine_log, kas_log = tmp / "kine.log", tmp / "kube-apiserver.log"
+        procs: list[subprocess.Popen] = []
+        try:
+            with open(kine_log, "wb") as out:
+                procs.append(subprocess.Popen(
+                    [kine_bin, "--endpoint", f"sqlite://{tmp}/state.db?_journal=WAL&cache=shared",
+                     "--listen-address", f"127.0.0.1:{kine_port}",
+                     "--metrics-bind-address", "0"],  # 0: no metrics listener (default :8080)
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp))
+            try:
+                wait_until(lambda: _port_open(kine_port), 20, "kine", procs[0], kine_log)
+            except RuntimeError as exc:
+                tail = kine_log.read_text(errors="replace")[-3000:]
+                pytest.fail(f"{exc}\n--- kine log tail ---\n{tail}", pytrace=False)
+            with open(kas_log, "wb") as out:
+                procs.append(subprocess.Popen(
+                    [kas_bin,
+                     f"--etcd-servers=http://127.0.0.1:{kine_port}",
+                     "--storage-media-type=application/json",
+                     "--endpoint-reconciler-type=none",
+                     "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                     f"--secure-port={port}", f"--cert-dir={tmp / 'certs'}",
+                     f"--token-auth-file={tmp / 'tokens.csv'}",
+                     "--authorization-mode=RBAC",
+                     f"--service-account-key-file={tmp / 'sa.key'}",
+                     f"--service-account-signing-key-file={tmp / 'sa.key'}",
+                     "--service-account-issuer=https://kubernetes.default.svc",
+                     "--service-cluster-ip-range=10.96.0.0/24"],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp))
+            url = f"https://127.0.0.1:{port}"
+            kube = Kube(url, token, str(tmp / "certs" / "apiserver.crt"), procs[1], kas_log)
+
+            def ready() -> bool:
+                return Path(kube.ca_file).exists() and kube.session().get(f"{url}/readyz", timeout=2).ok
+
+            try:
+                wait_until(ready, timeout_s, "kube-apiserver", procs[1], kas_log)
+            except RuntimeError as exc:
+                tail = kas_log.read_text(errors="replace")[-3000:]
+                pytest.fail(f"{exc}\n--- kube-apiserver log tail ---\n{tail}", pytrace=False)
+            yield kube
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True

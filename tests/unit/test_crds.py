@@ -40,8 +40,12 @@ def test_crd_schema_is_structural(kind: str) -> None:
         assert not {"$ref", "const", "uniqueItems", "$defs", "oneOf", "propertyNames"} & set(node), where
         assert node.get("additionalProperties") is not False, where
         if "anyOf" in node:
+            # The one anyOf a structural schema allows beside int-or-string, verbatim.
             assert node.get("x-kubernetes-int-or-string") and "type" not in node, where
+            assert node["anyOf"] == [{"type": "integer"}, {"type": "string"}], where
             continue
+        if node.get("type") == "array":
+            assert isinstance(node.get("items"), dict), f"{where}: an array needs items"
         assert isinstance(node.get("type"), str) or node.get("x-kubernetes-preserve-unknown-fields"), where
 
 
@@ -59,3 +63,18 @@ def test_crd_rejects_what_the_schema_rejects() -> None:
     bad["spec"]["credentials"]["expose_to_agent"] = True
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(schema).validate(bad)
+
+
+def test_int_or_string_bounds_become_one_cel_rule() -> None:
+    out = crd._int_or_string([{"type": "integer", "minimum": 1, "maximum": 9},
+                              {"type": "string", "pattern": "^[0-9]+s$"}])
+    assert out["anyOf"] == [{"type": "integer"}, {"type": "string"}]
+    [rule] = out["x-kubernetes-validations"]
+    assert rule["rule"] == 'type(self) == int ? (self >= 1 && self <= 9) : (self.matches("^[0-9]+s$"))'
+
+
+def test_a_junctor_without_structural_form_fails_the_generator() -> None:
+    with pytest.raises(ValueError, match="no structural form"):
+        crd._int_or_string([{"type": "string"}, {"type": "boolean"}])
+    with pytest.raises(ValueError, match="no CEL translation"):
+        crd._int_or_string([{"type": "integer", "multipleOf": 2}, {"type": "string"}])
