@@ -29,6 +29,34 @@ _DROP = {"$schema", "$id", "$defs", "default"}
 _PLURALS = {"AgentPolicy": "agentpolicies"}
 
 
+# What pdp/kubesource.py writes: conditions Accepted/Ready, the generation they are about,
+# and the bundle revision that carries the resource.
+STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "observedGeneration": {"type": "integer"},
+        "bundleRevision": {"type": "string"},
+        "conditions": {
+            "type": "array",
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+            "items": {
+                "type": "object",
+                "required": ["type", "status"],
+                "properties": {
+                    "type": {"type": "string"},
+                    "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                    "reason": {"type": "string"},
+                    "message": {"type": "string"},
+                    "observedGeneration": {"type": "integer"},
+                    "lastTransitionTime": {"type": "string", "format": "date-time"},
+                },
+            },
+        },
+    },
+}
+
+
 def _load(name: str) -> dict[str, Any]:
     return json.loads((SCHEMA_DIR / name).read_text())
 
@@ -151,6 +179,7 @@ def crd(kind: str) -> dict[str, Any]:
     body["properties"]["apiVersion"] = {"type": "string"}
     body["properties"]["kind"] = {"type": "string"}
     body["properties"]["metadata"] = {"type": "object"}
+    body["properties"]["status"] = STATUS_SCHEMA
     body["required"] = [r for r in body.get("required", []) if r not in ("apiVersion", "kind", "metadata")]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -161,8 +190,11 @@ def crd(kind: str) -> dict[str, Any]:
             "names": {"kind": kind, "listKind": f"{kind}List", "plural": _plural(kind),
                       "singular": kind.lower()},
             "scope": "Namespaced",
+            # The status subresource: the PDP (pdp/kubesource.py) writes each resource's
+            # compile outcome there, and a spec writer cannot forge it (nor the PDP the spec).
             "versions": [{"name": VERSION, "served": True, "storage": True,
-                          "schema": {"openAPIV3Schema": body}}],
+                          "schema": {"openAPIV3Schema": body},
+                          "subresources": {"status": {}}}],
         },
     }
 

@@ -62,6 +62,24 @@ class Settings:
     shadow_policies: str = ""
     # Recompile and republish the bundle when a policy file changes.
     watch: bool = False
+    # Where the policy set comes from: "directory" (policies above) or "kubernetes": the
+    # AgentPolicy, ModelRoute, Tool and ToolCredential custom resources of the API server
+    # (pdp/kubesource.py), watched (always, whatever watch says), each resource's compile
+    # outcome written to its status.
+    policy_source: str = "directory"
+    # policy_source = kubernetes: the API server's URL; the default is the in-cluster name.
+    kube_api_url: str = "https://kubernetes.default.svc"
+    # Bearer token file (re-read on every request: kubelet rotates projected tokens) and
+    # the CA bundle the API server's certificate must chain to; both default to the pod's
+    # service-account mount.
+    kube_token_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    kube_ca_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    # Namespace whose resources make the policy set; "" for all namespaces (needs a
+    # ClusterRole rather than a Role).
+    kube_namespace: str = ""
+    # Label selector (the API server's syntax, e.g. "team=finance") the resources must
+    # match; "" for all.
+    kube_label_selector: str = ""
     # URL of an OPA the PDP does not manage; empty means start one as a child.
     # "http://host:port", or "unix:///abs/path.sock" for an OPA on a Unix socket.
     opa_url: str = ""
@@ -234,6 +252,7 @@ class Settings:
                               "SQLite ledger admits one writer at a time, so its PDP runs as one "
                               "process (workers = 1, or 0 for auto)")
         self._validate_bundle_signing()
+        self._validate_policy_source()
         if self.require_jwt_svid and not self.jwt_bundle:
             raise ConfigError("require_jwt_svid needs jwt_bundle (a JWKS file)")
         for value in self.trusted_gateways:
@@ -259,6 +278,16 @@ class Settings:
             raise ConfigError("opa_url needs bundle_signing_key: an OPA the PDP does not manage "
                               "verifies bundles only with a key its own config names "
                               "(deploy/opa/config.yaml)")
+
+    def _validate_policy_source(self) -> None:
+        if self.policy_source not in ("directory", "kubernetes"):
+            raise ConfigError(f"policy_source must be directory or kubernetes, got {self.policy_source!r}")
+        if self.policy_source != "kubernetes":
+            return
+        if not self.kube_api_url.startswith("https://"):
+            raise ConfigError(f"kube_api_url must be https://..., got {self.kube_api_url!r}")
+        if not self.kube_token_file or not self.kube_ca_file:
+            raise ConfigError("policy_source = kubernetes needs kube_token_file and kube_ca_file")
 
     def _validate_broker(self) -> None:
         if self.broker != "vault":

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from compiler import Bundle, CompileError, compile_paths
 from compiler.bundle import DATA_PATH
+from compiler.errors import Diagnostic
 from pdp import broker as brokers
 from pdp import bundlesigner, memory, reuseport
 from pdp.broker import Broker
@@ -27,6 +28,7 @@ from pdp.compiled import Revisions
 from pdp.config import Settings, resolve_workers, split_addr
 from pdp.engine import Engine
 from pdp.extauthz import ExtAuthzServer
+from pdp.kubesource import KubeSource
 from pdp.ledger import Ledger
 from pdp.ledger import startup as ledger_startup
 from pdp.ledger.anchor import AnchorWriter
@@ -44,6 +46,9 @@ class Stack:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.policies = Path(settings.policies)
+        # policy_source = kubernetes: the custom resources, kept as files in a private
+        # directory compiled and watched like any other (pdp/kubesource.py).
+        self.source: KubeSource | None = None
         self.store = BundleStore()
         self.metrics = Metrics(self.store)
         self.http: HttpServer | None = None
@@ -90,7 +95,17 @@ class Stack:
             self.broker = brokers.build(s)
             self.broker.start()
             self.metrics.registry.register(BrokerCollector(self.broker))
-        self._publish(self.compile())
+        if s.policy_source == "kubernetes":
+            self.source = KubeSource(s)
+            self.policies = self.source.directory
+            self.source.start()
+        try:
+            bundle = self.compile()
+        except CompileError as exc:
+            self._report(None, exc.diagnostics)
+            raise
+        self._publish(bundle)
+        self._report(bundle.revision, [])
         # Keyed (refuses to start without audit_key_file), migrated, anchor checked.
         self.ledger, self.anchors = ledger_startup.open_for(s)
         head = self.ledger.head if self.ledger is not None else None
@@ -119,7 +134,7 @@ class Stack:
         if self.opa is not None:
             threading.Thread(target=self._supervise_opa, name="aam-opa-supervisor",
                              daemon=True).start()
-        if s.watch:
+        if s.watch or self.source is not None:
             self._watcher = threading.Thread(target=self._watch, name="aam-watch", daemon=True)
             self._watcher.start()
 
@@ -228,15 +243,25 @@ class Stack:
         except CompileError as exc:
             log.error("policy change rejected; previous bundle stays active",
                       extra={"fields": {"errors": [str(d) for d in exc.diagnostics]}})
+            self._report(None, exc.diagnostics)
             return False
         current = self.store.current
         if current is None or current.revision != bundle.revision:
             self._publish(bundle)
             log.info("bundle published", extra={"fields": {"revision": bundle.revision}})
+        self._report(bundle.revision, [])
         return True
+
+    def _report(self, revision: str | None, diagnostics: list[Diagnostic]) -> None:
+        """The compile's outcome to the policy source (custom resources' status)."""
+        if self.source is not None:
+            self.source.report(revision, diagnostics)
 
     def stop(self) -> None:
         self._stop.set()
+        if self.source:
+            self.source.stop()
+            self.source = None
         if self.workers:
             self.workers.stop(self.settings.shutdown_grace_s)  # they drain their audit writers
         if self.extauthz:

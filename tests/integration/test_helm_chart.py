@@ -66,6 +66,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "opa": {"mode": "managed"},
         "policies": {"source": "existingConfigMap", "existingConfigMap": "team-policies"},
     },
+    # Policies from the custom resources of the release's namespace, on the chart's Role.
+    "policies-customresources": {"policies": {"source": "customResources"}},
     # Policies from any volume (a git-sync emptyDir, a PVC): the directory inside it.
     "policies-volume": {
         "policies": {"source": "volume", "volume": {"emptyDir": {}}, "path": "repo/policies"},
@@ -143,7 +145,7 @@ def test_lint(helm: str, tmp_path: Path, name: str) -> None:
 
 @pytest.mark.parametrize("values, message", [
     ({}, "policies.files is empty"),
-    ({"policies": {"source": "customResources"}}, "does not read AgentPolicy"),
+    ({"policies": {"source": "crds"}}, "policies.source must be configMap"),
     ({"policies": {"files": {"a.yaml": "x"}}, "ledger": {"enabled": True, "secretName": "l"}},
      "needs audit.keySecretName"),
     ({"policies": {"files": {"a.yaml": "x"}}, "config": {"ledger_url": "postgresql://x"}},
@@ -189,6 +191,8 @@ def test_rendered_settings_load(rendered: dict[str, list[dict[str, Any]]], tmp_p
         assert settings.opa_url == "http://127.0.0.1:8181" and settings.bundle_signing_key
         assert settings.trusted_gateways == ("spiffe://prod/gateway/envoy",)
         assert settings.extauthz_addr == "0.0.0.0:9191"
+    if name == "policies-customresources":
+        assert settings.policy_source == "kubernetes" and settings.kube_namespace == NAMESPACE
     if name == "policies-configmap":
         assert settings.plaintext and settings.gateway_token_file
         assert settings.opa_url == "" and settings.opa_binary == "/usr/local/bin/opa"
@@ -200,7 +204,7 @@ def test_pod_security(rendered: dict[str, list[dict[str, Any]]], name: str) -> N
     spec = pod_spec(docs)
     pod_sc = spec["securityContext"]
     assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] != 0
-    assert spec["automountServiceAccountToken"] is (name == "production")
+    assert spec["automountServiceAccountToken"] is (name in ("production", "policies-customresources"))
     for c in containers(docs):
         sc = c["securityContext"]
         assert sc["runAsNonRoot"] is True, c["name"]
@@ -290,9 +294,13 @@ def test_custom_resource_rbac_is_read_only_on_the_four_kinds(
     assert rules == [
         {"apiGroups": sorted(groups), "resources": plurals, "verbs": ["get", "list", "watch"]},
         {"apiGroups": sorted(groups), "resources": [f"{p}/status" for p in plurals],
-         "verbs": ["update", "patch"]},
+         "verbs": ["get", "patch", "update"]},
     ]
     assert not kinds(rendered["production"], "ClusterRole")
+    assert one(rendered["policies-customresources"], "Role")["rules"] == rules
+    binding = one(rendered["policies-customresources"], "RoleBinding")
+    assert binding["subjects"][0]["name"] == one(rendered["policies-customresources"],
+                                                 "ServiceAccount")["metadata"]["name"]
 
 
 def test_chart_crds_are_deploy_crds(rendered: dict[str, list[dict[str, Any]]]) -> None:

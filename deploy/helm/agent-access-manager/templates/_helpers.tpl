@@ -65,11 +65,8 @@ Checks of the values that would otherwise only fail when the pod starts.
 */}}
 {{- define "aam.validate" -}}
 {{- $src := .Values.policies.source }}
-{{- if eq $src "customResources" }}
-{{- fail "policies.source=customResources: the PDP does not read AgentPolicy/Tool/ModelRoute/ToolCredential custom resources yet. Use configMap, existingConfigMap or volume; policies.customResourcesRBAC=true (experimental, not functional yet) renders only the RBAC it will need." }}
-{{- end }}
-{{- if not (has $src (list "configMap" "existingConfigMap" "volume")) }}
-{{- fail (printf "policies.source must be configMap, existingConfigMap, volume (or, later, customResources), got %q" $src) }}
+{{- if not (has $src (list "configMap" "existingConfigMap" "volume" "customResources")) }}
+{{- fail (printf "policies.source must be configMap, existingConfigMap, volume or customResources, got %q" $src) }}
 {{- end }}
 {{- if and (eq $src "configMap") (not .Values.policies.files) }}
 {{- fail "policies.files is empty: the PDP does not start without policies. Give policy YAML by file name in policies.files (helm install --set-file 'policies.files.team\\.yaml=team.yaml'), or set policies.source=existingConfigMap or volume." }}
@@ -95,7 +92,7 @@ Checks of the values that would otherwise only fail when the pod starts.
 {{- if and .Values.tls.enabled .Values.gatewayToken.secretName }}
 {{- fail "gatewayToken is for a plaintext PDP only: over mTLS gateways are named in config.trusted_gateways" }}
 {{- end }}
-{{- $reserved := list "grpc_addr" "plaintext" "policies" "watch" "opa_url" "opa_addr" "opa_binary" "opa_gogc" "http_addr" "workers" "max_workers" "extauthz_addr" "bundle_signing_key" "bundle_signing_alg" "bundle_signing_key_id" "tls_cert" "tls_key" "tls_client_ca" "gateway_token_file" "broker" "vault_addr" "vault_role_id" "vault_secret_id_file" "vault_approle_mount" "vault_timeout_ms" "vault_ca_file" "ledger_url" "ledger_migrate" "ledger_pool_size" "ledger_timeout_ms" "audit_key_file" "audit_anchor_file" }}
+{{- $reserved := list "grpc_addr" "plaintext" "policies" "watch" "policy_source" "kube_api_url" "kube_token_file" "kube_ca_file" "kube_namespace" "opa_url" "opa_addr" "opa_binary" "opa_gogc" "http_addr" "workers" "max_workers" "extauthz_addr" "bundle_signing_key" "bundle_signing_alg" "bundle_signing_key_id" "tls_cert" "tls_key" "tls_client_ca" "gateway_token_file" "broker" "vault_addr" "vault_role_id" "vault_secret_id_file" "vault_approle_mount" "vault_timeout_ms" "vault_ca_file" "ledger_url" "ledger_migrate" "ledger_pool_size" "ledger_timeout_ms" "audit_key_file" "audit_anchor_file" }}
 {{- range $k, $_ := .Values.config }}
 {{- if has $k $reserved }}
 {{- fail (printf "config.%s is set by the chart from its own values (see values.yaml); remove it from config" $k) }}
@@ -126,6 +123,12 @@ not here.
 {{- $_ := set $s "policies" "/etc/aam/policies" }}
 {{- end }}
 {{- $_ := set $s "watch" .Values.policies.watch }}
+{{- if eq .Values.policies.source "customResources" }}
+{{- /* The custom resources of the release's namespace (pdp/kubesource.py), through the
+       in-cluster API server name and the pod's service-account token (the defaults). */}}
+{{- $_ := set $s "policy_source" "kubernetes" }}
+{{- $_ := set $s "kube_namespace" .Release.Namespace }}
+{{- end }}
 {{- $_ := set $s "http_addr" (printf "0.0.0.0:%d" (int .Values.metrics.port)) }}
 {{- $_ := set $s "workers" (int .Values.workers) }}
 {{- $_ := set $s "max_workers" (int .Values.maxWorkers) }}
@@ -175,4 +178,9 @@ not here.
 {{- range $k := keys $all | sortAlpha }}
 {{ $k }} = {{ index $all $k | toJson }}
 {{- end }}
+{{- end }}
+
+{{/* The pod gets a service-account token only when it reads the custom resources. */}}
+{{- define "aam.kubeToken" -}}
+{{- or (eq .Values.policies.source "customResources") .Values.policies.customResourcesRBAC }}
 {{- end }}
