@@ -23,6 +23,34 @@ class SpiffeID:
         return f"spiffe://{self.trust_domain}{self.path}"
 
 
+def parse_trust_domain(raw: str) -> str:
+    """A bare trust domain name (``prod``, ``example.org``), as a setting names one: no
+    scheme, user info, port or path, and only the characters the spec allows, so a typo
+    fails here rather than as a caller that is never trusted."""
+    return _trust_domain(raw, "trust domain")
+
+
+def _trust_domain(td: str, what: str) -> str:
+    if not td:
+        raise InvalidSpiffeID(f"{what} is empty" if what == "trust domain"
+                              else "SPIFFE ID has an empty trust domain")
+    if "://" in td:
+        raise InvalidSpiffeID(f"{what} must be a bare name, without a scheme such as 'spiffe://'")
+    if "@" in td or ":" in td:
+        raise InvalidSpiffeID(f"{what} must not contain user info or a port")
+    if "/" in td:
+        raise InvalidSpiffeID(f"{what} must not contain a path")
+    if len(td.encode()) > MAX_LENGTH:
+        raise InvalidSpiffeID(f"{what} is longer than {MAX_LENGTH} bytes")
+    bad = sorted(set(td) - _TD_CHARS)
+    if bad:
+        raise InvalidSpiffeID(
+            f"{what} has invalid character {bad[0]!r}"
+            " (allowed: lower-case letters, digits, '.', '-', '_')"
+        )
+    return td
+
+
 def parse(raw: str) -> SpiffeID:
     if not raw:
         raise InvalidSpiffeID("SPIFFE ID is empty")
@@ -36,16 +64,7 @@ def parse(raw: str) -> SpiffeID:
     if "%" in rest:
         raise InvalidSpiffeID("SPIFFE ID must not contain percent-encoded characters")
     td, slash, path = rest.partition("/")
-    if not td:
-        raise InvalidSpiffeID("SPIFFE ID has an empty trust domain")
-    if "@" in td or ":" in td:
-        raise InvalidSpiffeID("SPIFFE ID trust domain must not contain user info or a port")
-    bad = sorted(set(td) - _TD_CHARS)
-    if bad:
-        raise InvalidSpiffeID(
-            f"SPIFFE ID trust domain has invalid character {bad[0]!r}"
-            " (allowed: lower-case letters, digits, '.', '-', '_')"
-        )
+    _trust_domain(td, "SPIFFE ID trust domain")
     if not slash:
         return SpiffeID(td, "")
     if not path:

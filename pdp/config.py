@@ -8,6 +8,7 @@ environment for configuration.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -45,7 +46,21 @@ def up_project_dir(policies: Path) -> Path:
 
 
 class ConfigError(ValueError):
-    """A setting is missing, malformed or unsafe; the message names it."""
+    """A setting is missing, malformed or unsafe; the message names it.
+
+    ``setting`` and ``reason``, when set, let :meth:`Settings.load` say where the bad value
+    came from (``FILE: setting KEY: reason``, ``AAM_KEY: reason``) instead of only its name.
+    """
+
+    def __init__(self, message: str, setting: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.setting = setting
+        self.reason = reason if reason is not None else message
+
+
+def setting_error(name: str, reason: str) -> ConfigError:
+    """A ConfigError about one setting: ``setting NAME: reason``."""
+    return ConfigError(f"setting {name}: {reason}", setting=name, reason=reason)
 
 
 @dataclass(frozen=True)
@@ -207,24 +222,42 @@ class Settings:
         env: Mapping[str, str] | None = None,
         **overrides: Any,
     ) -> Settings:
+        """defaults < ``file`` (TOML) < ``env`` (``AAM_*``) < ``overrides`` (flags; None is
+        unset). An error names where the bad value came from: ``FILE: setting KEY: reason``,
+        ``AAM_KEY: reason`` or ``setting KEY: reason`` for a flag."""
         values: dict[str, Any] = {}
+        # Where each value came from, for the error message: the file, or its AAM_ variable.
+        origin: dict[str, str] = {}
+        known = {f.name: f for f in fields(cls)}
         if file is not None:
             try:
-                values.update(tomllib.loads(file.read_text()))
+                from_file = tomllib.loads(file.read_text())
             except (OSError, tomllib.TOMLDecodeError) as exc:
                 raise ConfigError(f"{file}: {exc}") from None
+            unknown = sorted(set(from_file) - set(known))
+            if unknown:
+                raise ConfigError("; ".join(f"{file}: setting {k}: {_unknown(k, known)}"
+                                            for k in unknown))
+            values.update(from_file)
+            origin.update(dict.fromkeys(from_file, str(file)))
         env = os.environ if env is None else env
-        known = {f.name: f for f in fields(cls)}
         for name in known:
             key = f"AAM_{name.upper()}"
             if key in env:
                 values[name] = env[key]
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = sorted(set(values) - set(known))
-        if unknown:
+                origin[name] = key
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = sorted(set(given) - set(known))
+        if unknown:  # a caller's mistake, not a user's: flags map to known settings
             raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
-        settings = replace(cls(), **{k: _coerce(known[k].type, k, v) for k, v in values.items()})
-        settings.validate()
+        values.update(given)
+        for k in given:
+            origin.pop(k, None)
+        try:
+            settings = replace(cls(), **{k: _coerce(known[k].type, k, v) for k, v in values.items()})
+            settings.validate()
+        except ConfigError as exc:
+            raise _located(exc, origin) from None
         return settings
 
     def validate(self) -> None:
@@ -255,9 +288,7 @@ class Settings:
         self._validate_policy_source()
         if self.require_jwt_svid and not self.jwt_bundle:
             raise ConfigError("require_jwt_svid needs jwt_bundle (a JWKS file)")
-        for value in self.trusted_gateways:
-            if not value.startswith("spiffe://"):
-                raise ConfigError(f"trusted_gateways: {value!r} is not a SPIFFE ID")
+        self._validate_identity()
         if self.ledger_state_ttl_ms < 0:
             raise ConfigError("ledger_state_ttl_ms must not be negative")
         if self.ledger_pool_size <= 0 or self.ledger_timeout_ms <= 0 or self.reservation_ttl_s <= 0:
@@ -265,6 +296,24 @@ class Settings:
         if self.audit_anchor_interval_s <= 0:
             raise ConfigError("audit_anchor_interval_s must be positive")
         self._validate_broker()
+
+    def _validate_identity(self) -> None:
+        """trust_domains and trusted_gateways by the compiler's SPIFFE parser, as written:
+        a typo otherwise shows only at run time, as a caller that is never trusted."""
+        from compiler import spiffe  # here: config stays cheap to import
+
+        for name, check, what in (("trust_domains", spiffe.parse_trust_domain, "a trust domain"),
+                                  ("trusted_gateways", spiffe.parse, "a SPIFFE ID")):
+            for value in getattr(self, name):
+                if value != value.strip():
+                    raise setting_error(name, f"{value!r} has surrounding whitespace")
+                try:
+                    parsed = check(value)
+                except spiffe.InvalidSpiffeID as exc:
+                    raise setting_error(name, f"{value!r} is not {what}: {exc}") from None
+                if name == "trusted_gateways" and not parsed.path:
+                    raise setting_error(name, f"{value!r} is not a SPIFFE ID of a workload: it "
+                                              "names a trust domain (add the gateway's path)")
 
     def _validate_bundle_signing(self) -> None:
         from compiler.sign import ALGORITHMS  # here: config stays cheap to import
@@ -358,6 +407,46 @@ def settings_from_dict(values: Mapping[str, Any]) -> Settings:
     return Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
+# Settings whose values are secrets by name; *_file and *_key settings are paths to secrets,
+# not secrets, and print as they are.
+SECRET_SUFFIXES = ("_token", "_secret", "_password")
+MASK = "***"
+# scheme://user:PASSWORD@host: the password of a URL's user info, up to the last '@', so
+# one with an unescaped '/' or '@' is masked whole (at worst more than the password).
+_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*:)(.*)(@)", re.S)
+# password=..., sslpassword=...: libpq's keyword form, or a URL's query parameter.
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&']+)", re.I)
+
+
+def masked(name: str, value: Any) -> Any:
+    """``value`` as it may be shown (aam serve --print-config): a secret-named setting
+    entirely masked, a password inside a connection string or URL replaced by ***."""
+    if name.endswith(SECRET_SUFFIXES):
+        return MASK if value else value
+    if isinstance(value, str):
+        value = _URL_PASSWORD.sub(lambda m: m[1] + MASK + m[3], value)
+        return _KEYWORD_PASSWORD.sub(lambda m: m[1] + MASK, value)
+    return value
+
+
+def settings_toml(settings: Settings) -> str:
+    """Every effective setting as a TOML ``--config`` file would write it, secrets masked:
+    what ``--print-config`` shows, loadable again when nothing was masked."""
+    return "".join(f"{f.name} = {_toml(masked(f.name, getattr(settings, f.name)))}\n"
+                   for f in fields(settings))
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    # A JSON string is a TOML basic string (the same escapes), non-ASCII kept as it is.
+    return json.dumps(str(value), ensure_ascii=False)
+
+
 UNIX_SCHEME = "unix://"
 # sockaddr_un.sun_path is 108 bytes on Linux, the terminating NUL included.
 MAX_UNIX_PATH = 107
@@ -383,8 +472,14 @@ def split_addr(addr: str, name: str = "address") -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+_KINDS = {"bool": "a boolean (true or false)", "int": "an integer", "float": "a number",
+          "str": "a string"}
+
+
 def _coerce(typ: Any, name: str, value: Any) -> Any:
     typ = typ if isinstance(typ, str) else typ.__name__
+    if typ.startswith("tuple"):
+        return _coerce_list(name, value)
     try:
         if typ == "bool":
             if isinstance(value, bool):
@@ -398,10 +493,53 @@ def _coerce(typ: Any, name: str, value: Any) -> Any:
             return int(value)
         if typ == "float":
             return float(value)
-        if typ.startswith("tuple"):
-            # A TOML array, or a comma-separated string from the environment.
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(str(i).strip() for i in items if str(i).strip())
+        if isinstance(value, (list, dict)):  # str() would turn a TOML array into text
+            raise TypeError(value)
         return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"setting {name} must be a {typ}, got {value!r}") from None
+        raise setting_error(name, f"must be {_KINDS.get(typ, typ)}, got {value!r}") from None
+
+
+def _coerce_list(name: str, value: Any) -> tuple[str, ...]:
+    """A TOML array of strings, taken as written; or the environment's comma-separated
+    string, whose separator may have spaces around it (``"a, b"``). Nothing else is
+    stripped: whitespace at either end of the value, or inside a TOML string, stays and
+    fails validation, rather than being trimmed silently."""
+    if isinstance(value, str):
+        if value == "":
+            return ()
+        items = re.split(r"[ \t]*,[ \t]*", value)
+        if "" in items:
+            raise setting_error(name, f"{value!r} has an empty entry (a stray comma)")
+        return tuple(items)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(i, str) for i in value):
+        raise setting_error(name, f"must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _unknown(key: str, known: Mapping[str, Any]) -> str:
+    """Why a key is refused, with the setting it was likely meant to be."""
+    import difflib
+
+    close = difflib.get_close_matches(key, known, n=1)
+    return "unknown setting" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def _located(exc: ConfigError, origin: Mapping[str, str]) -> ConfigError:
+    """``exc`` with the place its setting's value came from: ``FILE: setting KEY: reason``
+    or ``AAM_KEY: reason``. A check whose message starts with the setting's name ("opa_gogc
+    must be positive") keeps it whole after the place (``AAM_OPA_GOGC: opa_gogc must be
+    positive``); one of another shape (naming several settings) is left as it is."""
+    if exc.setting is None:
+        first = re.match(r"(\w+) (?!=)", str(exc))
+        if first is None or first.group(1) not in origin:
+            return exc
+        return ConfigError(f"{origin[first.group(1)]}: {exc}", setting=first.group(1),
+                           reason=str(exc))
+    name, reason = exc.setting, exc.reason
+    where = origin.get(name)
+    if where is None:  # a default or a flag: the message already names the setting
+        return exc
+    env = where == f"AAM_{name.upper()}"
+    return ConfigError(f"{where}: {reason}" if env else f"{where}: setting {name}: {reason}",
+                       setting=name, reason=reason)

@@ -19,6 +19,7 @@ from pdp.config import (
     LAST_UP_LEDGER,
     ConfigError,
     Settings,
+    settings_toml,
     split_addr,
     up_project_dir,
 )
@@ -28,6 +29,9 @@ from pdp.ledger.startup import up_anchor_file, up_key_file
 from pdp.secretfile import ensure_secret, write_secret
 from pdp.stack import Stack
 
+PRINT_CONFIG_HELP = ("print the effective settings (defaults < file < AAM_* env < flags) as TOML, "
+                     "passwords and *_token/*_secret/*_password values masked, and exit without "
+                     "starting anything")
 WORKERS_HELP = ("PDP worker processes sharing the gRPC port (the workers setting; default 0: one "
                 "per CPU, 1 with a SQLite ledger, which allows no more)")
 
@@ -64,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--agent", default="",
                     help="with --envoy: the SPIFFE ID of the sample agent SVID (default: the "
                          "finance-analyst example, else the first policy's workload)")
+    up.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
     up.set_defaults(func=run_up)
 
     sv = sub.add_parser("serve", help="run the PDP from a settings file and AAM_* env")
@@ -76,6 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sv.add_argument("--watch", action=argparse.BooleanOptionalAction, default=None,
                     help="republish the bundle when a policy file changes (the watch setting)")
     sv.add_argument("--workers", type=int, help=WORKERS_HELP)
+    sv.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
     sv.set_defaults(func=run_serve)
 
 
@@ -98,7 +104,8 @@ def run_up(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         if not _is_loopback(args.grpc_addr):
             raise ConfigError("aam up serves plaintext gRPC and binds loopback only; "
                               "use aam serve with TLS for other addresses")
-        ensure_secret(args.gateway_token_file)  # plaintext authenticates no one else
+        if not args.print_config:  # which writes nothing
+            ensure_secret(args.gateway_token_file)  # plaintext authenticates no one else
         ledger_url = args.ledger_url or up_ledger_url(args.policies)
         base = dict(grpc_addr=args.grpc_addr, plaintext=True, watch=args.watch,
                     policies=str(args.policies) if args.policies else None,
@@ -107,8 +114,12 @@ def run_up(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
                     gateway_token_file=str(args.gateway_token_file),
                     extauthz_mapping=str(args.mapping) if args.mapping else None,
                     workers=args.workers)
-        base.update(_audit_files(ledger_url))
+        base.update(_audit_files(ledger_url, create=not args.print_config))
         settings = Settings.load(env={}, **base)
+        if args.print_config:
+            return _print_config(settings, stdout, "aam up's own values and flags; no settings "
+                                 "file or AAM_* env. The OpenBao dev server, not started here, "
+                                 "would add broker = vault and its vault_* settings")
         # 0600: a PostgreSQL URL may hold a password.
         write_secret(LAST_UP_LEDGER, ledger_url.encode(), overwrite=True)
     except ConfigError as exc:  # the settings given: a usage error
@@ -150,7 +161,17 @@ def run_serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     except ConfigError as exc:
         print(f"aam serve: error: {exc}", file=stderr)
         return 2
+    if args.print_config:
+        return _print_config(settings, stdout, "defaults < --config file < AAM_* env < flags")
     return _serve(settings, stdout, stderr, banner=False)
+
+
+def _print_config(settings: Settings, stdout: TextIO, source: str) -> int:
+    """--print-config: what would run, as a settings file, before anything starts; a
+    password in a ledger URL or a token never reaches a terminal or a bug report."""
+    print(f"# effective settings ({source}); secrets masked as ***", file=stdout)
+    stdout.write(settings_toml(settings))
+    return 0
 
 
 # Starts what runs beside the stack (aam up --envoy); returns its banner and stop function.
@@ -281,11 +302,13 @@ def example_calls(policies: Path, addr: str) -> list[str]:
     return out
 
 
-def _audit_files(ledger_url: str) -> dict[str, str]:
-    """aam up's audit keyring (created when missing) and its anchor for this ledger."""
+def _audit_files(ledger_url: str, create: bool = True) -> dict[str, str]:
+    """aam up's audit keyring (created when missing, unless not ``create``) and its anchor
+    for this ledger."""
     if ledger_url in ("", "off"):
         return {}
-    ensure_file(up_key_file())
+    if create:
+        ensure_file(up_key_file())
     return {"audit_key_file": str(up_key_file()), "audit_anchor_file": str(up_anchor_file(ledger_url))}
 
 
