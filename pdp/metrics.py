@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from pdp.bundles import BundleStore
 from pdp.engine import Decision, Request, shadow_disagrees
+from pdp.health import UP_VALUE, Components
 
 METRICS_PATH = "/metrics"
 # Decision latency is dominated by one OPA round trip (~0.3-3 ms); the tail
@@ -47,6 +48,20 @@ class _BundleCollector(Collector):
         if self.metrics.active_revision:
             active.add_metric([], {"revision": self.metrics.active_revision})
         yield active
+
+
+class ComponentCollector(Collector):
+    """``aam_component_up{component}``: 1 ok, 0.5 degraded, 0 down, read at scrape time."""
+
+    def __init__(self, components: Components) -> None:
+        self.components = components
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        g = GaugeMetricFamily("aam_component_up", "Component state: 1 ok, 0.5 degraded, 0 down.",
+                              labels=("component",))
+        for name, s in sorted(self.components.snapshot().items()):
+            g.add_metric([name], UP_VALUE[s.state])
+        yield g
 
 
 class Metrics:
@@ -91,6 +106,10 @@ class Metrics:
         if shadowed is not None and shadow_disagrees(decision):
             self.shadow_disagreements.labels(
                 shadowed.policy, "allow" if decision.allow else "deny", shadowed.outcome).inc()
+
+    def watch(self, components: Components) -> None:
+        """Export ``components`` as ``aam_component_up``."""
+        self.registry.register(ComponentCollector(components))
 
     def refused(self, code: str) -> None:
         """A caller refused before any decision (identity): counted as a deny."""

@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from aam.v1 import pdp_pb2, pdp_pb2_grpc
 from pdp import identity
 from pdp.config import ConfigError, Settings
+from pdp.health import DOWN, Components
 from pdp.service import PolicyDecisionServicer
 
 SERVICE_NAME = pdp_pb2.DESCRIPTOR.services_by_name["PolicyDecisionService"].full_name
@@ -42,11 +43,16 @@ class DecodeGuard(grpc.ServerInterceptor):
 
 class GrpcServer:
     """``reuse_port``: one of several worker processes on the same address (pdp/workers.py);
-    otherwise the port must be free, so a second PDP on it fails instead of sharing it."""
+    otherwise the port must be free, so a second PDP on it fails instead of sharing it.
+
+    With ``components`` health follows readiness (pdp/health.py): "" and the decision
+    service are NOT_SERVING until the engine has an active bundle and while OPA is down,
+    and each component is a health service of its own name. Without, SERVING from start."""
 
     def __init__(self, settings: Settings, servicer: PolicyDecisionServicer,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, components: Components | None = None) -> None:
         self.settings = settings
+        self.components = components
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="aam-rpc"),
             interceptors=[DecodeGuard()],
@@ -70,8 +76,21 @@ class GrpcServer:
 
     def start(self) -> None:
         self.server.start()
+        if self.components is None:
+            for name in ("", SERVICE_NAME):
+                self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        else:
+            self.components.listen(self._reflect)
+
+    def _reflect(self, components: Components) -> None:
+        """Readiness to gRPC health (ignored by grpc once shutdown has begun)."""
+        serving, not_serving = (health_pb2.HealthCheckResponse.SERVING,
+                                health_pb2.HealthCheckResponse.NOT_SERVING)
+        overall = serving if components.ready() else not_serving
         for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            self.health.set(name, overall)
+        for name, state in components.snapshot().items():
+            self.health.set(name, not_serving if state.state == DOWN else serving)
 
     def stop(self, grace_s: float) -> None:
         """Stop taking calls, let in-flight calls finish within the grace period."""

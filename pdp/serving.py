@@ -13,6 +13,7 @@ from pdp.compiled import Revisions
 from pdp.config import Settings
 from pdp.engine import Engine
 from pdp.extauthz import ExtAuthzServer, register
+from pdp.health import Components, OpaProbe
 from pdp.identity import AuditHook, Refusal, log_refusal
 from pdp.identity import from_settings as identity_from_settings
 from pdp.ledger import Ledger, LedgerError
@@ -28,11 +29,17 @@ log = logging.getLogger("aam.stack")
 
 class Serving:
     """Built bound (ports taken), started by :meth:`start`. ``reuse_port``: one of several
-    worker processes on the same addresses."""
+    worker processes on the same addresses.
+
+    ``components``: where the probe of this process's OPA reports (a fresh registry
+    without); gRPC health follows it."""
 
     def __init__(self, settings: Settings, opa_url: str, revisions: Revisions, metrics: Metrics,
-                 broker: Broker | None, ledger: Ledger | None, reuse_port: bool = False) -> None:
+                 broker: Broker | None, ledger: Ledger | None, reuse_port: bool = False,
+                 components: Components | None = None) -> None:
         s = settings
+        self.components = components if components is not None else Components()
+        self.probe = OpaProbe(opa_url, self.components)
         gate: LedgerGate = NullGate(revisions) if ledger is None else Gate(
             ledger, revisions, s.reservation_ttl_s, s.default_estimated_tokens,
             s.ledger_state_ttl_ms / 1000)
@@ -40,7 +47,7 @@ class Serving:
                              observers=[metrics.observe], broker=broker, gate=gate)
         identity = identity_from_settings(s, audit=refusal_hook(gate, metrics))
         self.grpc: GrpcServer | None = GrpcServer(
-            s, PolicyDecisionServicer(self.engine, s, identity), reuse_port)
+            s, PolicyDecisionServicer(self.engine, s, identity), reuse_port, self.components)
         self.extauthz: ExtAuthzServer | None = None
         if s.extauthz_addr:
             self.extauthz = ExtAuthzServer(s, self.engine, identity, revisions, reuse_port)
@@ -50,11 +57,14 @@ class Serving:
     def start(self) -> None:
         if self.extauthz:
             self.extauthz.start()
+        self.probe.check()  # health's first answer is already OPA's, not a guess
         if self.grpc:
-            self.grpc.start()
+            self.grpc.start()  # NOT_SERVING until a probe sees an active bundle
+        self.probe.start()
 
     def stop(self, grace_s: float) -> None:
         """Stop taking calls; in-flight ones get ``grace_s`` to finish."""
+        self.probe.stop()
         if self.extauthz:
             self.extauthz.stop(grace_s)
             self.extauthz = None

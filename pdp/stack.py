@@ -28,6 +28,18 @@ from pdp.compiled import Revisions
 from pdp.config import Settings, resolve_workers, split_addr
 from pdp.engine import Engine
 from pdp.extauthz import ExtAuthzServer
+from pdp.health import (
+    BUNDLE_SERVER,
+    DOWN,
+    ENGINE,
+    HEALTHZ_PATH,
+    OK,
+    READYZ_PATH,
+    Components,
+    OpaProbe,
+    healthz,
+    readyz_route,
+)
 from pdp.kubesource import KubeSource
 from pdp.ledger import Ledger
 from pdp.ledger import startup as ledger_startup
@@ -51,6 +63,10 @@ class Stack:
         self.source: KubeSource | None = None
         self.store = BundleStore()
         self.metrics = Metrics(self.store)
+        # What gRPC health (one process), /readyz and aam_component_up report (pdp/health.py).
+        self.components = Components()
+        self.metrics.watch(self.components)
+        self.probe: OpaProbe | None = None
         self.http: HttpServer | None = None
         self.opa: OpaProcess | None = None
         self.grpc: GrpcServer | None = None
@@ -118,7 +134,10 @@ class Stack:
         self.http = HttpServer(host, port, self.store)
         self.http.routes[METRICS_PATH] = (self.metrics.route() if self.workers is None
                                           else self.workers.metrics.route(self.metrics))
+        self.http.routes[HEALTHZ_PATH] = healthz
+        self.http.routes[READYZ_PATH] = readyz_route(self.components)
         self.http.start()
+        self.components.set(BUNDLE_SERVER, OK)  # listening, the first bundle published
         opa_url = s.opa_url
         if not opa_url:
             self.opa = OpaProcess(s.opa_path(), s.opa_addr, self.http.url, gogc=s.opa_gogc,
@@ -126,10 +145,16 @@ class Stack:
             self.opa.start()
             opa_url = self.opa.url
         if self.workers is not None:
+            # Each worker probes OPA for its own gRPC health; this probe is for /readyz here.
+            self.probe = OpaProbe(opa_url, self.components)
+            self.probe.check()
+            self.probe.start()
             self._start_workers(opa_url, head)
         else:
-            serving = Serving(s, opa_url, self.revisions, self.metrics, self.broker, self.ledger)
+            serving = Serving(s, opa_url, self.revisions, self.metrics, self.broker, self.ledger,
+                              components=self.components)
             self.engine, self.grpc, self.extauthz = serving.engine, serving.grpc, serving.extauthz
+            self.probe = serving.probe
             serving.start()
         if self.opa is not None:
             threading.Thread(target=self._supervise_opa, name="aam-opa-supervisor",
@@ -216,11 +241,17 @@ class Stack:
 
     def _supervise_opa(self, interval_s: float = 0.5) -> None:
         """Restart a managed OPA that died, on the same address; meanwhile the
-        engine answers DENY engine_unavailable (fail closed)."""
+        engine answers DENY engine_unavailable (fail closed). The engine is reported down
+        at once: a restart can be quicker than the health probe's interval."""
+        announced = None  # the dead process already reported (a failed restart retries)
         while not self._stop.wait(interval_s):
             opa = self.opa
             if opa is None or opa.proc is None or opa.proc.poll() is None:
                 continue
+            if announced is not opa.proc:
+                announced = opa.proc
+                self.components.set(ENGINE, DOWN, f"managed OPA exited with code "
+                                                  f"{opa.proc.returncode}; restarting")
             log.error("managed OPA exited; restarting",
                       extra={"fields": {"exit_code": opa.proc.returncode}})
             opa.stop()
@@ -259,6 +290,9 @@ class Stack:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.probe:
+            self.probe.stop()
+            self.probe = None
         if self.source:
             self.source.stop()
             self.source = None

@@ -13,7 +13,17 @@ import sys
 from importlib import metadata
 from typing import TextIO
 
-from aam.cli import authorize, compile_cmd, import_cmd, ledger_cmd, replay_cmd, serve, shadow_cmd, test_cmd
+from aam.cli import (
+    authorize,
+    compile_cmd,
+    import_cmd,
+    ledger_cmd,
+    replay_cmd,
+    serve,
+    shadow_cmd,
+    status_cmd,
+    test_cmd,
+)
 
 OK, ERROR, USAGE, DENY, WIDENING = 0, 1, 2, 3, 4
 DISTRIBUTION = "agent-access-manager"  # [project] name in pyproject.toml
@@ -40,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
     import_cmd.register(sub)
     serve.register(sub)
     authorize.register(sub)
+    status_cmd.register(sub)
     test_cmd.register(sub)
     ledger_cmd.register(sub)
     replay_cmd.register(sub)

@@ -1,0 +1,172 @@
+"""What the PDP can honestly say about itself: component states and readiness (issue 19).
+
+gRPC health, ``/readyz`` and ``aam_component_up`` all read one :class:`Components`
+registry, so they cannot disagree. The engine's state comes from a probe of OPA's
+``/health?bundles`` (200 only once a bundle is activated): a replica whose OPA has no
+bundle, or is down, is not ready, so an orchestrator stops sending it traffic instead
+of the replica denying everything with ``engine_unavailable``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from http.server import BaseHTTPRequestHandler
+
+from pdp.config import UNIX_SCHEME, ConfigError, unix_socket_path
+from pdp.http1 import Http1Connection
+
+OK, DEGRADED, DOWN = "ok", "degraded", "down"
+ENGINE, BUNDLE_SERVER, LEDGER, BROKER = "engine", "bundle_server", "ledger", "broker"
+# Components whose outage stops every decision: not ready while they are down. The others
+# (ledger, broker) make the PDP degraded: it still decides, and says why it is degraded.
+ESSENTIAL = frozenset({ENGINE})
+UP_VALUE = {OK: 1.0, DEGRADED: 0.5, DOWN: 0.0}
+HEALTHZ_PATH, READYZ_PATH = "/healthz", "/readyz"
+PROBE_INTERVAL_S = 1.0  # a module constant, not a setting (pdp/config.py is not ours to edit)
+PROBE_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True)
+class State:
+    state: str  # ok, degraded or down
+    reason: str  # why, when not ok (the last error)
+    since: float  # wall-clock seconds: when it entered this state
+
+
+Listener = Callable[["Components"], None]
+
+
+class Components:
+    """Named component states, thread-safe; listeners hear every change (not every probe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[str, State] = {}
+        self._listeners: list[Listener] = []
+
+    def set(self, name: str, state: str, reason: str = "") -> None:
+        if state not in UP_VALUE:
+            raise ValueError(f"component state must be ok, degraded or down, got {state!r}")
+        with self._lock:
+            old = self._states.get(name)
+            if old is not None and (old.state, old.reason) == (state, reason):
+                return
+            self._states[name] = State(state, reason, time.time())
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(self)
+
+    def listen(self, listener: Listener) -> None:
+        """Call ``listener`` on every change, and once now."""
+        with self._lock:
+            self._listeners.append(listener)
+        listener(self)
+
+    def snapshot(self) -> dict[str, State]:
+        with self._lock:
+            return dict(self._states)
+
+    def status(self) -> str:
+        """``ready``, ``degraded`` (ready, something non-essential is not ok) or ``not_ready``.
+
+        Not ready until the engine has reported at all: the first bundle must be active."""
+        states = self.snapshot()
+        engine = states.get(ENGINE)
+        if engine is None or engine.state == DOWN:
+            return "not_ready"
+        if any(s.state == DOWN for n, s in states.items() if n in ESSENTIAL):
+            return "not_ready"
+        return "ready" if all(s.state == OK for s in states.values()) else "degraded"
+
+    def ready(self) -> bool:
+        return self.status() != "not_ready"
+
+    def document(self) -> dict[str, object]:
+        """The JSON body of ``/readyz``."""
+        return {"status": self.status(),
+                "components": {n: asdict(s) for n, s in sorted(self.snapshot().items())}}
+
+
+class OpaProbe:
+    """Every ``interval_s``, ask OPA whether a bundle is active and set the engine's state.
+
+    Starts the engine ``down`` ("no bundle activated yet"), so nothing reports ready
+    before the first successful probe."""
+
+    def __init__(self, url: str, components: Components, interval_s: float = PROBE_INTERVAL_S,
+                 timeout_s: float = PROBE_TIMEOUT_S) -> None:
+        self.url = url
+        self.components = components
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.unix_socket = ""
+        if url.startswith(UNIX_SCHEME):
+            try:
+                self.unix_socket = unix_socket_path(url, "OPA URL")
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+            self.host, self.port = "localhost", 0
+        else:
+            host, _, port = url.removeprefix("http://").rstrip("/").rpartition(":")
+            self.host, self.port = host.strip("[]"), int(port)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        components.set(ENGINE, DOWN, "no bundle activated yet")
+
+    def check(self) -> None:
+        """One probe: a fresh connection each time, so a restarted OPA is seen at once."""
+        conn = Http1Connection(self.host, self.port, self.timeout_s, self.unix_socket)
+        try:
+            status, _ = conn.get("/health?bundles")
+        except OSError as exc:
+            self.components.set(ENGINE, DOWN, f"OPA unreachable at {self.url}: {type(exc).__name__}")
+            return
+        finally:
+            conn.close()
+        if status == 200:
+            self.components.set(ENGINE, OK)
+        else:
+            self.components.set(ENGINE, DOWN, f"OPA has no active bundle (health HTTP {status})")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="aam-health-probe", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.check()
+        while not self._stop.wait(self.interval_s):
+            self.check()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.timeout_s + 1)
+            self._thread = None
+
+
+def healthz(h: BaseHTTPRequestHandler) -> None:
+    """Liveness: the process answers HTTP. Readiness is /readyz."""
+    _send(h, 200, b'{"status":"live"}')
+
+
+def readyz_route(components: Components) -> Callable[[BaseHTTPRequestHandler], None]:
+    """200 when ready (degraded included), 503 when not; the body names every component."""
+
+    def serve(h: BaseHTTPRequestHandler) -> None:
+        doc = components.document()
+        _send(h, 503 if doc["status"] == "not_ready" else 200,
+              json.dumps(doc, separators=(",", ":")).encode())
+
+    return serve
+
+
+def _send(h: BaseHTTPRequestHandler, code: int, body: bytes) -> None:
+    h.send_response(code)
+    h.send_header("Content-Type", "application/json")
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    h.wfile.write(body)
