@@ -102,7 +102,7 @@ def generate(n: int, directory: Path, per_file: int = 1000) -> None:
 
 def requests_for(n: int, count: int, seed: int = 7) -> list[dict]:
     rng = random.Random(seed)
-    build = Engine.__new__(Engine).build_input
+    build = Engine.build_input
     out = []
     for _ in range(count):
         i = rng.randrange(n)

@@ -134,7 +134,7 @@ def with_defaults(state: dict[str, Any]) -> dict[str, Any]:
 
 def _build_input(req: dict[str, Any], state: Any, now: str | None) -> dict[str, Any]:
     estimate = req.get("estimate", {})
-    doc = Engine.build_input(Engine.__new__(Engine), Request(  # build_input does not use OPA
+    doc = Engine.build_input(Request(
         spiffe_id=req["workload"], model=req.get("model", ""), tool=req.get("tool", ""),
         action=req.get("action", ""), params=req.get("params", {}), context=req.get("context", {}),
         estimated_tokens=estimate.get("tokens", 0), estimated_cost_usd=float(estimate.get("cost_usd", 0)),

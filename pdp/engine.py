@@ -219,7 +219,8 @@ class Engine:
             return self._ledger_unavailable(req, decision.decision_id, exc, m)
         return _explained(req, decision, input_doc, matched)
 
-    def build_input(self, req: Request, metered: Metered | None = None,
+    @staticmethod
+    def build_input(req: Request, metered: Metered | None = None,
                     state: dict[str, Any] | None = None) -> dict[str, Any]:
         """OPA's input document: the only place it is assembled. With ``metered``, the
         tokens as the ledger counted them; ``state`` is ``input.state`` (None: none)."""

@@ -16,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler
 
-from pdp.config import UNIX_SCHEME, ConfigError, unix_socket_path
-from pdp.http1 import Http1Connection
+from pdp.opa import OpaClient
 
 OK, DEGRADED, DOWN = "ok", "degraded", "down"
 ENGINE, BUNDLE_SERVER, LEDGER, BROKER = "engine", "bundle_server", "ledger", "broker"
@@ -103,30 +102,18 @@ class OpaProbe:
         self.components = components
         self.interval_s = interval_s
         self.timeout_s = timeout_s
-        self.unix_socket = ""
-        if url.startswith(UNIX_SCHEME):
-            try:
-                self.unix_socket = unix_socket_path(url, "OPA URL")
-            except ConfigError as exc:
-                raise ValueError(str(exc)) from None
-            self.host, self.port = "localhost", 0
-        else:
-            host, _, port = url.removeprefix("http://").rstrip("/").rpartition(":")
-            self.host, self.port = host.strip("[]"), int(port)
+        self.opa = OpaClient(url, timeout_s)  # parses the URL (TCP or Unix socket) once
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         components.set(ENGINE, DOWN, "no bundle activated yet")
 
     def check(self) -> None:
         """One probe: a fresh connection each time, so a restarted OPA is seen at once."""
-        conn = Http1Connection(self.host, self.port, self.timeout_s, self.unix_socket)
         try:
-            status, _ = conn.get("/health?bundles")
+            status = self.opa.health_status(bundles=True, timeout_s=self.timeout_s)
         except OSError as exc:
             self.components.set(ENGINE, DOWN, f"OPA unreachable at {self.url}: {type(exc).__name__}")
             return
-        finally:
-            conn.close()
         if status == 200:
             self.components.set(ENGINE, OK)
         else:

@@ -119,15 +119,21 @@ class OpaClient:
             raise EngineUnavailable("policy bundle not loaded in OPA (decision undefined)")
         return doc["result"]
 
-    def healthy(self, bundles: bool = True) -> bool:
-        conn = Http1Connection(self.host, self.port, 1.0, self.unix_socket)
+    def health_status(self, bundles: bool = True, timeout_s: float = 1.0) -> int:
+        """OPA's /health HTTP status (200 with ``bundles``: a bundle is active), on a fresh
+        connection so a restarted OPA is seen at once. Raises OSError when unreachable."""
+        conn = Http1Connection(self.host, self.port, timeout_s, self.unix_socket)
         try:
             status, _ = conn.get("/health?bundles" if bundles else "/health")
-            return status == 200
-        except OSError:
-            return False
+            return status
         finally:
             conn.close()
+
+    def healthy(self, bundles: bool = True) -> bool:
+        try:
+            return self.health_status(bundles) == 200
+        except OSError:
+            return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:

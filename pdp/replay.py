@@ -30,7 +30,7 @@ from compiler import Bundle
 from compiler.bundle import DATA_PATH
 from pdp.bundles import BundleStore, HttpServer
 from pdp.compiled import Compiled, CompiledPolicy
-from pdp.engine import LEDGER_REFUSED, Decision, from_result
+from pdp.engine import LEDGER_REFUSED, Decision, Engine, Request, from_result
 from pdp.ledger.types import usd, usd_to_micro
 from pdp.opa import DECISION_PATH, OpaClient, OpaProcess
 
@@ -202,22 +202,16 @@ def rebuild_input(body: Mapping[str, Any], policy: CompiledPolicy | None = None)
     plus ``now`` = the row's time. A field the row does not hold was empty (the row
     names what ``audit.record`` withheld, and :func:`classify` refuses those)."""
     action = body.get("action") or {}
-    doc: dict[str, Any] = {
-        "identity": {"spiffe_id": body["workload"]},
-        "model": action.get("model", ""),
-        "tool": action.get("tool", ""),
-        "action": action.get("action", ""),
-        "params": body.get("params") or {},
-        "context": body.get("context") or {},
-        "estimate": dict(body["estimate"]),
-        "now": body["ts"],
-    }
-    if action.get("mcp") is not None:
-        doc["mcp"] = action["mcp"]
-    if action.get("list"):
-        doc["list"] = action["list"]
-    if "state" in body and body["state"] is not None:
-        doc["state"] = restate(body["state"], policy)
+    estimate = body["estimate"]
+    req = Request(
+        spiffe_id=body["workload"], model=action.get("model", ""), tool=action.get("tool", ""),
+        action=action.get("action", ""), params=body.get("params") or {},
+        context=body.get("context") or {}, estimated_tokens=estimate.get("tokens", 0),
+        estimated_cost_usd=estimate.get("cost_usd", 0.0), mcp=action.get("mcp"),
+        listing=action.get("list") or "")
+    state = body.get("state")
+    doc = Engine.build_input(req, None, restate(state, policy) if state is not None else None)
+    doc["now"] = body["ts"]
     return doc
 
 
