@@ -296,7 +296,7 @@ def test_workers_setting_resolution_and_the_sqlite_rule(tmp_path: Path,
     monkeypatch.setenv("AAM_LEDGER_URL", sqlite)
     out, err = io.StringIO(), io.StringIO()
     assert run(["serve", "--policies", str(EXAMPLES), "--workers", "2"], out, err) == 2
-    assert "aam serve: error: workers = 2 needs a PostgreSQL ledger" in err.getvalue()
+    assert "aam serve: error: setting workers: 2 needs a PostgreSQL ledger" in err.getvalue()
     assert "Traceback" not in err.getvalue()
 
 

@@ -63,14 +63,14 @@ def test_managed_opa_defaults_to_an_ephemeral_es256_key() -> None:
 
 
 def test_external_opa_needs_a_configured_key() -> None:
-    with pytest.raises(ConfigError, match=r"^opa_url needs bundle_signing_key"):
+    with pytest.raises(ConfigError, match=r"^setting opa_url: needs bundle_signing_key"):
         Settings.load(env={}, opa_url="http://127.0.0.1:8181")
     Settings.load(env={}, opa_url="http://127.0.0.1:8181", bundle_signing_key="/k.pem")
 
 
 @pytest.mark.parametrize(("setting", "value", "message"), [
-    ("bundle_signing_alg", "none", "bundle_signing_alg must be one of RS256, ES256, HS256"),
-    ("bundle_signing_key_id", " ", "bundle_signing_key_id must not be empty"),
+    ("bundle_signing_alg", "none", "^AAM_BUNDLE_SIGNING_ALG: must be one of RS256, ES256, HS256"),
+    ("bundle_signing_key_id", " ", "^AAM_BUNDLE_SIGNING_KEY_ID: must not be empty"),
 ])
 def test_bad_signing_settings_are_one_line_errors(setting: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

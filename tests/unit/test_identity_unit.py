@@ -44,5 +44,5 @@ def test_trusted_gateway_must_be_a_spiffe_id() -> None:
 
 
 def test_required_jwt_svid_needs_a_bundle() -> None:
-    with pytest.raises(ConfigError, match="require_jwt_svid needs jwt_bundle"):
+    with pytest.raises(ConfigError, match=r"^setting require_jwt_svid: needs jwt_bundle"):
         Settings.load(env={}, require_jwt_svid=True)

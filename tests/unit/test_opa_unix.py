@@ -19,13 +19,13 @@ def test_settings_take_unix_socket_addresses_and_refuse_bad_ones() -> None:
     assert Settings.load(env={"AAM_OPA_ADDR": "unix:///tmp/x/opa.sock"}).opa_addr == "unix:///tmp/x/opa.sock"
     Settings.load(env={}, opa_url="unix:///run/opa.sock", bundle_signing_key="/k.pem")
     for bad in ("unix://relative/opa.sock", "unix:///tmp/a:b.sock", "unix:///" + "x" * 200, "unix:///tmp/d/"):
-        with pytest.raises(ConfigError, match=r"^opa_addr must be unix:///absolute/path"):
+        with pytest.raises(ConfigError, match=r"^setting opa_addr: must be unix:///absolute/path"):
             Settings.load(env={}, opa_addr=bad)
-    with pytest.raises(ConfigError, match=r"^opa_url must be unix:///absolute/path"):
+    with pytest.raises(ConfigError, match=r"^setting opa_url: must be unix:///absolute/path"):
         Settings.load(env={}, opa_url="unix://", bundle_signing_key="/k.pem")
-    with pytest.raises(ConfigError, match=r"^opa_url must be http://host:port or unix:///path"):
+    with pytest.raises(ConfigError, match=r"^setting opa_url: must be http://host:port or unix:///path"):
         Settings.load(env={}, opa_url="https://opa:8181", bundle_signing_key="/k.pem")
-    with pytest.raises(ConfigError, match=r"^opa_addr must be host:port"):
+    with pytest.raises(ConfigError, match=r"^setting opa_addr: must be host:port"):
         Settings.load(env={}, opa_addr="localhost")
 
 

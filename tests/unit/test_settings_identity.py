@@ -115,8 +115,8 @@ def test_env_list_errors_name_the_variable(value: str, message: str) -> None:
                                                  "is not a SPIFFE ID:"),
     ('opa_timeout_ms = "soon"', "setting opa_timeout_ms: must be an integer, got 'soon'"),
     ('policies = ["a", "b"]', "setting policies: must be a string"),
-    # A check whose message starts with the setting's name keeps it, after the file.
-    ("opa_gogc = 0", "opa_gogc must be positive"),
+    # Every other check names its setting the same way.
+    ("opa_gogc = 0", "setting opa_gogc: must be positive"),
 ])
 def test_file_errors_name_file_setting_and_reason(tmp_path: Path, text: str, message: str) -> None:
     f = tmp_path / "pdp.toml"
@@ -127,7 +127,7 @@ def test_file_errors_name_file_setting_and_reason(tmp_path: Path, text: str, mes
 
 
 def test_other_checks_name_the_env_variable() -> None:
-    with pytest.raises(ConfigError, match=r"^AAM_OPA_GOGC: opa_gogc must be positive"):
+    with pytest.raises(ConfigError, match=r"^AAM_OPA_GOGC: must be positive"):
         Settings.load(env={"AAM_OPA_GOGC": "0"})
 
 
