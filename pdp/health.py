@@ -10,14 +10,18 @@ of the replica denying everything with ``engine_unavailable``.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler
 
+from pdp.http1 import Http1Connection
 from pdp.opa import OpaClient
 
+log = logging.getLogger("aam.health")
 OK, DEGRADED, DOWN = "ok", "degraded", "down"
 ENGINE, BUNDLE_SERVER, LEDGER, BROKER = "engine", "bundle_server", "ledger", "broker"
 # Components whose outage stops every decision: not ready while they are down. The others
@@ -25,8 +29,29 @@ ENGINE, BUNDLE_SERVER, LEDGER, BROKER = "engine", "bundle_server", "ledger", "br
 ESSENTIAL = frozenset({ENGINE})
 UP_VALUE = {OK: 1.0, DEGRADED: 0.5, DOWN: 0.0}
 HEALTHZ_PATH, READYZ_PATH = "/healthz", "/readyz"
-PROBE_INTERVAL_S = 1.0  # a module constant, not a setting (pdp/config.py is not ours to edit)
+PROBE_INTERVAL_S = 1.0  # the default of health_probe_interval_s (pdp/healthsettings.py)
 PROBE_TIMEOUT_S = 1.0
+# Where OPA keeps each activated bundle's manifest (its revision among it): OPA 1.x serves
+# it on the Data API; /v1/status would need the status plugin.
+BUNDLES_DATA_PATH = "/v1/data/system/bundles"
+REASON_MAX = 200
+# What must never reach a reason: a URL's user:password, key=value secrets of a libpq
+# connection string, a bearer or Vault token.
+_SECRETS = (
+    (re.compile(r"(\w+://)[^/@\s]*@"), r"\1***@"),
+    (re.compile(r"(?i)\b(password|passwd|pwd|secret(?:_id)?|token|sslpassword)\s*[=:]\s*\S+"),
+     r"\1=***"),
+    (re.compile(r"(?i)\b(bearer)\s+\S+"), r"\1 ***"),
+    (re.compile(r"\b(?:hvs|hvb|hvr|s|b|r)\.[A-Za-z0-9_-]{20,}"), "***"),
+)
+
+
+def safe_reason(text: str) -> str:
+    """A reason fit to show anyone who can read /readyz: one line, bounded, no secret."""
+    text = " ".join(str(text).split())
+    for pattern, repl in _SECRETS:
+        text = pattern.sub(repl, text)
+    return text if len(text) <= REASON_MAX else text[:REASON_MAX - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -34,6 +59,9 @@ class State:
     state: str  # ok, degraded or down
     reason: str  # why, when not ok (the last error)
     since: float  # wall-clock seconds: when it entered this state
+    # What else is known while in it, e.g. {"revision": ...} for the engine and the bundle
+    # server; a change of detail alone keeps ``since``.
+    detail: dict[str, str] = field(default_factory=dict)
 
 
 Listener = Callable[["Components"], None]
@@ -47,14 +75,20 @@ class Components:
         self._states: dict[str, State] = {}
         self._listeners: list[Listener] = []
 
-    def set(self, name: str, state: str, reason: str = "") -> None:
+    def set(self, name: str, state: str, reason: str = "",
+            detail: Mapping[str, str] | None = None) -> None:
+        """``detail`` None keeps the component's current detail; ``{}`` clears it. The
+        reason is passed through :func:`safe_reason`."""
         if state not in UP_VALUE:
             raise ValueError(f"component state must be ok, degraded or down, got {state!r}")
+        reason = safe_reason(reason) if reason else ""
         with self._lock:
             old = self._states.get(name)
-            if old is not None and (old.state, old.reason) == (state, reason):
+            details = dict(detail) if detail is not None else (old.detail if old else {})
+            if old is not None and (old.state, old.reason, old.detail) == (state, reason, details):
                 return
-            self._states[name] = State(state, reason, time.time())
+            since = old.since if old is not None and old.state == state else time.time()
+            self._states[name] = State(state, reason, since, details)
             listeners = list(self._listeners)
         for listener in listeners:
             listener(self)
@@ -112,12 +146,34 @@ class OpaProbe:
         try:
             status = self.opa.health_status(bundles=True, timeout_s=self.timeout_s)
         except OSError as exc:
-            self.components.set(ENGINE, DOWN, f"OPA unreachable at {self.url}: {type(exc).__name__}")
+            self.components.set(ENGINE, DOWN, f"OPA unreachable at {self.url}: {type(exc).__name__}",
+                                detail={})
             return
         if status == 200:
-            self.components.set(ENGINE, OK)
+            revision = self.revision()
+            self.components.set(ENGINE, OK, detail={"revision": revision} if revision else None)
         else:
-            self.components.set(ENGINE, DOWN, f"OPA has no active bundle (health HTTP {status})")
+            self.components.set(ENGINE, DOWN, f"OPA has no active bundle (health HTTP {status})",
+                                detail={})
+
+    def revision(self) -> str:
+        """The revision of the bundle OPA has active, from its bundle manifests ("": not
+        known). Several bundles (an external OPA): ``name=revision`` of each, by name."""
+        conn = Http1Connection(self.opa.host, self.opa.port, self.timeout_s, self.opa.unix_socket)
+        try:
+            status, raw = conn.get(BUNDLES_DATA_PATH)
+            bundles = json.loads(raw).get("result") if status == 200 else None
+        except (OSError, ValueError, AttributeError):
+            return ""
+        finally:
+            conn.close()
+        if not isinstance(bundles, dict):
+            return ""
+        revs = {str(n): str((b.get("manifest") or {}).get("revision") or "")
+                for n, b in bundles.items() if isinstance(b, dict)}
+        if len(revs) == 1:
+            return next(iter(revs.values()))
+        return ",".join(f"{n}={r}" for n, r in sorted(revs.items()))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="aam-health-probe", daemon=True)
@@ -132,6 +188,38 @@ class OpaProbe:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(self.timeout_s + 1)
+            self._thread = None
+
+
+class Periodic:
+    """Run ``check`` now and then every ``interval_s`` on a thread of its own (a check
+    that blocks, a ledger waiting out its connect timeout, delays no other probe)."""
+
+    def __init__(self, name: str, check: Callable[[], None],
+                 interval_s: float = PROBE_INTERVAL_S) -> None:
+        self.name = name
+        self.check = check
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"aam-probe-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check()
+            except Exception as exc:  # a probe must not die of one bad check
+                log.warning("health probe failed", extra={"fields": {
+                    "component": self.name, "error": type(exc).__name__}})
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
             self._thread = None
 
 

@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from aam.v1 import pdp_pb2, pdp_pb2_grpc
 from pdp import identity
 from pdp.config import ConfigError, Settings
-from pdp.health import DOWN, Components
+from pdp.health import OK, Components
 from pdp.service import PolicyDecisionServicer
 
 SERVICE_NAME = pdp_pb2.DESCRIPTOR.services_by_name["PolicyDecisionService"].full_name
@@ -46,8 +46,10 @@ class GrpcServer:
     otherwise the port must be free, so a second PDP on it fails instead of sharing it.
 
     With ``components`` health follows readiness (pdp/health.py): "" and the decision
-    service are NOT_SERVING until the engine has an active bundle and while OPA is down,
-    and each component is a health service of its own name. Without, SERVING from start."""
+    service are NOT_SERVING until the engine has an active bundle and while OPA is down
+    (a degraded PDP still decides: SERVING), and each component is a health service of
+    its own name, SERVING only while it is ``ok`` (degraded or down: NOT_SERVING).
+    Without, SERVING from start."""
 
     def __init__(self, settings: Settings, servicer: PolicyDecisionServicer,
                  reuse_port: bool = False, components: Components | None = None) -> None:
@@ -90,7 +92,7 @@ class GrpcServer:
         for name in ("", SERVICE_NAME):
             self.health.set(name, overall)
         for name, state in components.snapshot().items():
-            self.health.set(name, not_serving if state.state == DOWN else serving)
+            self.health.set(name, serving if state.state == OK else not_serving)
 
     def stop(self, grace_s: float) -> None:
         """Stop taking calls, let in-flight calls finish within the grace period."""

@@ -7,18 +7,20 @@ exactly this, from a broker and a ledger they own, so both answer the same way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from pdp.broker import Broker
 from pdp.compiled import Revisions
 from pdp.config import Settings
 from pdp.engine import Engine
 from pdp.extauthz import ExtAuthzServer, register
-from pdp.health import Components, OpaProbe
+from pdp.health import BROKER, DEGRADED, LEDGER, OK, Components, OpaProbe, Periodic
 from pdp.identity import AuditHook, Refusal, log_refusal
 from pdp.identity import from_settings as identity_from_settings
 from pdp.ledger import Ledger, LedgerError
 from pdp.ledger.gate import Gate, LedgerGate
 from pdp.ledger.noop import NullGate
+from pdp.ledger.watched import WatchedLedger
 from pdp.metrics import Metrics
 from pdp.opa import OpaClient
 from pdp.server import GrpcServer
@@ -31,17 +33,30 @@ class Serving:
     """Built bound (ports taken), started by :meth:`start`. ``reuse_port``: one of several
     worker processes on the same addresses.
 
-    ``components``: where the probe of this process's OPA reports (a fresh registry
-    without); gRPC health follows it."""
+    ``components``: where this process's components report (a fresh registry without);
+    gRPC health follows it. The engine from the probe of OPA; the ledger (when there is
+    one) from every ledger call the gate makes and a ``ping`` every
+    ``health_probe_interval_s``; the broker (when it has a backend: Vault) from its logins
+    and calls and a token lookup every ``broker_probe_interval_s``. No ledger, or broker
+    ``none``: not reported at all."""
 
     def __init__(self, settings: Settings, opa_url: str, revisions: Revisions, metrics: Metrics,
                  broker: Broker | None, ledger: Ledger | None, reuse_port: bool = False,
                  components: Components | None = None) -> None:
         s = settings
         self.components = components if components is not None else Components()
-        self.probe = OpaProbe(opa_url, self.components)
-        gate: LedgerGate = NullGate(revisions) if ledger is None else Gate(
-            ledger, revisions, s.reservation_ttl_s, s.default_estimated_tokens,
+        self.probe = OpaProbe(opa_url, self.components, s.health_probe_interval_s)
+        self.probes: list[Periodic] = []
+        self.watched: WatchedLedger | None = None
+        if ledger is not None:
+            self.watched = WatchedLedger(ledger, self._reporter(LEDGER))
+            self.probes.append(Periodic(LEDGER, self.watched.ping, s.health_probe_interval_s))
+        if broker is not None and broker.reports_health:
+            broker.watch(self._reporter(BROKER))
+            self.probes.append(Periodic(BROKER, broker.check, s.broker_probe_interval_s))
+        self.broker = broker
+        gate: LedgerGate = NullGate(revisions) if self.watched is None else Gate(
+            self.watched, revisions, s.reservation_ttl_s, s.default_estimated_tokens,
             s.ledger_state_ttl_ms / 1000)
         self.engine = Engine(OpaClient(opa_url, s.opa_timeout_ms / 1000),
                              observers=[metrics.observe], broker=broker, gate=gate)
@@ -54,17 +69,32 @@ class Serving:
         else:
             register(self.grpc.server, self.engine, s, identity, revisions)
 
+    def _reporter(self, name: str) -> Callable[[bool, str], None]:
+        def report(ok: bool, reason: str) -> None:
+            self.components.set(name, OK if ok else DEGRADED, reason)
+
+        return report
+
     def start(self) -> None:
         if self.extauthz:
             self.extauthz.start()
         self.probe.check()  # health's first answer is already OPA's, not a guess
+        if self.watched is not None:
+            self.watched.ping()  # and the ledger's
+        if self.broker is not None and self.broker.reports_health \
+                and BROKER not in self.components.snapshot():
+            self.broker.check()  # the broker's, if its start said nothing yet
         if self.grpc:
             self.grpc.start()  # NOT_SERVING until a probe sees an active bundle
         self.probe.start()
+        for probe in self.probes:
+            probe.start()
 
     def stop(self, grace_s: float) -> None:
         """Stop taking calls; in-flight ones get ``grace_s`` to finish."""
         self.probe.stop()
+        for probe in self.probes:
+            probe.stop()
         if self.extauthz:
             self.extauthz.stop(grace_s)
             self.extauthz = None

@@ -30,6 +30,7 @@ from pdp.engine import Engine
 from pdp.extauthz import ExtAuthzServer
 from pdp.health import (
     BUNDLE_SERVER,
+    DEGRADED,
     DOWN,
     ENGINE,
     HEALTHZ_PATH,
@@ -37,6 +38,7 @@ from pdp.health import (
     READYZ_PATH,
     Components,
     OpaProbe,
+    Periodic,
     healthz,
     readyz_route,
 )
@@ -67,6 +69,7 @@ class Stack:
         self.components = Components()
         self.metrics.watch(self.components)
         self.probe: OpaProbe | None = None
+        self.probes: list[Periodic] = []  # the ledger's and broker's (pdp/serving.py)
         self.http: HttpServer | None = None
         self.opa: OpaProcess | None = None
         self.grpc: GrpcServer | None = None
@@ -106,7 +109,7 @@ class Stack:
         count = resolve_workers(s)
         if count > 1:  # the workers' ports first: one in use stops the start here
             self._hold_ports()
-            self.workers = Workers(count, self._newest)
+            self.workers = Workers(count, self._newest, self.components)
         else:
             self.broker = brokers.build(s)
             self.broker.start()
@@ -137,7 +140,8 @@ class Stack:
         self.http.routes[HEALTHZ_PATH] = healthz
         self.http.routes[READYZ_PATH] = readyz_route(self.components)
         self.http.start()
-        self.components.set(BUNDLE_SERVER, OK)  # listening, the first bundle published
+        # Listening, the first bundle published.
+        self.components.set(BUNDLE_SERVER, OK, detail={"revision": bundle.revision})
         opa_url = s.opa_url
         if not opa_url:
             self.opa = OpaProcess(s.opa_path(), s.opa_addr, self.http.url, gogc=s.opa_gogc,
@@ -154,7 +158,7 @@ class Stack:
             serving = Serving(s, opa_url, self.revisions, self.metrics, self.broker, self.ledger,
                               components=self.components)
             self.engine, self.grpc, self.extauthz = serving.engine, serving.grpc, serving.extauthz
-            self.probe = serving.probe
+            self.probe, self.probes = serving.probe, serving.probes
             serving.start()
         if self.opa is not None:
             threading.Thread(target=self._supervise_opa, name="aam-opa-supervisor",
@@ -251,7 +255,8 @@ class Stack:
             if announced is not opa.proc:
                 announced = opa.proc
                 self.components.set(ENGINE, DOWN, f"managed OPA exited with code "
-                                                  f"{opa.proc.returncode}; restarting")
+                                                  f"{opa.proc.returncode}; restarting",
+                                    detail={})
             log.error("managed OPA exited; restarting",
                       extra={"fields": {"exit_code": opa.proc.returncode}})
             opa.stop()
@@ -268,18 +273,34 @@ class Stack:
             self.opa = fresh
 
     def reload(self) -> bool:
-        """Recompile and publish; on errors keep serving the previous bundle."""
+        """Recompile and publish; on errors keep serving the previous bundle (the bundle
+        server is then degraded, saying which revision it kept and why, until a change
+        publishes)."""
+        current = self.store.current
+        kept = current.revision if current is not None else ""
         try:
             bundle = self.compile()
         except CompileError as exc:
             log.error("policy change rejected; previous bundle stays active",
                       extra={"fields": {"errors": [str(d) for d in exc.diagnostics]}})
             self._report(None, exc.diagnostics)
+            first = str(exc.diagnostics[0]) if exc.diagnostics else "compile error"
+            more = len(exc.diagnostics) - 1
+            self.components.set(BUNDLE_SERVER, DEGRADED, f"policy change rejected, revision "
+                                f"{kept[:12]} kept: {first}" + (f" (+{more} more)" if more > 0 else ""))
             return False
-        current = self.store.current
         if current is None or current.revision != bundle.revision:
-            self._publish(bundle)
+            try:
+                self._publish(bundle)
+            except Exception as exc:
+                log.exception("publishing a bundle failed; previous bundle stays active",
+                              extra={"fields": {"revision": bundle.revision}})
+                self.components.set(BUNDLE_SERVER, DEGRADED, f"publishing revision "
+                                    f"{bundle.revision[:12]} failed ({type(exc).__name__}), "
+                                    f"revision {kept[:12]} kept")
+                return False
             log.info("bundle published", extra={"fields": {"revision": bundle.revision}})
+        self.components.set(BUNDLE_SERVER, OK, detail={"revision": bundle.revision})
         self._report(bundle.revision, [])
         return True
 
@@ -293,6 +314,9 @@ class Stack:
         if self.probe:
             self.probe.stop()
             self.probe = None
+        for probe in self.probes:
+            probe.stop()
+        self.probes = []
         if self.source:
             self.source.stop()
             self.source = None

@@ -27,12 +27,14 @@ from pdp.broker.metrics import BrokerCollector
 from pdp.bundles import BUNDLE_PATH, BundleStore, HttpServer
 from pdp.compiled import Revision, Revisions
 from pdp.config import ConfigError, Settings, settings_from_dict
+from pdp.health import Components
 from pdp.ledger import Ledger, LedgerError, open_ledger
 from pdp.ledger.startup import load_keyring
 from pdp.ledger.types import ChainHead
 from pdp.metrics import METRICS_PATH, Metrics
 from pdp.serving import Serving
 from pdp.workermetrics import ActiveRevision
+from pdp.workers import WORKER_COMPONENTS
 
 log = logging.getLogger("aam.worker")
 # How long a decision on a revision this worker has not learned yet waits for it. Only
@@ -103,6 +105,8 @@ class Worker:
         self.serving: Serving | None = None
         self.http: HttpServer | None = None
         self._reported = self.head
+        self._components_sent: dict[str, Any] | None = None
+        self._components_lock = threading.Lock()
         self._learn_lock = threading.Lock()
         # Popped: the compiled data (MBs per revision) is kept as views, not as JSON text.
         for item in boot.pop("revisions", None) or ():
@@ -134,7 +138,19 @@ class Worker:
         self.http.routes[METRICS_PATH] = self.metrics.route()
         self.http.start()
         self.serving.start()  # health SERVING from here
+        self.serving.components.listen(self._send_components)
         threading.Thread(target=self._report_heads, name="aam-worker-head", daemon=True).start()
+
+    def _send_components(self, components: Components) -> None:
+        """Its ledger's and broker's states to the parent, when they change (the parent
+        probes OPA itself and serves the bundles)."""
+        doc = {n: {"state": st.state, "reason": st.reason}
+               for n, st in components.snapshot().items() if n in WORKER_COMPONENTS}
+        with self._components_lock:
+            if doc == self._components_sent:
+                return
+            self._components_sent = doc
+        self.channel.send(components=doc)
 
     def _learn(self, item: dict[str, Any]) -> None:
         """A revision the parent published: its view, the broker's, then the confirmation."""

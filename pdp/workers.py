@@ -13,7 +13,9 @@ URL may hold a password), the audit chain head to check before the first append,
 the compiled data of every kept revision; then each newly published revision. EOF
 means the parent is gone, and the worker stops. Worker to parent (its stdout):
 ``learned`` (a revision's seq), ``ready`` (it serves: health SERVING; with its
-private metrics URL), ``head`` (its newest audit row, for the anchor) and ``error``
+private metrics URL), ``head`` (its newest audit row, for the anchor), ``components``
+(its own ledger's and broker's states, on every change: the parent's /readyz and
+gRPC health show the worst of them, the reason naming the worker) and ``error``
 (it could not start, and why).
 
 Revisions: :meth:`Workers.publish` hands a new revision to every worker and waits
@@ -38,6 +40,7 @@ from typing import Any
 
 from pdp.compiled import KEEP
 from pdp.config import ConfigError, Settings, settings_dict
+from pdp.health import BROKER, LEDGER, OK, UP_VALUE, Components
 from pdp.ledger.types import ChainHead, LedgerError
 from pdp.workermetrics import Member, WorkerMetrics
 
@@ -46,6 +49,9 @@ log = logging.getLogger("aam.workers")
 ACK_TIMEOUT_S = 5.0
 # How long a worker may take to serve (import, ledger pool, listeners) on a busy machine.
 READY_TIMEOUT_S = 60.0
+# The components each worker reports of its own (the parent has no ledger or broker of
+# its own when workers run); the engine and bundle server are the parent's.
+WORKER_COMPONENTS = (LEDGER, BROKER)
 # Beyond shutdown_grace_s: the worker's audit writer drains its last batch.
 DRAIN_S = 15.0
 _ERRORS: dict[str, type[Exception]] = {"config": ConfigError, "ledger": LedgerError}
@@ -59,10 +65,14 @@ class WorkerProcess:
     """One worker process and its two pipes (see the module docstring)."""
 
     def __init__(self, index: int, serial: int, boot: dict[str, Any],
-                 on_head: Callable[[ChainHead], None]) -> None:
+                 on_head: Callable[[ChainHead], None],
+                 on_components: Callable[[], None] = lambda: None) -> None:
         self.index = index
         self.serial = serial
         self.on_head = on_head
+        self.on_components = on_components
+        # Its ledger's and broker's last reported states: name -> (state, reason).
+        self.components: dict[str, tuple[str, str]] = {}
         self.metrics_url = ""
         self.learned = 0  # the newest revision seq it has acknowledged
         self.error: tuple[str, str] | None = None  # (kind, message) of a failed start
@@ -135,7 +145,15 @@ class WorkerProcess:
                 self.ready = True
             if "error" in msg:
                 self.error = (str(msg.get("kind", "")), str(msg["error"]))
+            reported = msg.get("components")
+            if isinstance(reported, dict):
+                self.components = {
+                    str(n): (str(c.get("state")), str(c.get("reason", "")))
+                    for n, c in reported.items()
+                    if n in WORKER_COMPONENTS and isinstance(c, dict) and c.get("state") in UP_VALUE}
             self._changed.notify_all()
+        if isinstance(msg.get("components"), dict):
+            self.on_components()
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Return once it serves; raise (ConfigError, LedgerError or WorkerError) if it
@@ -186,9 +204,10 @@ class Workers:
     """``count`` worker processes, restarted when one dies. Made before the first publish
     (so every revision is kept for them), started once OPA serves."""
 
-    def __init__(self, count: int, newest: Callable[[list[str]], str] = lambda revisions: ""
-                 ) -> None:
+    def __init__(self, count: int, newest: Callable[[list[str]], str] = lambda revisions: "",
+                 components: Components | None = None) -> None:
         self.count = count
+        self.components = components  # where the workers' ledger and broker states go
         self.settings: Settings | None = None
         self.procs: list[WorkerProcess | None] = [None] * count
         self.restarts = 0
@@ -219,6 +238,27 @@ class Workers:
     def pids(self) -> list[int]:
         return [m.pid for m in self.members()]
 
+    def _on_components(self) -> None:
+        """The worst of the live workers' states, per component, into the parent's
+        registry; the reason names the worker (and how many more are not ok)."""
+        if self.components is None:
+            return
+        with self._lock:
+            reports = [(p.index, dict(p.components)) for p in self.procs if p is not None]
+        for name in WORKER_COMPONENTS:
+            states = [(i, c[name]) for i, c in reports if name in c]
+            if not states:
+                continue
+            bad = sorted(((i, st) for i, st in states if st[0] != OK),
+                         key=lambda x: (UP_VALUE[x[1][0]], x[0]))
+            if not bad:
+                self.components.set(name, OK)
+                continue
+            index, (state, reason) = bad[0]
+            more = f" (+{len(bad) - 1} more worker{'s' if len(bad) > 2 else ''})" \
+                if len(bad) > 1 else ""
+            self.components.set(name, state, f"worker {index}: {reason}{more}")
+
     # --- lifecycle --------------------------------------------------------------------
 
     def _spawn(self, index: int) -> WorkerProcess:
@@ -230,7 +270,7 @@ class Workers:
         boot = {"worker": index, "settings": settings_dict(self.settings),
                 "head": [head.seq, head.hash] if head is not None else None,
                 "revisions": list(self._kept)}
-        proc = WorkerProcess(index, self._serials, boot, self._on_head)
+        proc = WorkerProcess(index, self._serials, boot, self._on_head, self._on_components)
         self.procs[index] = proc
         return proc
 

@@ -183,5 +183,26 @@ class Broker:
     def start(self) -> None:
         self.backend.start()
 
+    @property
+    def reports_health(self) -> bool:
+        """Whether the backend has a health of its own (Vault: yes; none: nothing to say)."""
+        return callable(getattr(self.backend, "check", None))
+
+    def watch(self, report: Callable[[bool, str], None]) -> None:
+        """Hear the backend's health, (ok, reason), on every login or Vault call that
+        says something about it, and now if it has said anything yet."""
+        if not self.reports_health:
+            return
+        self.backend.on_health = report  # type: ignore[attr-defined]
+        last = getattr(self.backend, "health", None)
+        if last is not None:
+            report(*last)
+
+    def check(self) -> None:
+        """The health probe (a backend without one: nothing)."""
+        check = getattr(self.backend, "check", None)
+        if callable(check):
+            check()
+
     def close(self) -> None:
         self.backend.close()

@@ -9,6 +9,7 @@ passed on, and logs name only the exception class.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -54,6 +55,11 @@ class VaultBackend:
         self._auth_lock = threading.Lock()
         self._token_deadline = 0.0  # monotonic; 0 = not logged in
         self._down_until = 0.0  # monotonic
+        # The broker's health (issue 19): (ok, reason) of the last login or Vault call that
+        # says something about Vault itself (None: none yet); reasons name the step and the
+        # error's class, never a token or Vault's own text.
+        self.health: tuple[bool, str] | None = None
+        self.on_health: Callable[[bool, str], None] | None = None
 
     @classmethod
     def from_settings(cls, s: Settings) -> VaultBackend:
@@ -63,12 +69,31 @@ class VaultBackend:
 
     # --- auth ----------------------------------------------------------------
 
+    def _report(self, ok: bool, reason: str = "") -> None:
+        self.health = (ok, reason)
+        if self.on_health is not None:
+            self.on_health(ok, reason)
+
     def login(self) -> None:
         """Get a PDP token by AppRole or from the token file; refuse a root token."""
         with self._auth_lock:
             self._login()
 
     def _login(self) -> None:
+        try:
+            self._login_once()
+        except RootTokenRefused:
+            self._report(False, "vault login refused: the PDP's token has the root policy")
+            raise
+        except requests.RequestException as exc:
+            self._report(False, f"vault unreachable at login: {type(exc).__name__}")
+            raise
+        except Exception as exc:
+            self._report(False, f"vault login failed: {type(exc).__name__}")
+            raise
+        self._report(True)
+
+    def _login_once(self) -> None:
         if self.role_id:
             secret_id = Path(self.secret_id_file).read_text().strip()
             auth = self.client.auth.approle.login(
@@ -96,7 +121,7 @@ class VaultBackend:
                 if time.monotonic() > self._token_deadline - RELOGIN_MARGIN_S:
                     self._login()
             try:
-                return fn()
+                out = fn()
             except hv.Forbidden:
                 # Log in again only if our token died: a policy refusal must not spend
                 # AppRole secret-id uses on every request.
@@ -104,7 +129,9 @@ class VaultBackend:
                     raise
                 with self._auth_lock:
                     self._login()
-                return fn()
+                out = fn()
+            self._report(True)
+            return out
         except RootTokenRefused as exc:
             log.error("vault login refused", extra={"fields": {"what": what}})
             raise CredentialUnavailable("the credential broker is misconfigured") from exc
@@ -112,6 +139,7 @@ class VaultBackend:
                 hv.VaultNotInitialized, hv.RateLimitExceeded) as exc:
             self._log_failure(what, exc)
             self._down_until = time.monotonic() + DOWN_BACKOFF_S
+            self._report(False, f"vault unreachable: {type(exc).__name__}")
             raise CredentialUnavailable(f"vault is unavailable for {what}") from None
         except hv.InvalidPath as exc:
             self._log_failure(what, exc)
@@ -194,6 +222,12 @@ class VaultBackend:
         elif lease.revoke == "token":
             self._call("token revocation",
                        lambda: self.client.auth.token.revoke_accessor(accessor=lease.accessor))
+
+    def check(self) -> None:
+        """The health probe: look up the PDP's own token (logging in again if it died);
+        the outcome is reported, nothing raised."""
+        with contextlib.suppress(CredentialUnavailable):
+            self._call("token lookup", lambda: self.client.auth.token.lookup_self())
 
     def start(self) -> None:
         """Log in now so a bad setup shows at start; an unreachable Vault only denies later."""

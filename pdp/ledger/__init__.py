@@ -70,6 +70,9 @@ class Ledger(Protocol):
     def audit_hash(self, seq: int) -> str | None:
         """The hash the chain holds at ``seq`` (None: no such row)."""
 
+    def ping(self) -> None:
+        """Answer a trivial query or raise LedgerError: the health probe (issue 19)."""
+
     def close(self) -> None: ...
 
 

@@ -88,6 +88,10 @@ class PostgresLedger(WriterBacked):
                 raise LedgerError(f"ledger {what}: {type(exc).__name__}") from None
         raise AssertionError("unreachable")
 
+    def ping(self) -> None:
+        """``SELECT 1`` on a pooled connection: the health probe (pdp/ledger/watched.py)."""
+        self._run("ping", lambda conn: conn.execute("SELECT 1").fetchone())
+
     # --- schema ---------------------------------------------------------------
 
     def migrate(self, grant_role: str = "") -> list[str]:

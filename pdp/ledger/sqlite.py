@@ -96,6 +96,15 @@ class SqliteLedger(WriterBacked):
             except sqlite3.Error as exc:
                 raise LedgerError(f"ledger {what}: {type(exc).__name__}") from None
 
+    def ping(self) -> None:
+        """The health probe: a read on the open database (a file has no outage to speak
+        of, but a full disk or a removed file shows here)."""
+        with self._lock:
+            try:
+                self.conn.execute("SELECT 1").fetchone()
+            except sqlite3.Error as exc:
+                raise LedgerUnavailable(f"ledger ping: {type(exc).__name__}") from None
+
     def migrate(self, grant_role: str = "") -> list[str]:
         def run(c: sqlite3.Connection) -> list[str]:
             c.execute("CREATE TABLE IF NOT EXISTS aam_schema_migrations (version INTEGER PRIMARY KEY,"

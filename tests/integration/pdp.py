@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import requests
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aam.v1 import pdp_pb2, pdp_pb2_grpc
 from pdp.bundlesigner import BundleSigner
 from pdp.config import Settings
+from pdp.health import READYZ_PATH
 from pdp.identity import GATEWAY_TOKEN_HEADER
 from pdp.ledger.keyring import ensure_file
 from pdp.opa import free_port
@@ -100,6 +103,22 @@ def stub(stack: Stack, gateway: bool = False
     """A client of the stack: an agent's (no proof), or with ``gateway`` a trusted gateway's."""
     channel = gateway_channel(stack) if gateway else grpc.insecure_channel(stack.settings.grpc_addr)
     return channel, pdp_pb2_grpc.PolicyDecisionServiceStub(channel)
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def health_status(stack: Stack, service: str = "") -> int:
+    """gRPC health of ``service`` ("" overall, a component's name) as an orchestrator asks."""
+    with grpc.insecure_channel(stack.settings.grpc_addr) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def readyz(stack: Stack) -> requests.Response:
+    assert stack.http is not None
+    return requests.get(stack.http.url + READYZ_PATH, timeout=10)
 
 
 def request(workload: str = FINANCE, **fields: Any) -> pdp_pb2.AuthorizeRequest:

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
-import socket
-import socketserver
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +29,7 @@ from pdp.ledger import AuditFilter
 from pdp.opa import free_port
 from pdp.stack import Stack
 from tests import vaultsetup
+from tests.forwarder import Forwarder
 from tests.integration.pdp import request, running_stack, stub
 from tests.servers import OpenBao, Postgres
 
@@ -320,47 +317,10 @@ def test_pdp_logs_in_again_when_its_token_is_revoked(vault: vaultsetup.VaultSetu
     assert d.credential.value == f"Bearer {vault.kv_secret}"
 
 
-class _Forwarder:
-    """A TCP forwarder to Vault that the test can start late: Vault 'comes back'."""
-
-    def __init__(self, port: int, upstream: tuple[str, int]) -> None:
-        self.port, self.upstream = port, upstream
-        self.server: socketserver.ThreadingTCPServer | None = None
-
-    def start(self) -> None:
-        upstream = self.upstream
-
-        class Pipe(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                with socket.create_connection(upstream) as up:
-                    def pump(src: socket.socket, dst: socket.socket) -> None:
-                        with contextlib.suppress(OSError):
-                            while data := src.recv(65536):
-                                dst.sendall(data)
-                        with contextlib.suppress(OSError):
-                            dst.shutdown(socket.SHUT_WR)
-                    t = threading.Thread(target=pump, args=(up, self.request), daemon=True)
-                    t.start()
-                    pump(self.request, up)
-                    t.join(10)
-
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Pipe)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-
-
 def test_credentials_come_back_by_themselves_when_vault_does(
         vault: vaultsetup.VaultSetup, tmp_path: Path) -> None:
-    port = free_port()
-    host, _, vport = vault.addr.removeprefix("http://").partition(":")
-    forwarder = _Forwarder(port, (host, int(vport)))
-    settings = vault.settings(vault_addr=f"http://127.0.0.1:{port}", vault_timeout_ms=1000)
+    forwarder = Forwarder.to(vault.addr)
+    settings = vault.settings(vault_addr=forwarder.url, vault_timeout_ms=1000)
     with running_stack(vaultsetup.policies(tmp_path), **settings) as s:
         down = authorize(s, tool="salesforce.accounts", action="read")
         assert [r.code for r in down.reasons] == ["credential_unavailable"]
@@ -373,7 +333,7 @@ def test_credentials_come_back_by_themselves_when_vault_does(
                     break
                 time.sleep(0.2)
         finally:
-            forwarder.stop()
+            forwarder.cut()
     assert up.decision == pdp_pb2.DECISION_ALLOW, up.reasons
     assert up.credential.value == f"Bearer {vault.kv_secret}"
 

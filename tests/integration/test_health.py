@@ -12,28 +12,15 @@ import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aam.cli.main import run
-from pdp.health import ENGINE, READYZ_PATH
+from pdp.health import ENGINE
 from pdp.opa import free_port
 from pdp.procs import wait_until
 from pdp.server import SERVICE_NAME
-from pdp.stack import Stack
 from tests.integration.ledgers import fresh_database
-from tests.integration.pdp import running_stack
+from tests.integration.pdp import NOT_SERVING, SERVING, health_status, readyz, running_stack
 from tests.servers import Postgres
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def _health(stack: Stack, service: str = "") -> int:
-    with grpc.insecure_channel(stack.settings.grpc_addr) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=5).status
-
-
-def _readyz(stack: Stack) -> requests.Response:
-    assert stack.http is not None
-    return requests.get(stack.http.url + READYZ_PATH, timeout=5)
+_health, _readyz = health_status, readyz
 
 
 def test_health_follows_opa_down_and_back() -> None:
