@@ -51,6 +51,7 @@ from pdp.identity import PlaintextIdentity
 from pdp.opa import free_port
 from pdp.server import MAX_MESSAGE_BYTES, GrpcServer
 from pdp.service import PolicyDecisionServicer
+from pdp.tracing.tracer import OFF
 
 # aio-bare: grpc.aio without the interceptor, to show what the aio interceptor layer costs.
 MODES = ("thread", "aio", "aio-bare")
@@ -61,6 +62,8 @@ CANNED = json.dumps({"result": {"allow": True, "reasons": [], "policy": "bench",
 
 class FixedEngine:
     """The decision without OPA: input encoded, a canned answer decoded, a Decision built."""
+
+    tracing = OFF
 
     def decide(self, req: Request) -> Decision:
         doc = {"identity": {"spiffe_id": req.spiffe_id}, "model": req.model, "tool": req.tool,

@@ -38,6 +38,15 @@ from pdp.ledger.types import usd_to_micro
 from pdp.opa import DECISION_PATH, EXPLAIN_PATH, EngineUnavailable, OpaClient
 from pdp.shadow import Shadow, audit_field, disagrees
 from pdp.shadow import parse as parse_shadow
+from pdp.tracing.tracer import (
+    COMMIT_SPAN,
+    CREDENTIAL_SPAN,
+    EVALUATE_SPAN,
+    FINISH_SPAN,
+    OFF,
+    STATE_SPAN,
+    Tracing,
+)
 
 # Denies that depend on the ledger's state: given only on the ledger's fresh state.
 LIMIT_REASONS = frozenset({"budget_exhausted", "rate_limited", "ledger_unavailable"})
@@ -130,17 +139,24 @@ class NoCredentials:
 
 class Engine:
     def __init__(self, opa: OpaClient, observers: Iterable[Observer] = (),
-                 broker: CredentialHook | None = None, gate: LedgerGate | None = None) -> None:
+                 broker: CredentialHook | None = None, gate: LedgerGate | None = None,
+                 tracing: Tracing = OFF) -> None:
         self.opa = opa
+        # A span per decision and per step (pdp/tracing/), or nothing.
+        self.tracing = tracing
         self.observers = list(observers)
         self.broker: CredentialHook = broker if broker is not None else NoCredentials()
         # The ledger: budgets, rates, audit, and the compiled views they read.
         self.gate: LedgerGate = gate if gate is not None else NullGate()
+        # Ledger steps are traced only when there is a ledger to wait for.
+        self._ledger_tracing = tracing if gate is not None and not isinstance(gate, NullGate) else OFF
 
     def decide(self, req: Request) -> Decision:
         """Decide ``req`` (its identity is the transport's to check)."""
         started = time.perf_counter()
-        decision = self._decide(req, new_decision_id())
+        with self.tracing.decision() as span:
+            decision = self._decide(req, new_decision_id())
+            self.tracing.conclude(span, req, decision)
         self._done(req, decision, started)
         return decision
 
@@ -152,7 +168,8 @@ class Engine:
         revision = self.gate.revisions.active
         m = self._meter(req, decision_id, revision)
         try:
-            m, fresh = self.gate.read_state(m, fresh=req.explain)
+            with self._ledger_tracing.step(STATE_SPAN):
+                m, fresh = self.gate.read_state(m, fresh=req.explain)
         except LedgerError as exc:
             return self._ledger_unavailable(req, decision_id, exc, m)
         again = Reason("engine_unavailable", "the policy changed during the decision; try again")
@@ -169,7 +186,8 @@ class Engine:
             if not fresh and not decision.allow and any(
                     r.code in LIMIT_REASONS for r in decision.reasons):
                 try:  # limit denies are given only on the ledger's own state
-                    m, fresh = self.gate.read_state(m, fresh=True)
+                    with self._ledger_tracing.step(STATE_SPAN):
+                        m, fresh = self.gate.read_state(m, fresh=True)
                 except LedgerError as exc:
                     return self._ledger_unavailable(req, decision_id, exc, m)
                 continue
@@ -184,7 +202,9 @@ class Engine:
                 decision = _engine_unavailable(decision_id, "policy returned no route price")
                 return self._conclude(req, decision, m, _audit_fields(req, decision, m, state))
             try:
-                admission = self.gate.commit(priced, decision_id, fields)
+                with self._ledger_tracing.step(COMMIT_SPAN) as span:
+                    admission = self.gate.commit(priced, decision_id, fields)
+                    span.set_attribute("aam.reserved", admission.reserved)
             except LedgerError as exc:
                 return self._ledger_unavailable(req, decision_id, exc, priced, release=True)
             if admission.reserved:
@@ -214,7 +234,8 @@ class Engine:
                   input_doc: dict[str, Any] | None = None, matched: Any = None) -> Decision:
         """A decision that reserves nothing: its audit row, durable before the answer."""
         try:
-            self.gate.finish(m, decision.decision_id, fields, decision.allow)
+            with self._ledger_tracing.step(FINISH_SPAN):
+                self.gate.finish(m, decision.decision_id, fields, decision.allow)
         except LedgerError as exc:
             return self._ledger_unavailable(req, decision.decision_id, exc, m)
         return _explained(req, decision, input_doc, matched)
@@ -259,15 +280,21 @@ class Engine:
                   explain: bool = False) -> tuple[Decision, Any]:
         """OPA's decision (and matched rules), or engine_unavailable: never an exception."""
         try:
-            result, matched = self._query(input_doc, explain)
-            return from_result(result, decision_id), matched
+            with self.tracing.step(EVALUATE_SPAN) as span:
+                result, matched = self._query(input_doc, explain)
+                decision = from_result(result, decision_id)
+                span.set_attribute("aam.bundle_revision", decision.revision)
+            return decision, matched
         except EngineUnavailable as exc:
             return _engine_unavailable(decision_id, str(exc)), None
 
     def _credential(self, req: Request, decision: Decision) -> Decision:
         """The gateway's credential for an allowed tool action (or a deny without one)."""
         if decision.allow and req.tool and req.action:
-            return self.broker.attach(req, decision)
+            with self.tracing.step(CREDENTIAL_SPAN) as span:
+                attached = self.broker.attach(req, decision)
+                span.set_attribute("aam.issued", attached.credential is not None)
+            return attached
         return decision
 
     def refuse(self, req: Request, reason: Reason) -> Decision:
@@ -277,11 +304,14 @@ class Engine:
         decision = Decision(allow=False, reasons=(reason,), policy="",
                             decision_id=new_decision_id(), revision="")
         fields = _audit_fields(req, decision)
-        try:
-            self.gate.audit(decision.decision_id, fields)
-        except LedgerError as exc:
-            _log_ledger_down(req, decision.decision_id, exc)
-            self.gate.defer(None, decision.decision_id, fields)
+        with self.tracing.decision() as span:
+            try:
+                with self._ledger_tracing.step(FINISH_SPAN):
+                    self.gate.audit(decision.decision_id, fields)
+            except LedgerError as exc:
+                _log_ledger_down(req, decision.decision_id, exc)
+                self.gate.defer(None, decision.decision_id, fields)
+            self.tracing.conclude(span, req, decision)
         self._done(req, decision, started)
         return decision
 

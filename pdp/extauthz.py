@@ -42,6 +42,7 @@ from pdp.httpmap import (
 )
 from pdp.replies import INTERNAL, THROTTLED
 from pdp.service import guarded
+from pdp.tracing.tracer import carrier
 from pdp.validate import MAX_REQUEST_ID, validate
 
 log = logging.getLogger("aam.extauthz")
@@ -68,6 +69,14 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         # a plaintext port).
         self.identity.require_gateway(context, "call Check")
         http = from_check_request(request)
+        # The gateway's own trace context (its call's metadata) is the decision span's
+        # parent; the HTTP request's headers are the agent's words: only a link.
+        own = carrier(context.invocation_metadata())
+        trace, trusted = (own, True) if own else (carrier(http.headers.items()), False)
+        with self.engine.tracing.parent(trace, trusted, "Check"):
+            return self._check(http)
+
+    def _check(self, http: HttpRequest) -> external_auth_pb2.CheckResponse:
         req: Request | None = None
         try:
             req = to_request(self.mapping, http)

@@ -25,6 +25,7 @@ from pdp.metrics import Metrics
 from pdp.opa import OpaClient
 from pdp.server import GrpcServer
 from pdp.service import PolicyDecisionServicer
+from pdp.tracing.tracer import from_settings as tracing_from_settings
 
 log = logging.getLogger("aam.stack")
 
@@ -59,7 +60,8 @@ class Serving:
             self.watched, revisions, s.reservation_ttl_s, s.default_estimated_tokens,
             s.ledger_state_ttl_ms / 1000)
         self.engine = Engine(OpaClient(opa_url, s.opa_timeout_ms / 1000),
-                             observers=[metrics.observe], broker=broker, gate=gate)
+                             observers=[metrics.observe], broker=broker, gate=gate,
+                             tracing=tracing_from_settings(s))
         identity = identity_from_settings(s, audit=refusal_hook(gate, metrics))
         self.grpc: GrpcServer | None = GrpcServer(
             s, PolicyDecisionServicer(self.engine, s, identity), reuse_port, self.components)
@@ -102,6 +104,7 @@ class Serving:
             self.grpc.stop(grace_s)
             self.grpc = None
         self.engine.opa.close()
+        self.engine.tracing.shutdown()  # export what is batched
 
 
 def refusal_hook(gate: LedgerGate, metrics: Metrics) -> AuditHook:

@@ -38,3 +38,10 @@ def kube() -> Iterator[servers.Kube]:
     """One kube-apiserver (on kine) for the session: starting one costs seconds."""
     with servers.run_kube_apiserver() as k:
         yield k
+
+
+@pytest.fixture(scope="session")
+def jaeger() -> Iterator[servers.Jaeger]:
+    """One Jaeger for the session: every test reads back its own trace ids."""
+    with servers.run_jaeger() as j:
+        yield j

@@ -289,3 +289,96 @@ def _port_open(port: int) -> bool:
 
     with socket.create_connection(("127.0.0.1", port), timeout=1):
         return True
+
+
+@dataclass
+class Jaeger:
+    """A real Jaeger (v2, on the OpenTelemetry Collector) with in-memory storage."""
+
+    otlp_endpoint: str  # OTLP/gRPC receiver, "http://127.0.0.1:PORT"
+    query_url: str  # the query service's HTTP API (the UI's): /api/traces/{id}
+    proc: subprocess.Popen
+    log: Path
+
+    def trace(self, trace_id: str) -> dict | None:
+        """One trace as Jaeger stores it (spans with tags, references, processes), or None."""
+        r = requests.get(f"{self.query_url}/api/traces/{trace_id}", timeout=5)
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        data = r.json().get("data") or []
+        return data[0] if data else None
+
+    def traces(self, service: str, limit: int = 1000) -> list[dict]:
+        """The service's recent traces, newest first."""
+        r = requests.get(f"{self.query_url}/api/traces",
+                         params={"service": service, "limit": limit, "lookback": "1h"}, timeout=10)
+        r.raise_for_status()
+        return r.json().get("data") or []
+
+
+JAEGER_CONFIG = """\
+service:
+  extensions: [jaeger_storage, jaeger_query, healthcheckv2]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: warn
+extensions:
+  healthcheckv2:
+    use_v2: true
+    http:
+      endpoint: 127.0.0.1:{health}
+  jaeger_query:
+    storage:
+      traces: memstore
+    http:
+      endpoint: 127.0.0.1:{query_http}
+    grpc:
+      endpoint: 127.0.0.1:{query_grpc}
+  jaeger_storage:
+    backends:
+      memstore:
+        memory:
+          max_traces: 100000
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:{otlp}
+processors:
+  batch:
+    timeout: 200ms
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: memstore
+"""
+
+
+@contextlib.contextmanager
+def run_jaeger(timeout_s: float = 30.0) -> Iterator[Jaeger]:
+    """Jaeger all-in-one on loopback: an OTLP/gRPC receiver and the query API, every port free."""
+    binary = tool_binary("jaeger")
+    ports = {"health": free_port(), "query_http": free_port(), "query_grpc": free_port(),
+             "otlp": free_port()}
+    with tempfile.TemporaryDirectory(prefix="aam-test-jaeger-") as tmp:
+        config, log = Path(tmp) / "jaeger.yaml", Path(tmp) / "jaeger.log"
+        config.write_text(JAEGER_CONFIG.format(**ports))
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([binary, "--config", f"file:{config}"], stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp)
+        query = f"http://127.0.0.1:{ports['query_http']}"
+        try:
+            wait_until(lambda: requests.get(f"http://127.0.0.1:{ports['health']}/status",
+                                            timeout=1).ok
+                       and requests.get(f"{query}/api/services", timeout=1).ok
+                       and _port_open(ports["otlp"]), timeout_s, "Jaeger", proc, log)
+            yield Jaeger(f"http://127.0.0.1:{ports['otlp']}", query, proc, log)
+        finally:
+            stop(proc)

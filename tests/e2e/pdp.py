@@ -24,6 +24,7 @@ from pdp.extauthz import register
 from pdp.identity import GATEWAY_TOKEN_HEADER, PlaintextIdentity
 from pdp.opa import free_port
 from pdp.stack import Stack
+from pdp.tracing.tracer import OFF, Tracing
 from tests.integration.pdp import EXAMPLES, Metadata, gateway_metadata, running_stack
 from tests.vaultsetup import VaultSetup
 
@@ -85,6 +86,7 @@ class Recording:
 
     engine: Any
     seen: list[Request] = field(default_factory=list)
+    tracing: Tracing = OFF
 
     def decide(self, req: Request) -> Decision:
         self.seen.append(req)
@@ -93,6 +95,8 @@ class Recording:
 
 class Throttling:
     """An engine that always denies for budget or rate (the ledger decides these in production)."""
+
+    tracing = OFF
 
     def __init__(self, code: str, retry_after_s: float | None) -> None:
         self.code, self.retry_after_s = code, retry_after_s
