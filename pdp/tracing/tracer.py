@@ -166,8 +166,15 @@ def from_settings(settings: TracingSettings) -> Tracing:
     if not settings.otlp_endpoint:
         return OFF
     import grpc
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    try:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    except ImportError as exc:  # fail at start, with the fix, not at the first export
+        raise setting_error("otlp_endpoint", f"the OTLP exporter cannot load ({exc}); if "
+                            "xds-protos was installed after opentelemetry-proto it replaced "
+                            "the OTLP protos: pip install --force-reinstall --no-deps "
+                            "opentelemetry-proto") from None
 
     secure = settings.otlp_endpoint.startswith("https://")
     credentials = None
