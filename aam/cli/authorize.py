@@ -11,6 +11,8 @@ from typing import Any, TextIO
 import grpc
 from google.protobuf import json_format
 
+from aam.cli.grpcargs import add_tls_args
+from aam.cli.grpcargs import channel as grpc_channel
 from aam.v1 import pdp_pb2, pdp_pb2_grpc
 from pdp.identity import GATEWAY_TOKEN_HEADER
 
@@ -34,9 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the response as JSON")
     p.add_argument("--timeout", type=float, default=5.0,
                    help="seconds to wait for the answer (default 5)")
-    p.add_argument("--cert", help="client X.509-SVID (PEM) for mTLS; plaintext without it")
-    p.add_argument("--key", help="private key of --cert (PEM)")
-    p.add_argument("--ca", help="trust bundle (PEM) to verify the PDP's certificate")
+    add_tls_args(p)
     p.add_argument("--jwt-svid-file", help="file holding the agent's JWT-SVID (gateways)")
     p.add_argument("--gateway-token-file",
                    help="on a plaintext port, ask as the gateway: send this file's token "
@@ -159,21 +159,6 @@ def _whole(value: Any) -> Any:
     return value
 
 
-def _channel(args: argparse.Namespace) -> grpc.Channel:
-    if not (args.cert or args.key or args.ca):
-        return grpc.insecure_channel(args.addr)
-    if not (args.cert and args.key and args.ca):
-        raise ValueError("mTLS needs all of --cert, --key and --ca")
-    try:
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=Path(args.ca).read_bytes(),
-            private_key=Path(args.key).read_bytes(),
-            certificate_chain=Path(args.cert).read_bytes())
-    except OSError as exc:
-        raise ValueError(f"{exc.filename}: {exc.strerror}") from None
-    return grpc.secure_channel(args.addr, creds)
-
-
 def duration(seconds: float) -> str:
     """A wait as people read it (4h12m, 30s, 2d3h), rounded up: never earlier than it is."""
     total = max(0, math.ceil(seconds))
@@ -243,7 +228,7 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     try:
         req = build_request(args)
         metadata = _metadata(args)
-        channel = _channel(args)
+        channel = grpc_channel(args)
     except ValueError as exc:
         print(f"aam authorize: error: {exc}", file=stderr)
         return 2

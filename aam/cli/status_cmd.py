@@ -16,10 +16,12 @@ import grpc
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from aam.cli.grpcargs import add_tls_args
+from aam.cli.grpcargs import channel as grpc_channel
 from pdp.health import BROKER, BUNDLE_SERVER, ENGINE, LEDGER, READYZ_PATH
 from pdp.server import SERVICE_NAME
 
-OK, ERROR = 0, 1
+OK, ERROR, USAGE = 0, 1, 2
 COMPONENTS = (ENGINE, LEDGER, BROKER, BUNDLE_SERVER)
 
 
@@ -29,7 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "service, each component) and, with --http, its /readyz "
                                    "(each component's state, reason and revision). "
                                    "Exit 0 ready (degraded included), 1 not ready or unreachable.")
-    p.add_argument("--addr", default="127.0.0.1:50051", help="PDP gRPC address (plaintext)")
+    p.add_argument("addr_arg", nargs="?", metavar="ADDR",
+                   help="PDP gRPC address, host:port (the same as --addr)")
+    p.add_argument("--addr", default="127.0.0.1:50051", help="PDP gRPC address")
+    add_tls_args(p)
     p.add_argument("--http", default="", metavar="URL",
                    help="the PDP's HTTP server (http_addr), e.g. http://127.0.0.1:8181, "
                         "for each component's state, reason and revision from /readyz")
@@ -40,11 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_status)
 
 
-def _grpc(addr: str, timeout_s: float) -> tuple[bool, dict[str, str], str]:
+def _grpc(args: argparse.Namespace) -> tuple[bool, dict[str, str], str]:
     """gRPC health of every service the PDP reports: (ready, {label: status}, error).
     Ready when the overall and the decision service are SERVING."""
     found: dict[str, str] = {}
-    with grpc.insecure_channel(addr) as channel:
+    timeout_s = args.timeout
+    with grpc_channel(args) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         ready = True
         for label, service in (("overall", ""), (SERVICE_NAME, SERVICE_NAME),
@@ -86,7 +92,12 @@ def _print_readyz(doc: dict[str, Any], out: TextIO) -> None:
 
 
 def run_status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    ready, services, grpc_error = _grpc(args.addr, args.timeout)
+    args.addr = args.addr_arg or args.addr
+    try:
+        ready, services, grpc_error = _grpc(args)
+    except ValueError as exc:
+        print(f"aam status: error: {exc}", file=stderr)
+        return USAGE
     doc: dict[str, Any] = {"addr": args.addr, "grpc": services}
     if grpc_error:
         doc["grpc_error"] = grpc_error
