@@ -148,8 +148,9 @@ class Engine:
         self.broker: CredentialHook = broker if broker is not None else NoCredentials()
         # The ledger: budgets, rates, audit, and the compiled views they read.
         self.gate: LedgerGate = gate if gate is not None else NullGate()
-        # Ledger steps are traced only when there is a ledger to wait for.
+        # Ledger and broker steps are traced only when there is one to wait for.
         self._ledger_tracing = tracing if gate is not None and not isinstance(gate, NullGate) else OFF
+        self._broker_tracing = tracing if broker is not None else OFF
 
     def decide(self, req: Request) -> Decision:
         """Decide ``req`` (its identity is the transport's to check)."""
@@ -291,7 +292,7 @@ class Engine:
     def _credential(self, req: Request, decision: Decision) -> Decision:
         """The gateway's credential for an allowed tool action (or a deny without one)."""
         if decision.allow and req.tool and req.action:
-            with self.tracing.step(CREDENTIAL_SPAN) as span:
+            with self._broker_tracing.step(CREDENTIAL_SPAN) as span:
                 attached = self.broker.attach(req, decision)
                 span.set_attribute("aam.issued", attached.credential is not None)
             return attached

@@ -43,6 +43,9 @@ TRACEPARENT, TRACESTATE = "traceparent", "tracestate"
 # How long a finished span may wait in the batch before export: short enough that a
 # trace is readable in the collector a second or two after the call.
 EXPORT_DELAY_MS = 1000
+# Spans the batch may hold before it drops new ones: several seconds of a saturated PDP
+# (about 5 spans per decision) should the collector be slow.
+EXPORT_QUEUE = 16384
 
 
 class Span(Protocol):
@@ -138,12 +141,11 @@ class _OtelTracing(Tracing):
 
     def decision(self) -> AbstractContextManager[Span]:
         claimed = self._context.get_value(self._link_key)
-        links = [self._trace.Link(claimed)] if claimed is not None and claimed.is_valid else ()
+        links = [self._trace.Link(claimed)] if claimed is not None and claimed.is_valid else None
         method = self._context.get_value(self._method_key) or ""
-        return self._tracer.start_as_current_span(
-            DECISION_SPAN, kind=self._trace.SpanKind.SERVER, links=links,
-            attributes={"rpc.method": method}, record_exception=False,
-            set_status_on_exception=False)
+        span = self._tracer.start_span(DECISION_SPAN, kind=self._trace.SpanKind.SERVER,
+                                       links=links, attributes={"rpc.method": method})
+        return _Current(span, self._context, self._trace)
 
     def conclude(self, span: Span, request: Any, decision: Any) -> None:
         span.set_attributes(decision_attributes(decision, request))
@@ -153,12 +155,31 @@ class _OtelTracing(Tracing):
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, failed))
 
     def step(self, name: str) -> AbstractContextManager[Span]:
-        # An exception's text may quote what it failed on: never recorded.
-        return self._tracer.start_as_current_span(name, record_exception=False,
-                                                  set_status_on_exception=False)
+        if not self._trace.get_current_span().is_recording():
+            return _NULL  # the decision is not sampled: neither are its steps
+        return _Current(self._tracer.start_span(name), self._context, self._trace)
 
     def shutdown(self) -> None:
         self._provider.shutdown()
+
+
+class _Current:
+    """``span`` as the current span for a ``with`` block, then ended: what the SDK's
+    start_as_current_span does, without its generator, and never recording an exception
+    (its text may quote what it failed on) nor turning one into the span's status."""
+
+    __slots__ = ("_context", "_span", "_token", "_trace")
+
+    def __init__(self, span: Any, context: Any, trace: Any) -> None:
+        self._span, self._context, self._trace = span, context, trace
+
+    def __enter__(self) -> Any:
+        self._token = self._context.attach(self._trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(self, *exc: object) -> None:
+        self._context.detach(self._token)
+        self._span.end()
 
 
 def from_settings(settings: TracingSettings) -> Tracing:
@@ -189,7 +210,8 @@ def from_settings(settings: TracingSettings) -> Tracing:
         credentials = grpc.ssl_channel_credentials(ca)
     exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=not secure,
                                 credentials=credentials)
-    return exporting(BatchSpanProcessor(exporter, schedule_delay_millis=EXPORT_DELAY_MS), settings)
+    return exporting(BatchSpanProcessor(exporter, schedule_delay_millis=EXPORT_DELAY_MS,
+                                        max_queue_size=EXPORT_QUEUE), settings)
 
 
 def exporting(processor: Any, settings: TracingSettings) -> Tracing:
