@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests import servers, vaultsetup
+from tests import spire as spire_
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +46,11 @@ def jaeger() -> Iterator[servers.Jaeger]:
     """One Jaeger for the session: every test reads back its own trace ids."""
     with servers.run_jaeger() as j:
         yield j
+
+
+@pytest.fixture(scope="session")
+def spire() -> Iterator[spire_.Spire]:
+    """One SPIRE server and agent for the session; tests register their own entries (each
+    its own gid or path, so tests never see each other's identities)."""
+    with spire_.run_spire() as s:
+        yield s
