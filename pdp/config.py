@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pdp.brokersettings import BrokerSettings
+from pdp.consolesettings import ConsoleSettings
 from pdp.extauthzsettings import ExtAuthzSettings
 from pdp.healthsettings import HealthSettings
 from pdp.identitysettings import IdentitySettings
@@ -48,8 +49,8 @@ from pdp.tracing.settings import TracingSettings
 __all__ = [
     "COMPONENTS", "DEFAULT_SQLITE_LEDGER", "DEFAULT_STATE_DIR", "DEFAULT_TOOLS_DIR",
     "LAST_UP_LEDGER", "MASK", "MAX_UNIX_PATH", "REPO_ROOT", "SECRET_SUFFIXES", "UNIX_SCHEME",
-    "BrokerSettings", "ConfigError", "ExtAuthzSettings", "HealthSettings", "IdentitySettings",
-    "LedgerSettings",
+    "BrokerSettings", "ConfigError", "ConsoleSettings", "ExtAuthzSettings", "HealthSettings",
+    "IdentitySettings", "LedgerSettings",
     "LoggingSettings", "OpaSettings", "PolicySettings", "ServerSettings", "Settings",
     "SettingsPart", "TracingSettings", "masked", "part", "resolve_workers", "setting_error",
     "settings_dict", "settings_from_dict", "settings_toml", "split_addr", "sqlite_ledger",
@@ -79,14 +80,16 @@ def up_project_dir(policies: Path) -> Path:
 COMPONENTS: tuple[type[SettingsPart], ...] = (
     ServerSettings, LoggingSettings, PolicySettings, ExtAuthzSettings, OpaSettings,
     IdentitySettings, BrokerSettings, LedgerSettings, HealthSettings, TracingSettings,
+    ConsoleSettings,
 )
 
 
 # The bases are COMPONENTS reversed: a dataclass takes its bases' fields from the last base
 # to the first, so this keeps COMPONENTS' order (grpc_addr first).
 @dataclass(frozen=True)
-class Settings(TracingSettings, HealthSettings, LedgerSettings, BrokerSettings, IdentitySettings, OpaSettings,
-               ExtAuthzSettings, PolicySettings, LoggingSettings, ServerSettings):
+class Settings(ConsoleSettings, TracingSettings, HealthSettings, LedgerSettings, BrokerSettings,
+               IdentitySettings, OpaSettings, ExtAuthzSettings, PolicySettings, LoggingSettings,
+               ServerSettings):
     """Every setting of the PDP: the components' settings side by side, flat (no field of
     its own). A component given only its part: ``part(settings, LedgerSettings)``."""
 

@@ -26,6 +26,7 @@ from pdp.bundles import BUNDLE_PATH, BundleStore, HttpServer
 from pdp.bundlesigner import BundleSigner
 from pdp.compiled import Revisions
 from pdp.config import Settings, resolve_workers, split_addr
+from pdp.console import ConsoleServer, RevisionLog, console_server
 from pdp.engine import Engine
 from pdp.extauthz import ExtAuthzServer
 from pdp.health import (
@@ -86,6 +87,10 @@ class Stack:
         self.signer: BundleSigner | None = None  # signs every bundle published to OPA
         self.workers: Workers | None = None  # with more than one worker: their supervisor
         self._held: list[socket.socket] = []  # the ports the workers share (pdp/reuseport.py)
+        # The read-only console (console_addr), and what it shows of the bundles published.
+        self.history = RevisionLog()
+        self.components.listen(self.history.on_components)
+        self.console: ConsoleServer | None = None
 
     def compile(self) -> Bundle:
         return compile_paths([self.policies], self._shadow)
@@ -163,6 +168,9 @@ class Stack:
         if self.opa is not None:
             threading.Thread(target=self._supervise_opa, name="aam-opa-supervisor",
                              daemon=True).start()
+        if s.console_addr:
+            self.console = console_server(s, self.ledger, self.revisions, self.history)
+            self.console.start()
         if s.watch or self.source is not None:
             self._watcher = threading.Thread(target=self._watch, name="aam-watch", daemon=True)
             self._watcher.start()
@@ -204,6 +212,7 @@ class Stack:
             self.workers.publish(revision.seq, revision.id,
                                  data if isinstance(data, bytes) else str(data).encode())
         self.store.publish(bundle)
+        self.history.published(revision.id, len(revision.compiled.policies))
         memory.release_freed()  # the compile's garbage: RSS back from its peak
 
     @property
@@ -311,6 +320,9 @@ class Stack:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.console:
+            self.console.stop()
+            self.console = None
         if self.probe:
             self.probe.stop()
             self.probe = None

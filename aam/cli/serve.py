@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from pdp.config import (
     split_addr,
     up_project_dir,
 )
+from pdp.consolesettings import loopback_host
 from pdp.ledger import LedgerError
 from pdp.ledger.keyring import ensure_file
 from pdp.ledger.startup import up_anchor_file, up_key_file
@@ -55,6 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--vault", action=argparse.BooleanOptionalAction, default=True,
                     help="start an OpenBao dev server for the credential broker when the bao "
                          "binary is available (default on)")
+    up.add_argument("--console-addr", default="127.0.0.1:0", metavar="HOST:PORT",
+                    help="the read-only web console, on loopback (default 127.0.0.1:0: a free "
+                         "port, printed); '' for none. Another address is refused: aam up has "
+                         "no operator token (use aam serve with console_token_file)")
     up.add_argument("--mapping", type=Path,
                     help="TOML file mapping HTTP requests to decisions (the extauthz_mapping setting)")
     up.add_argument("--envoy", action="store_true",
@@ -91,12 +95,7 @@ DEMO_AGENT = "spiffe://prod/agent/finance-analyst"
 
 def _is_loopback(addr: str) -> bool:
     host, _ = split_addr(addr, "--grpc-addr")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return loopback_host(host)
 
 
 def run_up(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
@@ -113,7 +112,7 @@ def run_up(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
                     ledger_url=ledger_url, ledger_migrate=True,
                     gateway_token_file=str(args.gateway_token_file),
                     extauthz_mapping=str(args.mapping) if args.mapping else None,
-                    workers=args.workers)
+                    workers=args.workers, console_addr=args.console_addr)
         base.update(_audit_files(ledger_url, create=not args.print_config))
         settings = Settings.load(env={}, **base)
         if args.print_config:
@@ -232,6 +231,10 @@ def _serve(settings: Settings, stdout: TextIO, stderr: TextIO, banner: bool,
     extauthz_addr = (f"{split_addr(settings.extauthz_addr)[0]}:{stack.extauthz.port}"
                      if stack.extauthz else settings.extauthz_addr or settings.grpc_addr)
     print(f"ext_authz  {extauthz_addr} envoy.service.auth.v3.Authorization (Envoy)", file=stdout)
+    if stack.console:
+        auth = ("operator token" if stack.console.token else
+                "client certificate" if stack.console.tls else "no login: loopback only")
+        print(f"console    {stack.console.url} (read-only; {auth})", file=stdout)
     if companion_banner:
         print(companion_banner, file=stdout)
     if banner:

@@ -8,9 +8,12 @@ keyed exactly as on PostgreSQL (pdp/ledger/chain.py), inside that transaction.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -247,24 +250,93 @@ class SqliteLedger(WriterBacked):
 
     def audit_rows(self, flt: AuditFilter) -> list[AuditRow]:
         """Times are compared as datetimes here, not as text in SQL (a row's ISO text need
-        not be in the filter's form), so ``limit`` (the newest N) is applied here too."""
-        query, args = flt.sql("?", dialect="sqlite", times=False)
+        not be in the filter's form; SQL bounds ts only by whole days, on its index), so
+        ``limit`` (the newest N) is applied here too: rows are read newest first and the
+        read stops at the limit."""
         since, until = flt.bounds()
+        if since is None and until is None:  # nothing to compare here: all of it in SQL
+            query, args = flt.sql("?", dialect="sqlite")
+            with self._lock:
+                try:
+                    fetched = self.conn.execute(query, args).fetchall()
+                except sqlite3.Error as exc:
+                    raise LedgerUnavailable(f"ledger audit query: {exc}") from None
+            return [AuditRow(*r[:8], cost_micro=r[8], settlement=r[9], key_id=r[10])
+                    for r in fetched]
+        query, args = flt.sql("?", dialect="sqlite", times=False, newest_first=True)
+        rows = []
         with self._lock:
             try:
-                fetched = self.conn.execute(query, args).fetchall()
+                cur = self.conn.execute(query, args)
+                while flt.limit is None or len(rows) < flt.limit:
+                    page = cur.fetchmany(500)
+                    if not page:
+                        break
+                    for r in page:
+                        ts = _utc(datetime.fromisoformat(r[1]))
+                        if (since and ts < since) or (until and ts >= until):
+                            continue
+                        rows.append(AuditRow(*r[:8], cost_micro=r[8], settlement=r[9],
+                                             key_id=r[10]))
+                        if flt.limit is not None and len(rows) >= flt.limit:
+                            break
+                cur.close()
             except sqlite3.Error as exc:
                 raise LedgerUnavailable(f"ledger audit query: {exc}") from None
-        rows = []
-        for r in reversed(fetched):  # newest first, until the limit is reached
-            if flt.limit is not None and len(rows) >= flt.limit:
-                break
-            ts = _utc(datetime.fromisoformat(r[1]))
-            if (since and ts < since) or (until and ts >= until):
-                continue
-            rows.append(AuditRow(*r[:8], cost_micro=r[8], settlement=r[9], key_id=r[10]))
         rows.reverse()
+        if flt.shadow_only:
+            rows = [r for r in rows if _has_shadow(r.body)]
         return rows
+
+    def audit_counts(self, flt: AuditFilter, start: datetime, step_s: int
+                     ) -> tuple[int, list[tuple[int, str, int]]]:
+        """The rows ``flt`` matches, and how many of them carry each reason code per
+        bucket of ``step_s`` seconds from ``start`` (bucket, code: "" for a row without
+        reasons, rows; a row before ``start`` is in bucket -1). Counted in SQL on the
+        (outcome, ts, reason, reason_n) index, times compared by julianday (whatever a
+        row's ISO form, to the millisecond); only a row with several reasons has its
+        body read."""
+        query, args = counts_query(flt, start, step_s)
+        with self._lock:
+            try:
+                got = self.conn.execute(query, args).fetchall()
+            except sqlite3.Error as exc:
+                raise LedgerUnavailable(f"ledger audit query: {exc}") from None
+        total = 0
+        counts: Counter[tuple[int, str]] = Counter()
+        for b, first_code, body, n in got:
+            total += n
+            codes = {str(first_code)} if first_code is not None else set()
+            if body is not None:
+                with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
+                    codes |= {str(x.get("code", "")) for x in json.loads(body)["reasons"]
+                              if isinstance(x, dict)}
+            for code in codes or {""}:
+                counts[int(b), code] += n
+        return total, [(b, c, n) for (b, c), n in counts.items()]
+
+
+def counts_query(flt: AuditFilter, start: datetime, step_s: int) -> tuple[str, list]:
+    """The GROUP BY of :meth:`SqliteLedger.audit_counts` and its arguments."""
+    where, args = flt.where("?", dialect="sqlite", times=False)
+    since, until = flt.bounds()
+    for op, bound in ((">=", since), ("<", until)):
+        if bound is not None:
+            where.append(f"julianday(a.ts) {op} julianday(?)")
+            args.append(bound.isoformat())
+    bucket = "(julianday(a.ts) - julianday(?)) * 86400.0 / ?"
+    query = (f"SELECT CASE WHEN {bucket} < 0 THEN -1 ELSE CAST({bucket} AS INTEGER) END AS b,"
+             " a.reason, CASE WHEN a.reason_n > 1 THEN a.body END AS more, count(*)"
+             " FROM aam_audit a" + (" WHERE " + " AND ".join(where) if where else "")
+             + " GROUP BY b, a.reason, more")
+    return query, [start.isoformat(), step_s] * 2 + args
+
+
+def _has_shadow(body: str) -> bool:
+    try:
+        return '"shadow"' in body and json.loads(body).get("shadow") is not None
+    except (ValueError, AttributeError):
+        return False
 
 
 def _utc(ts: datetime) -> datetime:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -203,6 +202,13 @@ class AuditFilter:
     reason: str = ""
     tool: str = ""
     model: str = ""
+    # Rows after this sequence number and up to ``through_seq`` (inclusive): a walk of the
+    # chain in pages on the primary key (the console's incremental verify).
+    after_seq: int = 0
+    through_seq: int | None = None
+    # Of the rows the rest selects (after ``limit``: among the newest N), only those whose
+    # body has a ``shadow`` entry (the console's shadow page: nothing else leaves the store).
+    shadow_only: bool = False
 
     def bounds(self, now: datetime | None = None) -> tuple[datetime | None, datetime | None]:
         """``since`` and ``until`` as UTC datetimes; a malformed one is a FilterError."""
@@ -215,14 +221,33 @@ class AuditFilter:
         return out[0], out[1]
 
     def sql(self, placeholder: str, *, dialect: str = "postgres",
-            times: bool = True) -> tuple[str, list[Any]]:
+            times: bool = True, newest_first: bool = False) -> tuple[str, list[Any]]:
         """The audit query both stores run, with ``placeholder`` for their driver and the
-        JSON functions of ``dialect`` ("postgres": the text body cast to jsonb; "sqlite":
-        json_extract, guarded by json_valid so one unreadable body does not fail the query).
+        columns of ``dialect`` ("postgres" or "sqlite": reason, tool and model are read
+        from the generated columns the console migrations add, each on an index).
 
         ``times=False`` leaves since/until, and so ``limit``, to the caller (SQLite keeps
-        ISO text, compared after parsing). Times are checked here first either way: a bad
-        one is a FilterError before any SQL runs."""
+        ISO text, compared after parsing): the query then bounds ts only by whole days
+        either side, a range of the ts index no row in the window falls outside.
+        ``newest_first`` orders it by seq descending (the caller stops at its limit). Times
+        are checked here first either way: a bad one is a FilterError before any SQL runs."""
+        where, args = self.where(placeholder, dialect=dialect, times=times)
+        query = ("SELECT a.seq, a.ts, a.decision_id, a.workload, a.outcome, a.body, a.prev_hash,"
+                 " a.hash, r.cost_micro, coalesce(r.state, '') AS settlement, a.key_id"
+                 " FROM aam_audit a LEFT JOIN aam_reservations r ON r.decision_id = a.decision_id"
+                 + (" WHERE " + " AND ".join(where) if where else ""))
+        if times and self.limit is not None:
+            # The newest N, put back in chain order.
+            shadow = (f" WHERE {_shadow(dialect, 'newest')}" if self.shadow_only else "")
+            return (f"SELECT * FROM ({query} ORDER BY a.seq DESC LIMIT {int(self.limit)})"
+                    f" AS newest{shadow} ORDER BY seq"), args
+        if times and self.shadow_only:
+            query += (" AND " if where else " WHERE ") + _shadow(dialect, "a")
+        return query + (" ORDER BY a.seq DESC" if newest_first else " ORDER BY a.seq"), args
+
+    def where(self, placeholder: str, *, dialect: str = "postgres",
+              times: bool = True) -> tuple[list[str], list[Any]]:
+        """The WHERE terms (ANDed) of :meth:`sql` and their arguments, on table alias ``a``."""
         since, until = self.bounds()
         if self.limit is not None and self.limit < 0:
             raise FilterError(f"--limit {self.limit}: must not be negative")
@@ -240,33 +265,44 @@ class AuditFilter:
                          f" - CAST({ph} AS integer) + 1) = {ph})")
             args += [self.workload, len(tail), tail]
         for column, value in (("a.outcome", self.outcome.lower()),
-                              ("a.decision_id", self.decision_id)):
+                              ("a.decision_id", self.decision_id),
+                              ("a.tool", self.tool), ("a.model", self.model)):
             if value:
                 where.append(f"{column} = {ph}")
                 args.append(value)
-        for path, value in ((("policy",), self.policy), (("action", "tool"), self.tool),
-                            (("action", "model"), self.model)):
-            if value:
-                where.append(f"{_json_text(dialect, path)} = {ph}")
-                args.append(value)
+        if self.policy:
+            where.append(f"{_json_text(dialect, ('policy',))} = {ph}")
+            args.append(self.policy)
         if self.reason:
-            where.append(_json_reason(dialect, ph))
-            args.append(json.dumps([{"code": self.reason}]) if dialect == "postgres" else self.reason)
-        if times and since:
-            where.append(f"a.ts >= {ph}")
-            args.append(since.isoformat())
-        if times and until:
-            where.append(f"a.ts < {ph}")
-            args.append(until.isoformat())
-        query = ("SELECT a.seq, a.ts, a.decision_id, a.workload, a.outcome, a.body, a.prev_hash,"
-                 " a.hash, r.cost_micro, coalesce(r.state, '') AS settlement, a.key_id"
-                 " FROM aam_audit a LEFT JOIN aam_reservations r ON r.decision_id = a.decision_id"
-                 + (" WHERE " + " AND ".join(where) if where else ""))
-        if times and self.limit is not None:
-            # The newest N, put back in chain order.
-            return (f"SELECT * FROM ({query} ORDER BY a.seq DESC LIMIT {int(self.limit)})"
-                    " AS newest ORDER BY seq"), args
-        return query + " ORDER BY a.seq", args
+            where.append(_reason(dialect, ph))
+            args += [self.reason] * (1 if dialect == "postgres" else 2)
+        if self.after_seq:
+            where.append(f"a.seq > {ph}")
+            args.append(int(self.after_seq))
+        if self.through_seq is not None:
+            where.append(f"a.seq <= {ph}")
+            args.append(int(self.through_seq))
+        if times:
+            if since:
+                where.append(f"a.ts >= {ph}")
+                args.append(since.isoformat())
+            if until:
+                where.append(f"a.ts < {ph}")
+                args.append(until.isoformat())
+        else:
+            # Whole UTC days either side, as text: any ISO form of a time in the window
+            # (whatever its offset, -12:00 to +14:00) starts with a date inside these.
+            # SQLite has no statistics of ts ranges: it would walk the primary key for
+            # ORDER BY seq rather than read a day of ts. A window of days is a small part
+            # of a ledger: say so (likelihood), and it reads the ts index and sorts.
+            if since:
+                short = (until or datetime.now(UTC)) - since <= timedelta(days=7)
+                where.append(f"likelihood(a.ts >= {ph}, 0.01)" if short else f"a.ts >= {ph}")
+                args.append((since - timedelta(days=1)).date().isoformat())
+            if until:
+                where.append(f"a.ts < {ph}")
+                args.append((until + timedelta(days=2)).date().isoformat())
+        return where, args
 
 
 def _json_text(dialect: str, path: tuple[str, ...]) -> str:
@@ -276,10 +312,23 @@ def _json_text(dialect: str, path: tuple[str, ...]) -> str:
     return (f"(CASE WHEN json_valid(a.body) THEN json_extract(a.body, '$.{'.'.join(path)}') END)")
 
 
-def _json_reason(dialect: str, ph: str) -> str:
-    """Some entry of the body's ``reasons`` list has this ``code``."""
+def _shadow(dialect: str, alias: str) -> str:
     if dialect == "postgres":
-        return f"(a.body::jsonb -> 'reasons') @> {ph}::jsonb"
-    return ("EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid(a.body) THEN a.body"
-            " ELSE '{}' END, '$.reasons') AS r"
-            f" WHERE json_extract(a.body, r.fullkey || '.code') = {ph})")
+        return f"({alias}.body::jsonb -> 'shadow') IS NOT NULL"
+    return (f"(CASE WHEN json_valid({alias}.body) THEN json_extract({alias}.body, '$.shadow') END)"
+            " IS NOT NULL")
+
+
+def _reason(dialect: str, ph: str) -> str:
+    """Some entry of the body's ``reasons`` list has this ``code``. PostgreSQL: the
+    ``reasons`` column holds every code (GIN index). SQLite: ``reason`` holds the first
+    (btree index); the few rows with more than one (``reason_n > 1``, a partial index)
+    are searched in their body."""
+    if dialect == "postgres":
+        return f"a.reasons ? {ph}"
+    # One list of seqs from both indexes (an OR of the two would walk the table for the
+    # ORDER BY seq): SQLite reads it in order on the primary key.
+    return (f"a.seq IN (SELECT f.seq FROM aam_audit f WHERE f.reason = {ph} UNION ALL"
+            " SELECT m.seq FROM aam_audit m WHERE m.reason_n > 1"
+            " AND EXISTS (SELECT 1 FROM json_each(m.body, '$.reasons') AS r"
+            f" WHERE json_extract(r.value, '$.code') = {ph}))")

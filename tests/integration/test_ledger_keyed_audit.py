@@ -294,8 +294,9 @@ def test_a_migrated_ledger_verifies_its_legacy_rows_and_protects_them_from_then_
     ledger = open_ledger(url, 2, 5.0, Keyring.load(key))
     assert ledger is not None
     try:
-        assert ledger.migrate() == (["0002_keyed_audit"] if url.startswith("sqlite:")
-                                    else ["0004_keyed_audit"])
+        assert ledger.migrate() == (["0002_keyed_audit", "0003_console_indexes"]
+                                    if url.startswith("sqlite:")
+                                    else ["0004_keyed_audit", "0005_console_indexes"])
         keyed = seed(ledger, 3)
         rows = ledger.audit_rows(AuditFilter())
         assert [r.key_id for r in rows] == [""] * 5 + [Keyring.load(key).current().id] * 3

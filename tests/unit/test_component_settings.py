@@ -15,6 +15,7 @@ from pdp.config import (
     COMPONENTS,
     BrokerSettings,
     ConfigError,
+    ConsoleSettings,
     ExtAuthzSettings,
     HealthSettings,
     IdentitySettings,
@@ -44,6 +45,7 @@ INVALID = {
     LedgerSettings: ("ledger_pool_size", "0", "0", "must be positive, got 0"),
     HealthSettings: ("broker_probe_interval_s", "0", "0", "must be positive, got 0.0"),
     TracingSettings: ("trace_sample_ratio", "1.5", "1.5", "must be between 0 and 1, got 1.5"),
+    ConsoleSettings: ("console_addr", '"console"', "console", "must be host:port, got 'console'"),
 }
 
 
