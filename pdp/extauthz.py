@@ -41,9 +41,11 @@ from pdp.httpmap import (
     workload_of,
 )
 from pdp.replies import INTERNAL, THROTTLED
+from pdp.server import server_options
 from pdp.service import guarded
 from pdp.tracing.tracer import carrier
 from pdp.validate import MAX_REQUEST_ID, validate
+from pdp.workloadapi import WorkloadApiSource
 
 log = logging.getLogger("aam.extauthz")
 
@@ -236,17 +238,18 @@ class ExtAuthzServer:
 
     def __init__(self, settings: Settings, engine: Engine,
                  identity: identities.Identity | None = None,
-                 revisions: Revisions | None = None, reuse_port: bool = False) -> None:
+                 revisions: Revisions | None = None, reuse_port: bool = False,
+                 workload: WorkloadApiSource | None = None) -> None:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers,
                                        thread_name_prefix="aam-extauthz"),
-            options=[("grpc.so_reuseport", int(reuse_port))])
+            options=server_options(settings, reuse_port))
         register(self.server, engine, settings, identity, revisions)
         if settings.plaintext:
             self.port = self.server.add_insecure_port(settings.extauthz_addr)
         else:
             self.port = self.server.add_secure_port(
-                settings.extauthz_addr, identities.server_credentials(settings))
+                settings.extauthz_addr, identities.server_credentials(settings, workload))
         if self.port == 0:
             raise ConfigError(f"cannot listen on {settings.extauthz_addr} (address in use?)")
 

@@ -24,6 +24,8 @@ from pdp.opa import OpaClient
 log = logging.getLogger("aam.health")
 OK, DEGRADED, DOWN = "ok", "degraded", "down"
 ENGINE, BUNDLE_SERVER, LEDGER, BROKER = "engine", "bundle_server", "ledger", "broker"
+# The PDP's own SVID from the Workload API (spiffe_endpoint_socket, pdp/workloadapi.py).
+IDENTITY = "identity"
 # Components whose outage stops every decision: not ready while they are down. The others
 # (ledger, broker) make the PDP degraded: it still decides, and says why it is degraded.
 ESSENTIAL = frozenset({ENGINE})

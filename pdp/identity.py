@@ -6,9 +6,9 @@ caller's SPIFFE ID from the certificate's single URI SAN and decides whether
 the caller may ask about the workload named in the request. An agent may
 only ask about itself; configured gateways may ask on behalf of agents and,
 when required, must forward the agent's JWT-SVID, verified here against a
-JWKS trust bundle. Every refusal is reported to an audit hook (a log line by
-default; the ledger routes it to the audit table) before the caller gets
-UNAUTHENTICATED or PERMISSION_DENIED.
+JWKS trust bundle (a file, or the Workload API's: pdp/workloadapi.py). Every
+refusal is reported to an audit hook (a log line by default; the ledger routes
+it to the audit table) before the caller gets UNAUTHENTICATED or PERMISSION_DENIED.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from compiler import spiffe
 from pdp.config import ConfigError, Settings
 from pdp.errors import PermissionDenied, ServiceError, Unauthenticated
 from pdp.secretfile import read_secret
+from pdp.workloadapi import WorkloadApiSource
 
 log = logging.getLogger("aam.identity")
 
@@ -248,11 +249,15 @@ class JwtSvidVerifier:
                             extra={"fields": {"kid": entry["kid"], "error": str(exc)}})
         self._keys, self._mtime = keys, mtime
 
-    def verify(self, token: str, subject: str) -> None:
-        """Raise Unauthenticated unless ``token`` is a valid JWT-SVID for ``subject``."""
+    def keys_for(self, subject: str) -> dict[str, Any]:
+        """The verification keys by key id for a JWT-SVID of ``subject``: the file's."""
         with self._lock:
             self._load()
-            keys = self._keys
+            return self._keys
+
+    def verify(self, token: str, subject: str) -> None:
+        """Raise Unauthenticated unless ``token`` is a valid JWT-SVID for ``subject``."""
+        keys = self.keys_for(subject)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -281,6 +286,27 @@ class JwtSvidVerifier:
             raise JwtSvidInvalid(
                 f"identity.jwt_svid: subject {str(claims.get('sub'))[:200]!r} is not the "
                 f"asserted workload {subject!r}")
+
+
+class WorkloadJwtVerifier(JwtSvidVerifier):
+    """Verifies JWT-SVIDs against the JWT bundle the Workload API serves now for the
+    subject's trust domain (spiffe_endpoint_socket): keys are looked up by key id at
+    verification time, so a key the agent has rotated in is known at once."""
+
+    def __init__(self, source: WorkloadApiSource, audience: str) -> None:  # no file to load
+        self.source = source
+        self.audience = audience
+
+    def keys_for(self, subject: str) -> dict[str, Any]:
+        try:
+            domain = spiffe.parse(subject).trust_domain
+        except spiffe.InvalidSpiffeID as exc:
+            raise JwtSvidInvalid(f"identity.jwt_svid: subject is not a SPIFFE ID: {exc}") from None
+        keys = self.source.jwt_keys(domain)
+        if keys is None:
+            raise JwtSvidInvalid(f"identity.jwt_svid: the Workload API serves no JWT bundle "
+                                 f"for trust domain {domain!r}")
+        return keys
 
 
 # --- the policy: self, or a trusted gateway ----------------------------------
@@ -362,8 +388,13 @@ def _require_tls(settings: Settings) -> None:
         raise ConfigError(f"mTLS needs {', '.join(missing)}; plaintext must be set explicitly")
 
 
-def server_credentials(settings: Settings) -> grpc.ServerCredentials:
-    """mTLS: the PDP's SVID, and client SVIDs required to chain to the trust bundle."""
+def server_credentials(settings: Settings,
+                       workload: WorkloadApiSource | None = None) -> grpc.ServerCredentials:
+    """mTLS: the PDP's SVID, and client SVIDs required to chain to the trust bundle; with
+    spiffe_endpoint_socket both from the Workload API (``workload``, else one opened here),
+    rotating without a restart."""
+    if settings.spiffe_endpoint_socket:
+        return (workload or open_source(settings)).server_credentials()
     _require_tls(settings)
     return grpc.ssl_server_credentials(
         [(_read("tls_key", settings.tls_key), _read("tls_cert", settings.tls_cert))],
@@ -372,19 +403,41 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials:
     )
 
 
-def from_settings(settings: Settings, audit: AuditHook = log_refusal) -> Identity:
+def from_settings(settings: Settings, audit: AuditHook = log_refusal,
+                  workload: WorkloadApiSource | None = None) -> Identity:
+    """``workload``: this process's Workload API source when spiffe_endpoint_socket is set
+    (else one is opened here)."""
     if settings.plaintext:
         token = read_gateway_token(settings.gateway_token_file) if settings.gateway_token_file else None
         return PlaintextIdentity(token, audit)
     if settings.gateway_token_file:
         raise ConfigError("gateway_token_file is for plaintext mode; over mTLS a gateway is a "
                           "SPIFFE ID in trusted_gateways")
-    _require_tls(settings)
-    domains = frozenset(settings.trust_domains) or frozenset(
-        {own_trust_domain(_read("tls_cert", settings.tls_cert))})
-    verifier = (JwtSvidVerifier(Path(settings.jwt_bundle), settings.jwt_audience)
-                if settings.jwt_bundle else None)
+    verifier: JwtSvidVerifier | None
+    if settings.spiffe_endpoint_socket:
+        workload = workload or open_source(settings)
+        own = workload.material.trust_domain
+        verifier = (WorkloadJwtVerifier(workload, settings.jwt_audience)
+                    if wants_jwt_bundles(settings) else None)
+    else:
+        _require_tls(settings)
+        own = own_trust_domain(_read("tls_cert", settings.tls_cert))
+        verifier = (JwtSvidVerifier(Path(settings.jwt_bundle), settings.jwt_audience)
+                    if settings.jwt_bundle else None)
+    domains = frozenset(settings.trust_domains) or frozenset({own})
     if settings.require_jwt_svid and verifier is None:
-        raise ConfigError("require_jwt_svid needs jwt_bundle")
+        raise ConfigError("require_jwt_svid needs jwt_bundle or spiffe_endpoint_socket")
     return SpiffeIdentity(domains, frozenset(settings.trusted_gateways), verifier,
                           settings.require_jwt_svid, audit)
+
+
+def wants_jwt_bundles(settings: Settings) -> bool:
+    """Whether the PDP verifies JWT-SVIDs at all: only gateways forward them."""
+    return settings.require_jwt_svid or bool(settings.trusted_gateways)
+
+
+def open_source(settings: Settings) -> WorkloadApiSource:
+    """This process's Workload API source (pdp/serving.py opens one per process and closes
+    it on stop; one opened here for a lone server lives as long as the process)."""
+    return WorkloadApiSource(settings.spiffe_endpoint_socket, settings.spiffe_start_timeout_s,
+                             jwt=wants_jwt_bundles(settings))

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pdp.settingbase import SettingsPart, setting_error
+from pdp.settingbase import (
+    UNIX_SCHEME,
+    SettingsPart,
+    check_positive,
+    check_unix_socket,
+    setting_error,
+)
+
+# What the Workload API replaces: with spiffe_endpoint_socket none of these may be set.
+FILE_IDENTITY = ("tls_cert", "tls_key", "tls_client_ca", "jwt_bundle")
 
 
 @dataclass(frozen=True)
@@ -36,13 +45,42 @@ class IdentitySettings(SettingsPart):
     # JWKS file (SPIFFE JWT trust bundle) and the audience JWT-SVIDs must name.
     jwt_bundle: str = ""
     jwt_audience: str = "aam-pdp"
+    # --- the SPIFFE Workload API instead of files (pdp/workloadapi.py) ---
+    # "unix:///path/to/agent.sock" (SPIFFE_ENDPOINT_SOCKET's form): the PDP's own
+    # X.509-SVID, the X.509 trust bundle and the JWT bundle come from the Workload
+    # API and rotate without a restart. Excludes tls_cert, tls_key, tls_client_ca,
+    # jwt_bundle and plaintext.
+    spiffe_endpoint_socket: str = ""
+    # Seconds the start waits for the first X.509-SVID (and JWT bundle); none by
+    # then: the PDP refuses to start.
+    spiffe_start_timeout_s: float = 15.0
 
     def validate(self) -> None:
-        if self.require_jwt_svid and not self.jwt_bundle:
-            raise setting_error("require_jwt_svid", "needs jwt_bundle (a JWKS file)")
+        check_positive(self, "spiffe_start_timeout_s")
+        if self.spiffe_endpoint_socket:
+            self._validate_workload_api()
+        elif self.require_jwt_svid and not self.jwt_bundle:
+            raise setting_error("require_jwt_svid", "needs jwt_bundle (a JWKS file) or "
+                                                    "spiffe_endpoint_socket")
         if not self.jwt_audience.strip():
             raise setting_error("jwt_audience", "must not be empty")
         self._validate_spiffe()
+
+    def _validate_workload_api(self) -> None:
+        if not self.spiffe_endpoint_socket.startswith(UNIX_SCHEME):
+            raise setting_error("spiffe_endpoint_socket", "must be unix:///absolute/path (the "
+                                f"SPIFFE_ENDPOINT_SOCKET form), got {self.spiffe_endpoint_socket!r}")
+        check_unix_socket("spiffe_endpoint_socket", self.spiffe_endpoint_socket)
+        # validate() runs on the composed Settings too: plaintext is the server's setting.
+        if getattr(self, "plaintext", False):
+            raise setting_error("spiffe_endpoint_socket",
+                                "cannot be combined with plaintext: the Workload API's SVID "
+                                "is for mTLS")
+        for name in FILE_IDENTITY:
+            if getattr(self, name):
+                raise setting_error("spiffe_endpoint_socket",
+                                    f"cannot be combined with {name}: the Workload API serves "
+                                    "the PDP's SVID and bundles (unset one of them)")
 
     def _validate_spiffe(self) -> None:
         """trust_domains and trusted_gateways by the compiler's SPIFFE parser, as written:

@@ -14,6 +14,7 @@ from pdp import identity
 from pdp.config import ConfigError, Settings
 from pdp.health import OK, Components
 from pdp.service import PolicyDecisionServicer
+from pdp.workloadapi import WorkloadApiSource
 
 SERVICE_NAME = pdp_pb2.DESCRIPTOR.services_by_name["PolicyDecisionService"].full_name
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -41,6 +42,20 @@ class DecodeGuard(grpc.ServerInterceptor):
             unary, response_serializer=handler.response_serializer)
 
 
+# How long calls on a connection asked to reconnect (max_connection_age_s) may still run.
+CONNECTION_AGE_GRACE_MS = 30_000
+
+
+def server_options(settings: Settings, reuse_port: bool) -> list[tuple[str, int]]:
+    """gRPC server options both listeners take: the shared port, and a bounded connection
+    age so that clients reconnect with their current SVID."""
+    options = [("grpc.so_reuseport", int(reuse_port))]
+    if settings.max_connection_age_s > 0:
+        options += [("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+                    ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_MS)]
+    return options
+
+
 class GrpcServer:
     """``reuse_port``: one of several worker processes on the same address (pdp/workers.py);
     otherwise the port must be free, so a second PDP on it fails instead of sharing it.
@@ -49,19 +64,19 @@ class GrpcServer:
     service are NOT_SERVING until the engine has an active bundle and while OPA is down
     (a degraded PDP still decides: SERVING), and each component is a health service of
     its own name, SERVING only while it is ``ok`` (degraded or down: NOT_SERVING).
-    Without, SERVING from start."""
+    Without, SERVING from start. ``workload``: the process's Workload API source, whose
+    SVID and bundle each new handshake takes (spiffe_endpoint_socket)."""
 
     def __init__(self, settings: Settings, servicer: PolicyDecisionServicer,
-                 reuse_port: bool = False, components: Components | None = None) -> None:
+                 reuse_port: bool = False, components: Components | None = None,
+                 workload: WorkloadApiSource | None = None) -> None:
         self.settings = settings
         self.components = components
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="aam-rpc"),
             interceptors=[DecodeGuard()],
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", int(reuse_port)),
-            ],
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                     *server_options(settings, reuse_port)],
         )
         pdp_pb2_grpc.add_PolicyDecisionServiceServicer_to_server(servicer, self.server)
         self.health = health.HealthServicer()
@@ -72,7 +87,7 @@ class GrpcServer:
             self.port = self.server.add_insecure_port(settings.grpc_addr)
         else:
             self.port = self.server.add_secure_port(
-                settings.grpc_addr, identity.server_credentials(settings))
+                settings.grpc_addr, identity.server_credentials(settings, workload))
         if self.port == 0:
             raise ConfigError(f"cannot listen on {settings.grpc_addr} (address in use?)")
 

@@ -30,13 +30,18 @@ class ServerSettings(SettingsPart):
     max_request_bytes: int = 64 * 1024
     # Seconds in-flight calls get to finish on shutdown.
     shutdown_grace_s: float = 5.0
+    # Seconds after which a client connection is asked to reconnect (HTTP/2 GOAWAY; its
+    # in-flight calls get 30 s more). A connection keeps the certificate it was opened
+    # with and the PDP checks the caller's SVID on every call, so a rotated SVID is in use
+    # within this long: keep it under half the SVID TTL (SPIRE's default is 1 h). 0: never.
+    max_connection_age_s: float = 600.0
 
     def validate(self) -> None:
         check_addr("grpc_addr", self.grpc_addr)
         check_addr("http_addr", self.http_addr)
         check_positive(self, "max_workers", "max_request_bytes")
         check_not_negative(self, "workers", hint=" (0: one per CPU)")
-        check_not_negative(self, "shutdown_grace_s")
+        check_not_negative(self, "shutdown_grace_s", "max_connection_age_s")
 
 
 # The levels pdp/logs.py configures (case-insensitive): Python's logging levels.

@@ -14,8 +14,8 @@ from pdp.compiled import Revisions
 from pdp.config import Settings
 from pdp.engine import Engine
 from pdp.extauthz import ExtAuthzServer, register
-from pdp.health import BROKER, DEGRADED, LEDGER, OK, Components, OpaProbe, Periodic
-from pdp.identity import AuditHook, Refusal, log_refusal
+from pdp.health import BROKER, DEGRADED, IDENTITY, LEDGER, OK, Components, OpaProbe, Periodic
+from pdp.identity import AuditHook, Refusal, log_refusal, open_source
 from pdp.identity import from_settings as identity_from_settings
 from pdp.ledger import Ledger, LedgerError
 from pdp.ledger.gate import Gate, LedgerGate
@@ -26,6 +26,7 @@ from pdp.opa import OpaClient
 from pdp.server import GrpcServer
 from pdp.service import PolicyDecisionServicer
 from pdp.tracing.tracer import from_settings as tracing_from_settings
+from pdp.workloadapi import WorkloadApiSource
 
 log = logging.getLogger("aam.stack")
 
@@ -39,7 +40,8 @@ class Serving:
     one) from every ledger call the gate makes and a ``ping`` every
     ``health_probe_interval_s``; the broker (when it has a backend: Vault) from its logins
     and calls and a token lookup every ``broker_probe_interval_s``. No ledger, or broker
-    ``none``: not reported at all."""
+    ``none``: not reported at all. With spiffe_endpoint_socket, ``identity``: degraded
+    when the Workload API stopped renewing the SVID (pdp/workloadapi.py)."""
 
     def __init__(self, settings: Settings, opa_url: str, revisions: Revisions, metrics: Metrics,
                  broker: Broker | None, ledger: Ledger | None, reuse_port: bool = False,
@@ -62,14 +64,40 @@ class Serving:
         self.engine = Engine(OpaClient(opa_url, s.opa_timeout_ms / 1000),
                              observers=[metrics.observe], broker=broker, gate=gate,
                              tracing=tracing_from_settings(s))
-        identity = identity_from_settings(s, audit=refusal_hook(gate, metrics))
+        # This process's own Workload API source (spiffe_endpoint_socket): its SVID for
+        # both listeners, its bundles for the handshakes and the JWT-SVIDs.
+        self.workload = open_source(s) if s.spiffe_endpoint_socket else None
+        if self.workload is not None:
+            workload = self.workload
+            self.probes.append(Periodic(IDENTITY, lambda: self._report_identity(workload),
+                                        s.health_probe_interval_s))
+            self._report_identity(workload)
+        try:
+            self._listen(s, revisions, refusal_hook(gate, metrics), reuse_port)
+        except BaseException:
+            if self.workload is not None:
+                self.workload.close()
+            raise
+
+    def _listen(self, s: Settings, revisions: Revisions, audit: AuditHook,
+                reuse_port: bool) -> None:
+        identity = identity_from_settings(s, audit=audit, workload=self.workload)
         self.grpc: GrpcServer | None = GrpcServer(
-            s, PolicyDecisionServicer(self.engine, s, identity), reuse_port, self.components)
+            s, PolicyDecisionServicer(self.engine, s, identity), reuse_port, self.components,
+            self.workload)
         self.extauthz: ExtAuthzServer | None = None
         if s.extauthz_addr:
-            self.extauthz = ExtAuthzServer(s, self.engine, identity, revisions, reuse_port)
+            self.extauthz = ExtAuthzServer(s, self.engine, identity, revisions, reuse_port,
+                                           self.workload)
         else:
             register(self.grpc.server, self.engine, s, identity, revisions)
+
+    def _report_identity(self, workload: WorkloadApiSource) -> None:
+        ok, reason = workload.health()
+        m = workload.material
+        self.components.set(IDENTITY, OK if ok else DEGRADED, reason, detail={
+            "source": "workload_api", "spiffe_id": m.spiffe_id, "serial": f"{m.serial:x}",
+            "not_after": f"{m.not_after:%Y-%m-%dT%H:%M:%SZ}"})
 
     def _reporter(self, name: str) -> Callable[[bool, str], None]:
         def report(ok: bool, reason: str) -> None:
@@ -105,6 +133,9 @@ class Serving:
             self.grpc = None
         self.engine.opa.close()
         self.engine.tracing.shutdown()  # export what is batched
+        if self.workload is not None:
+            self.workload.close()
+            self.workload = None
 
 
 def refusal_hook(gate: LedgerGate, metrics: Metrics) -> AuditHook:

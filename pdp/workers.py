@@ -40,7 +40,7 @@ from typing import Any
 
 from pdp.compiled import KEEP
 from pdp.config import ConfigError, Settings, settings_dict
-from pdp.health import BROKER, LEDGER, OK, UP_VALUE, Components
+from pdp.health import BROKER, IDENTITY, LEDGER, OK, UP_VALUE, Components
 from pdp.ledger.types import ChainHead, LedgerError
 from pdp.workermetrics import Member, WorkerMetrics
 
@@ -51,7 +51,8 @@ ACK_TIMEOUT_S = 5.0
 READY_TIMEOUT_S = 60.0
 # The components each worker reports of its own (the parent has no ledger or broker of
 # its own when workers run); the engine and bundle server are the parent's.
-WORKER_COMPONENTS = (LEDGER, BROKER)
+# (identity: each worker has its own Workload API source.)
+WORKER_COMPONENTS = (LEDGER, BROKER, IDENTITY)
 # Beyond shutdown_grace_s: the worker's audit writer drains its last batch.
 DRAIN_S = 15.0
 _ERRORS: dict[str, type[Exception]] = {"config": ConfigError, "ledger": LedgerError}

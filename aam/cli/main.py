@@ -16,6 +16,7 @@ from typing import TextIO
 from aam.cli import (
     authorize,
     compile_cmd,
+    identity_cmd,
     import_cmd,
     ledger_cmd,
     replay_cmd,
@@ -55,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
     ledger_cmd.register(sub)
     replay_cmd.register(sub)
     shadow_cmd.register(sub)
+    identity_cmd.register(sub)
     c = sub.add_parser(
         "completion", help="print a shell completion script (bash, zsh, tcsh)",
         description="Print a completion script for aam's commands and flags, generated from "

@@ -14,11 +14,12 @@ from typing import Any
 import requests
 import yaml
 
-from pdp.envoyconf import EXT_AUTHZ, TEMPLATE, PdpTls, Tls, render
+from pdp.envoyconf import EXT_AUTHZ, TEMPLATE, PdpTls, Sds, Tls, render
 from pdp.opa import free_port
 from tests.servers import VENV_BIN, require_binary, stop, wait_until
+from tests.spire import workload_argv
 
-__all__ = ["EXT_AUTHZ", "TEMPLATE", "Envoy", "PdpTls", "Tls", "render", "run_envoy"]
+__all__ = ["EXT_AUTHZ", "TEMPLATE", "Envoy", "PdpTls", "Sds", "Tls", "render", "run_envoy"]
 
 
 @dataclass
@@ -36,12 +37,15 @@ class Envoy:
 
 
 @contextlib.contextmanager
-def run_envoy(*, pdp_port: int, upstream_port: int, tls: Tls | None,
-              ext_authz: bool = True, concurrency: int = 1, pdp_tls: PdpTls | None = None,
+def run_envoy(*, pdp_port: int, upstream_port: int, tls: Tls | Sds | None,
+              ext_authz: bool = True, concurrency: int = 1, pdp_tls: PdpTls | Sds | None = None,
               pdp_token: str = "",
-              edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Iterator[Envoy]:
+              edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+              group: int | None = None) -> Iterator[Envoy]:
     """The real Envoy on deploy/envoy/envoy.yaml as rendered here; ``edit`` changes the
-    rendered configuration first (bench/envoy.py answers in Envoy itself)."""
+    rendered configuration first (bench/envoy.py answers in Envoy itself). ``group``: run
+    Envoy as a SPIRE workload of that group (tests.spire.workload_argv), the ``unix:gid``
+    selector of its registration entry when it takes its SVID over SDS."""
     binary = require_binary("envoy", str(VENV_BIN / "envoy"))
     port, admin = free_port(), free_port()
     conf = render(listen_port=port, admin_port=admin, pdp_port=pdp_port,
@@ -55,8 +59,8 @@ def run_envoy(*, pdp_port: int, upstream_port: int, tls: Tls | None,
         log = Path(tmp) / "envoy.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [binary, "-c", str(path), "--disable-hot-restart", "--concurrency", str(concurrency),
-                 "--log-level", "warn"],
+                [*workload_argv(group), binary, "-c", str(path), "--disable-hot-restart",
+                 "--concurrency", str(concurrency), "--log-level", "warn"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             wait_until(lambda: requests.get(f"http://127.0.0.1:{admin}/ready", timeout=1).ok,
