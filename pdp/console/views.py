@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from pdp.compiled import CompiledPolicy, Revisions
 from pdp.console import charts
@@ -105,7 +106,16 @@ def _rows(src: Sources, flt: AuditFilter) -> list[AuditRow]:
 
 def decisions(src: Sources, query: Mapping[str, str]) -> dict[str, Any]:
     rows = [decision(r) for r in reversed(_rows(src, _filter(query, limit=DECISIONS)))]
-    return {"rows": rows, "filters": {k: query.get(k, "") for k in FILTERS}, "limit": DECISIONS}
+    filters = {k: query.get(k, "") for k in FILTERS}
+    live = query.get("live") == "1"
+    # Live: the page reloads itself (a meta refresh: no script, so the CSP stays script-free).
+    toggle = urlencode({**{k: v for k, v in filters.items() if v}, **({} if live else {"live": "1"})})
+    return {"rows": rows, "filters": filters, "limit": DECISIONS,
+            "refresh_s": LIVE_REFRESH_S if live else 0, "live": live, "live_toggle": "/?" + toggle}
+
+
+# Seconds between reloads of the live decisions page.
+LIVE_REFRESH_S = 5
 
 
 def find_policy(revisions: Revisions, workload: str) -> CompiledPolicy | None:

@@ -187,6 +187,26 @@ def test_decisions_view_lists_what_was_decided_and_filters(
     assert "is not a time" in page.locator("p.status").inner_text()
 
 
+def test_live_decisions_reload_by_themselves_and_show_a_new_decision(
+        page: Page, stack: Stack) -> None:
+    visit(page, stack, "/?workload=live-watcher")  # a workload no other test counts
+    page.click("text=Live")
+    assert "live=1" in page.url and "workload=live-watcher" in page.url
+    assert page.locator('meta[http-equiv="refresh"]').get_attribute("content") == "5"
+    rows = page.locator("table.decisions tbody tr.deny")
+    before = rows.count()
+    channel, pdp = stub(stack, gateway=True)
+    with channel:
+        pdp.Authorize(request("spiffe://prod/agent/live-watcher", tool="web.search",
+                              action="query"), timeout=10)
+    deadline = time.monotonic() + 15
+    while rows.count() == before and time.monotonic() < deadline:
+        time.sleep(0.5)  # no click, no script: the page reloads itself
+    assert rows.count() == before + 1
+    page.click("text=Stop")
+    assert "live=1" not in page.url and page.locator('meta[http-equiv="refresh"]').count() == 0
+
+
 def test_xss_payloads_are_shown_as_text_and_never_run(
         page: Page, stack: Stack, decisions: dict[str, Any]) -> None:
     visit(page, stack, "/")
