@@ -217,12 +217,11 @@ def peer_spiffe_id(context: grpc.ServicerContext) -> str:
 
 # --- JWT-SVID ----------------------------------------------------------------
 
-class JwtSvidVerifier:
-    """Verifies JWT-SVIDs against a JWKS trust bundle file (re-read when it changes)."""
+class JwksFile:
+    """JWT-SVID verification keys from a JWKS trust bundle file (re-read when it changes)."""
 
-    def __init__(self, bundle: Path, audience: str) -> None:
+    def __init__(self, bundle: Path) -> None:
         self.bundle = bundle
-        self.audience = audience
         self._lock = threading.Lock()
         self._mtime: int | None = None
         self._keys: dict[str, Any] = {}
@@ -250,14 +249,46 @@ class JwtSvidVerifier:
         self._keys, self._mtime = keys, mtime
 
     def keys_for(self, subject: str) -> dict[str, Any]:
-        """The verification keys by key id for a JWT-SVID of ``subject``: the file's."""
+        """The keys by key id, whoever the subject: one file serves every trust domain."""
         with self._lock:
             self._load()
             return self._keys
 
+
+class WorkloadJwks:
+    """JWT-SVID verification keys from the JWT bundle the Workload API serves now for the
+    subject's trust domain (spiffe_endpoint_socket): looked up at verification time, so a
+    key the agent has rotated in is known at once."""
+
+    def __init__(self, source: WorkloadApiSource) -> None:
+        self.source = source
+
+    def keys_for(self, subject: str) -> dict[str, Any]:
+        try:
+            domain = spiffe.parse(subject).trust_domain
+        except spiffe.InvalidSpiffeID as exc:
+            raise JwtSvidInvalid(f"identity.jwt_svid: subject is not a SPIFFE ID: {exc}") from None
+        keys = self.source.jwt_keys(domain)
+        if keys is None:
+            raise JwtSvidInvalid(f"identity.jwt_svid: the Workload API serves no JWT bundle "
+                                 f"for trust domain {domain!r}")
+        return keys
+
+
+class JwtKeys(Protocol):
+    def keys_for(self, subject: str) -> dict[str, Any]: ...
+
+
+class JwtSvidVerifier:
+    """Verifies JWT-SVIDs against the keys of a trust bundle: a file's, or the Workload API's."""
+
+    def __init__(self, keys: JwtKeys, audience: str) -> None:
+        self.keys = keys
+        self.audience = audience
+
     def verify(self, token: str, subject: str) -> None:
         """Raise Unauthenticated unless ``token`` is a valid JWT-SVID for ``subject``."""
-        keys = self.keys_for(subject)
+        keys = self.keys.keys_for(subject)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -289,24 +320,10 @@ class JwtSvidVerifier:
 
 
 class WorkloadJwtVerifier(JwtSvidVerifier):
-    """Verifies JWT-SVIDs against the JWT bundle the Workload API serves now for the
-    subject's trust domain (spiffe_endpoint_socket): keys are looked up by key id at
-    verification time, so a key the agent has rotated in is known at once."""
+    """A verifier on the Workload API's JWT bundles (:class:`WorkloadJwks`)."""
 
-    def __init__(self, source: WorkloadApiSource, audience: str) -> None:  # no file to load
-        self.source = source
-        self.audience = audience
-
-    def keys_for(self, subject: str) -> dict[str, Any]:
-        try:
-            domain = spiffe.parse(subject).trust_domain
-        except spiffe.InvalidSpiffeID as exc:
-            raise JwtSvidInvalid(f"identity.jwt_svid: subject is not a SPIFFE ID: {exc}") from None
-        keys = self.source.jwt_keys(domain)
-        if keys is None:
-            raise JwtSvidInvalid(f"identity.jwt_svid: the Workload API serves no JWT bundle "
-                                 f"for trust domain {domain!r}")
-        return keys
+    def __init__(self, source: WorkloadApiSource, audience: str) -> None:
+        super().__init__(WorkloadJwks(source), audience)
 
 
 # --- the policy: self, or a trusted gateway ----------------------------------
@@ -422,7 +439,7 @@ def from_settings(settings: Settings, audit: AuditHook = log_refusal,
     else:
         _require_tls(settings)
         own = own_trust_domain(_read("tls_cert", settings.tls_cert))
-        verifier = (JwtSvidVerifier(Path(settings.jwt_bundle), settings.jwt_audience)
+        verifier = (JwtSvidVerifier(JwksFile(Path(settings.jwt_bundle)), settings.jwt_audience)
                     if settings.jwt_bundle else None)
     domains = frozenset(settings.trust_domains) or frozenset({own})
     if settings.require_jwt_svid and verifier is None:
