@@ -43,7 +43,6 @@ from pdp.httpmap import (
 from pdp.replies import INTERNAL, THROTTLED
 from pdp.server import server_options
 from pdp.service import guarded
-from pdp.tracing.tracer import carrier
 from pdp.validate import MAX_REQUEST_ID, validate
 from pdp.workloadapi import WorkloadApiSource
 
@@ -73,9 +72,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         http = from_check_request(request)
         # The gateway's own trace context (its call's metadata) is the decision span's
         # parent; the HTTP request's headers are the agent's words: only a link.
-        own = carrier(context.invocation_metadata())
-        trace, trusted = (own, True) if own else (carrier(http.headers.items()), False)
-        with self.engine.tracing.parent(trace, trusted, "Check"):
+        with self.engine.tracing.parent(context.invocation_metadata(), True, "Check",
+                                        headers=http.headers):
             return self._check(http)
 
     def _check(self, http: HttpRequest) -> external_auth_pb2.CheckResponse:

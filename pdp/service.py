@@ -19,7 +19,6 @@ from pdp.errors import InvalidRequest, NotFound, ServiceError, Unavailable, Unim
 from pdp.identity import Identity
 from pdp.identity import from_settings as identity_from_settings
 from pdp.ledger import LedgerError, LedgerOff
-from pdp.tracing.tracer import carrier
 from pdp.validate import validate
 
 log = logging.getLogger("aam.service")
@@ -124,8 +123,7 @@ class PolicyDecisionServicer(pdp_pb2_grpc.PolicyDecisionServiceServicer):
         validate(req, request.params.ByteSize() + request.context.ByteSize(),
                  self.settings.max_request_bytes)
         caller = self.identity.check(context, req.spiffe_id, request.identity.jwt_svid)
-        with self.engine.tracing.parent(carrier(context.invocation_metadata()), caller.gateway,
-                                        "Authorize"):
+        with self.engine.tracing.parent(context.invocation_metadata(), caller.gateway, "Authorize"):
             decision = self.engine.decide(req)
         return to_response(decision, request.request_id, reveal=caller.gateway)
 

@@ -48,6 +48,10 @@ EXPORT_DELAY_MS = 1000
 EXPORT_QUEUE = 16384
 
 
+# Trace context as it arrives: gRPC metadata pairs, or a mapping of header names.
+Carrier = Mapping[str, Any] | Iterable[tuple[str, Any]]
+
+
 class Span(Protocol):
     def set_attribute(self, key: str, value: Any) -> None: ...
     def set_attributes(self, attributes: Mapping[str, Any]) -> None: ...
@@ -81,11 +85,13 @@ class Tracing:
 
     enabled = False
 
-    def parent(self, carrier: Mapping[str, str], trusted: bool,
-               method: str) -> AbstractContextManager[Any]:
-        """For the ``with`` block: ``carrier``'s W3C trace context (``traceparent``,
-        ``tracestate``) is the decision span's parent (``trusted``) or its link (not), and
-        ``method`` (the transport's RPC: Authorize, Check) its ``rpc.method``."""
+    def parent(self, metadata: Carrier, trusted: bool, method: str,
+               headers: Mapping[str, str] | None = None) -> AbstractContextManager[Any]:
+        """For the ``with`` block: the W3C trace context (``traceparent``, ``tracestate``) of
+        the call's gRPC ``metadata`` (pairs, or a mapping) is the decision span's parent
+        (``trusted``) or its link (not); without one, that of the HTTP request ``headers``
+        a Check carries, only ever a link (the agent wrote them). ``method`` (Authorize,
+        Check) is the span's ``rpc.method``. Off: nothing is even read."""
         return _NULL
 
     def decision(self) -> AbstractContextManager[Span]:
@@ -123,11 +129,14 @@ class _OtelTracing(Tracing):
         self._method_key = context.create_key("aam-rpc-method")
 
     @contextmanager
-    def parent(self, carrier: Mapping[str, str], trusted: bool, method: str) -> Iterator[None]:
+    def parent(self, metadata: Carrier, trusted: bool, method: str,
+               headers: Mapping[str, str] | None = None) -> Iterator[None]:
+        found = carrier(metadata)
+        if TRACEPARENT not in found and headers:
+            found, trusted = carrier(headers), False
         ctx = self._context.Context()
-        if TRACEPARENT in carrier:
-            extracted = self._propagator.extract(
-                {k: carrier[k] for k in (TRACEPARENT, TRACESTATE) if k in carrier})
+        if TRACEPARENT in found:
+            extracted = self._propagator.extract(found)
             if trusted:
                 ctx = extracted
             else:  # a fresh root, linked to what the caller claims
@@ -228,10 +237,11 @@ def exporting(processor: Any, settings: TracingSettings) -> Tracing:
     return _OtelTracing(provider.get_tracer("aam.pdp"), provider)
 
 
-def carrier(pairs: Iterable[tuple[str, Any]] | None) -> dict[str, str]:
+def carrier(pairs: Carrier | None) -> dict[str, str]:
     """The W3C trace context (``traceparent``, ``tracestate``) among gRPC metadata or
-    HTTP headers (lower-case names)."""
-    return {k: v for k, v in pairs or () if k in (TRACEPARENT, TRACESTATE) and isinstance(v, str)}
+    HTTP headers (lower-case names; pairs, or a mapping)."""
+    items = pairs.items() if isinstance(pairs, Mapping) else pairs or ()
+    return {k: v for k, v in items if k in (TRACEPARENT, TRACESTATE) and isinstance(v, str)}
 
 
 def decision_attributes(decision: Any, request: Any) -> dict[str, Any]:
