@@ -35,6 +35,9 @@ class WatchedLedger:
     def __init__(self, ledger: Any, report: Report) -> None:
         self.__dict__["_ledger"] = ledger
         self.__dict__["_report"] = report
+        # Whether the last call answered: an answer after an answer reports nothing, so
+        # the decision path takes no registry lock while the ledger is well.
+        self.__dict__["_ok"] = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ledger, name)
@@ -42,29 +45,32 @@ class WatchedLedger:
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._ledger, name, value)  # head: the store's own
 
-    def _watch(self, fn: Callable[[], T]) -> T:
+    def _watch(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            out = fn()
+            out = fn(*args)
         except LedgerError as exc:
+            self.__dict__["_ok"] = False
             self._report(False, reason_of(exc))
             raise
-        self._report(True, "")
+        if self._ok is not True:
+            self.__dict__["_ok"] = True
+            self._report(True, "")
         return out
 
     def reserve(self, ask: Any) -> Any:
-        return self._watch(lambda: self._ledger.reserve(ask))
+        return self._watch(self._ledger.reserve, ask)
 
     def peek(self, ask: Any) -> Any:
-        return self._watch(lambda: self._ledger.peek(ask))
+        return self._watch(self._ledger.peek, ask)
 
     def commit(self, ask: Any, entry: Any) -> Any:
-        return self._watch(lambda: self._ledger.commit(ask, entry))
+        return self._watch(self._ledger.commit, ask, entry)
 
     def finish(self, entry: Any, release: bool) -> int:
-        return self._watch(lambda: self._ledger.finish(entry, release))
+        return self._watch(self._ledger.finish, entry, release)
 
     def settle(self, decision_id: str, tokens: int, cost_micro: int, owner: str = "") -> Any:
-        return self._watch(lambda: self._ledger.settle(decision_id, tokens, cost_micro, owner))
+        return self._watch(self._ledger.settle, decision_id, tokens, cost_micro, owner)
 
     def ping(self) -> None:
         """The probe: the store's ``ping`` (a store without one is taken as answering)."""
