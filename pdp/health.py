@@ -139,8 +139,7 @@ class OpaProbe:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.opa = OpaClient(url, timeout_s)  # parses the URL (TCP or Unix socket) once
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic(ENGINE, self.check, interval_s)
         components.set(ENGINE, DOWN, "no bundle activated yet")
 
     def check(self) -> None:
@@ -178,19 +177,12 @@ class OpaProbe:
         return ",".join(f"{n}={r}" for n, r in sorted(revs.items()))
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="aam-health-probe", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        self.check()
-        while not self._stop.wait(self.interval_s):
-            self.check()
+        """Probe every ``interval_s`` from now on (the first probe is the caller's
+        :meth:`check`, so health's first answer is already OPA's)."""
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.timeout_s + 1)
-            self._thread = None
+        self._periodic.stop(self.timeout_s + 1)
 
 
 class Periodic:

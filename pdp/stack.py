@@ -155,7 +155,7 @@ class Stack:
             opa_url = self.opa.url
         if self.workers is not None:
             # Each worker probes OPA for its own gRPC health; this probe is for /readyz here.
-            self.probe = OpaProbe(opa_url, self.components)
+            self.probe = OpaProbe(opa_url, self.components, s.health_probe_interval_s)
             self.probe.check()
             self.probe.start()
             self._start_workers(opa_url, head)
