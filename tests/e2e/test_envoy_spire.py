@@ -113,10 +113,12 @@ def stack(vault: VaultSetup, registered: Registered) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def envoy(spire: Spire, stack: Stack, upstream: RecordingUpstream) -> Iterator[Envoy]:
+def envoy(spire: Spire, stack: Stack, upstream: RecordingUpstream,
+          registered: Registered) -> Iterator[Envoy]:
     sds = Sds(spire.workload_socket)
     with run_envoy(pdp_port=pdp_port(stack), upstream_port=upstream.port, tls=sds, pdp_tls=sds,
                    group=ENVOY_GID) as e:
+        first_served(e, registered.finance)
         yield e
 
 
@@ -148,6 +150,20 @@ def served_certificate(envoy: Envoy, svid: SvidFiles) -> x509.Certificate:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der)
+
+
+def first_served(envoy: Envoy, svid: SvidFiles, timeout_s: float = 30.0) -> x509.Certificate:
+    """The certificate Envoy serves once it serves one: Envoy is ready before SDS has
+    delivered an SVID whose entry is new (the agent syncs entries every ~5 s), and until
+    then its listener closes every handshake."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return served_certificate(envoy, svid)
+        except (ssl.SSLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def log_details(conf: dict[str, Any]) -> dict[str, Any]:
@@ -281,7 +297,7 @@ def test_envoys_svid_rotates_under_load_with_no_failed_or_misattributed_decision
     try:
         with run_envoy(pdp_port=pdp_port(stack), upstream_port=upstream.port, tls=sds,
                        pdp_tls=sds, group=ROTATING_ENVOY_GID, edit=short_pdp_connections) as envoy:
-            first = served_certificate(envoy, registered.finance).not_valid_after_utc.timestamp()
+            first = first_served(envoy, registered.finance).not_valid_after_utc.timestamp()
             deadline = time.monotonic() + 75
             n = 0
             while time.monotonic() < deadline and (len(set(serials)) < 3 or
